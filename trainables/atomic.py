@@ -1,0 +1,97 @@
+"""Atomic writes: a killed process never leaves a half-written file that a later run trusts.
+
+Every write goes to a temporary name in the same folder, is flushed to disk, then
+renamed over the final name (rename is atomic on POSIX filesystems). Folders that
+must appear whole are built under a temporary name and renamed into place; a DONE
+marker written last says a stage finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+DONE = "DONE"
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success it is renamed to `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def write_bytes(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(final: str | os.PathLike, text: str) -> None:
+    write_bytes(final, text.encode())
+
+
+def write_json(final: str | os.PathLike, obj: Any) -> None:
+    write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder under a temporary name; it appears at `final` whole, with a DONE marker.
+
+    If another process finished the same folder first, ours is discarded: the
+    contents are a pure function of the job, so either copy is the same.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        (tmp / DONE).write_text("ok\n")
+        if final.exists() and not is_done(final):
+            shutil.rmtree(final)  # a stale, unfinished copy: never trusted
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not is_done(final):
+                raise
+        _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_done(path: str | os.PathLike) -> bool:
+    return (Path(path) / DONE).is_file()
+
+
+def mark_done(path: str | os.PathLike) -> None:
+    write_text(Path(path) / DONE, "ok\n")
