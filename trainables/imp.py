@@ -39,7 +39,8 @@ class CellResult:
 class Hooks:
     """Optional callbacks, on the main process: tests observe, the orchestrator reports."""
 
-    level_start: Callable[[int, torch.nn.Module], None] | None = None
+    level_start: Callable[[int, torch.nn.Module], None] | None = None  # model rewound, before training
+    level_trained: Callable[[int, torch.nn.Module], None] | None = None  # after training, before pruning
     level_done: Callable[[int, dict], None] | None = None
     after_step: Callable[[int, int], None] | None = None  # (level, step)
 
@@ -114,6 +115,23 @@ def _broadcast_masks(masks: pruning.Masks, accelerator) -> pruning.Masks:
     return out
 
 
+def _rank_digests(masks: pruning.Masks, accelerator) -> list[str]:
+    """Every rank's SHA-256 of the mask it will train with; they must all agree."""
+    import hashlib
+
+    from trainables.masks import pack
+
+    digest = hashlib.sha256(pack(masks)).hexdigest()
+    if accelerator.num_processes == 1:
+        return [digest]
+    from accelerate.utils import gather_object
+
+    digests = gather_object([digest])
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks disagree on the pruned mask: {digests}")
+    return digests
+
+
 def write_baselines(store: CellStore, spec: CellSpec, params, trained: dict, theta0: dict) -> None:
     """One-shot magnitude masks from the round-0 trained weights (only known then), and from θ0."""
     for level in range(1, spec.levels + 1):
@@ -177,10 +195,14 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
         trained_model = stats.pop("model")
         metrics = task.evaluate(trained_model, eval_loader(data, spec, accelerator), accelerator)
         model = accelerator.unwrap_model(trained_model)
+        if main and hooks.level_trained:
+            hooks.level_trained(level, model)
         trained, head_after, _ = split_state(model)
+        digests = None
         if level < spec.levels:
             new_masks = pruning.magnitude_prune(trained, masks, level + 1, spec.prune_fraction) if main else masks
             new_masks = _broadcast_masks(new_masks, accelerator)
+            digests = _rank_digests(new_masks, accelerator)
         if main:
             if level == 0:
                 write_baselines(store, spec, params, trained, theta0)
@@ -190,7 +212,8 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
             record = {"level": level, "sparsity": spec.sparsities[level], "density": pruning.density(masks),
                       "metric": task.metric, "score": metrics[task.metric], **metrics,
                       **{k: v for k, v in stats.items() if k != "resumed_from"},
-                      "resumed_from_step": stats["resumed_from"],
+                      "resumed_from_step": stats["resumed_from"], "workers": accelerator.num_processes,
+                      "next_mask_rank_digests": digests,
                       "level_seconds": time.perf_counter() - level_started}
             store.save_metrics(level, record)
             store.mark_level_done(level)

@@ -1,0 +1,208 @@
+"""IMP on the tiny model: exact densities, nesting, rewinding, idempotence, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables import pruning
+from trainables.imp import Hooks, model_path, run_cell, split_state
+from trainables.masks import load_masks, mask_meta
+from trainables.spec import make_spec
+from trainables.store import CellStore
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 3, "steps": 12, "train_size": 400,
+        "valid_size": 96}
+
+
+def spec_for(task="ner", language="syn-en", **kw):
+    return make_spec(task, language, **{**FAST, **kw})
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_model):
+    """One uninterrupted run, observed through the hooks."""
+    spec = spec_for()
+    storage = tmp_path_factory.mktemp("reference")
+    starts, trained = {}, {}
+    hooks = Hooks(level_start=lambda k, m: starts.__setitem__(k, {n: t.clone() for n, t in m.state_dict().items()}),
+                  level_trained=lambda k, m: trained.__setitem__(k, {n: t.clone() for n, t in m.named_parameters()}))
+    result = run_cell(spec, storage, checkpoint_every=4, hooks=hooks)
+    return spec, storage, result, starts, trained
+
+
+def _all_masks(store: CellStore, levels: int):
+    return [load_masks(store.level_dir(k)) for k in range(levels + 1)]
+
+
+def test_densities_are_exact_and_masks_nested(reference_run):
+    spec, storage, result, _, _ = reference_run
+    store = CellStore(storage, spec)
+    masks = _all_masks(store, spec.levels)
+    total = mask_meta(store.level_dir(0))["total"]
+    for k, m in enumerate(masks):
+        zeros = sum(int((~t).sum()) for t in m.values())
+        assert zeros == round(k * spec.prune_fraction * total), k
+        assert mask_meta(store.level_dir(k))["kept"] == total - zeros
+        if k:
+            assert all(not (m[n] & ~masks[k - 1][n]).any() for n in m), k  # nested
+    assert [r["level"] for r in result.levels] == list(range(spec.levels + 1))
+    assert [r["sparsity"] for r in result.levels] == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert all(0.0 <= r["f1"] <= 1.0 and r["steps"] == spec.steps for r in result.levels)
+
+
+def test_pruned_weights_are_exactly_zero_after_training(reference_run):
+    spec, storage, _, _, trained = reference_run
+    store = CellStore(storage, spec)
+    for k in range(spec.levels + 1):
+        mask = load_masks(store.level_dir(k))
+        for name, m in mask.items():
+            assert (trained[k][name][~m] == 0).all(), (k, name)
+        if k:  # and the survivors did train
+            assert any((trained[k][n][m] != 0).any() for n, m in mask.items())
+
+
+def test_each_round_starts_from_theta0_times_mask_and_carries_the_head(reference_run):
+    from transformers import set_seed
+
+    from trainables.tasks import get_task
+
+    spec, storage, _, starts, _ = reference_run
+    store = CellStore(storage, spec)
+    set_seed(spec.seed)
+    fresh = get_task(spec.task).load_model(model_path(spec))
+    theta0, head0, _ = split_state(fresh)
+    for k in range(spec.levels + 1):
+        mask = load_masks(store.level_dir(k))
+        start = starts[k]
+        for name, value in theta0.items():
+            expected = value * mask[name] if name in mask else value
+            assert torch.equal(start[name], expected), (k, name)
+        head = head0 if k == 0 else store.load_head(k - 1)
+        for name, value in head.items():
+            assert torch.equal(start[name], value), (k, name)
+        if k:  # the head did carry over: it is not the fresh one
+            assert not torch.equal(start["classifier.weight"], head0["classifier.weight"])
+
+
+def test_a_finished_cell_does_no_training(reference_run):
+    spec, storage, _, _, _ = reference_run
+    stamps = {p: p.stat().st_mtime_ns for p in Path(storage).rglob("*") if p.is_file()}
+    again = run_cell(spec, storage)
+    assert again.steps_trained == 0
+    assert [r["score"] for r in again.levels] == [r["score"] for r in reference_run[2].levels]
+    assert {p: p.stat().st_mtime_ns for p in Path(storage).rglob("*") if p.is_file()} == stamps
+
+
+def test_baseline_masks_are_written_in_the_same_format(reference_run):
+    spec, storage, _, _, _ = reference_run
+    store = CellStore(storage, spec)
+    total = mask_meta(store.level_dir(0))["total"]
+    for kind in ("oneshot_trained", "oneshot_pretrained"):
+        for k in range(1, spec.levels + 1):
+            meta = mask_meta(store.baseline_dir(kind, spec.sparsities[k]))
+            assert meta["kept"] == total - round(spec.sparsities[k] * total)
+    assert not torch.equal(*[load_masks(store.baseline_dir(kind, 0.3))["bert.encoder.layer.0.output.dense.weight"]
+                             for kind in ("oneshot_trained", "oneshot_pretrained")])
+
+
+CHILD = """
+import sys, time
+from trainables.spec import CellSpec
+from trainables.imp import Hooks, run_cell
+import json
+spec = CellSpec.from_dict(json.loads(sys.argv[1]))
+run_cell(spec, sys.argv[2], checkpoint_every=3, hooks=Hooks(after_step=lambda level, step: time.sleep(0.15)))
+"""
+
+
+@pytest.mark.parametrize("corrupt_latest", [False, True])
+def test_sigkill_mid_round_then_resume_gives_the_same_masks(reference_run, tmp_path, corrupt_latest):
+    spec, ref_storage, ref_result, _, _ = reference_run
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec.to_dict()), str(tmp_path)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = CellStore(tmp_path, spec)
+    wanted = 2 if corrupt_latest else 1
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(store.checkpoint_dir(1).glob("step_*/meta.json"))) < wanted:
+        assert child.poll() is None, "the child finished before it could be killed"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    checkpoints = sorted(store.checkpoint_dir(1).glob("step_*"))
+    assert len(checkpoints) >= wanted and not store.level_done(1)
+    if corrupt_latest:  # truncate the newest checkpoint: resume must fall back to the one before
+        state = checkpoints[-1] / "state.pt"
+        state.write_bytes(state.read_bytes()[:1000])
+    result = run_cell(spec, tmp_path, checkpoint_every=3)
+    assert result.steps_trained < (spec.levels + 1) * spec.steps - spec.steps  # levels 0 (and part of 1) kept
+    resumed = store.metrics(1)["resumed_from_step"]
+    assert resumed is not None and resumed % 3 == 0
+    for k in range(spec.levels + 1):
+        ours, ref = load_masks(store.level_dir(k)), load_masks(CellStore(ref_storage, spec).level_dir(k))
+        assert all(torch.equal(ours[n], ref[n]) for n in ref), k
+    assert [r["score"] for r in result.levels] == pytest.approx([r["score"] for r in ref_result.levels], abs=1e-6)
+
+
+def test_damaged_mask_of_an_unfinished_level_is_recomputed(reference_run, tmp_path, caplog):
+    spec, ref_storage, ref_result, _, _ = reference_run
+    storage = tmp_path / "copy"
+    shutil.copytree(ref_storage, storage)
+    store = CellStore(storage, spec)
+    # as if killed during level 3, with level 3's mask file damaged
+    (store.root / "DONE").unlink()
+    (store.level_dir(3) / "DONE").unlink()
+    mask = store.level_dir(3) / "mask.npz"
+    mask.write_bytes(mask.read_bytes()[:100])
+    with caplog.at_level("WARNING"):
+        result = run_cell(spec, storage)
+    assert any("damaged" in r.message for r in caplog.records)
+    assert result.steps_trained == 2 * spec.steps  # level 2 redone (it makes level 3's mask), then level 3
+    ref = load_masks(CellStore(ref_storage, spec).level_dir(3))
+    assert all(torch.equal(load_masks(store.level_dir(3))[n], ref[n]) for n in ref)
+
+
+def test_a_damaged_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+    from accelerate import Accelerator
+
+    from trainables.train import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    accelerator = Accelerator(cpu=True)
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, model, optimizer, scheduler, accelerator)
+    (tmp_path / "step_00000004" / "state.pt").write_bytes(b"not a checkpoint")
+    with caplog.at_level("WARNING"):
+        state = load_checkpoint(tmp_path)
+    assert state["step"] == 2 and any("damaged" in r.message for r in caplog.records)
+    assert (tmp_path / "step_00000004.corrupt").exists()
+    (tmp_path / "step_00000002" / "meta.json").write_text("{")
+    assert load_checkpoint(tmp_path) is None
+
+
+@pytest.mark.parametrize("task", ["mlm", "xnli"])
+def test_other_tasks_run_a_level(tmp_path, tiny_model, task):
+    spec = spec_for(task, "syn-ar", levels=1, steps=6, max_length=64 if task == "mlm" else 32)
+    result = run_cell(spec, tmp_path)
+    assert len(result.levels) == 2
+    metric = "perplexity" if task == "mlm" else "accuracy"
+    assert all(r["metric"] == metric for r in result.levels)
+    if task == "mlm":
+        assert all(1.0 < r["perplexity"] < 1000 for r in result.levels)
+    else:
+        assert all(0.0 <= r["accuracy"] <= 1.0 for r in result.levels)
+    params = load_masks(CellStore(tmp_path, spec).level_dir(1))
+    assert ("bert.pooler.dense.weight" in params) == (task == "xnli")  # the pooler is pruned where it exists

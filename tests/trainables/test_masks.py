@@ -1,0 +1,59 @@
+"""Mask files: one bit per weight, numpy-readable without pickle, checksummed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trainables import masks as maskio
+
+
+def _random_masks(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"enc.q.weight": torch.rand(64, 48, generator=g) > 0.3, "enc.o.weight": torch.rand(37, 5, generator=g) > 0.5}
+
+
+def test_round_trip_and_metadata(tmp_path):
+    m = _random_masks()
+    meta = maskio.save_masks(tmp_path, m, level=2)
+    back = maskio.load_masks(tmp_path)
+    assert list(back) == list(m)
+    assert all(torch.equal(back[n], m[n]) for n in m)
+    kept = sum(int(v.sum()) for v in m.values())
+    assert meta["kept"] == kept and meta["total"] == 64 * 48 + 37 * 5
+    assert json.loads((tmp_path / "mask.json").read_text())["density"] == pytest.approx(kept / meta["total"])
+
+
+def test_readable_with_numpy_alone_as_the_readme_says(tmp_path):
+    m = _random_masks(1)
+    maskio.save_masks(tmp_path, m)
+    z = np.load(tmp_path / "mask.npz", allow_pickle=False)
+    for name, expected in m.items():
+        shape = tuple(z[name + ".shape"])
+        bits = np.unpackbits(z[name + ".bits"], count=int(np.prod(shape)))
+        assert np.array_equal(bits.reshape(shape).astype(bool), expected.numpy())
+
+
+def test_about_one_bit_per_weight(tmp_path):
+    big = {f"layer{i}.weight": torch.rand(1024, 1024) > 0.5 for i in range(4)}  # 4M weights
+    meta = maskio.save_masks(tmp_path, big)
+    assert meta["bits_per_weight"] == pytest.approx(8 * (tmp_path / "mask.npz").stat().st_size / meta["total"])
+    assert 1.0 <= meta["bits_per_weight"] < 1.01
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_mask_is_detected(tmp_path, damage):
+    maskio.save_masks(tmp_path, _random_masks())
+    path = tmp_path / "mask.npz"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    else:
+        path.unlink()
+    with pytest.raises(maskio.CorruptMask):
+        maskio.load_masks(tmp_path)
