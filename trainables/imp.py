@@ -144,6 +144,18 @@ def write_baselines(store: CellStore, spec: CellSpec, params, trained: dict, the
                 save_masks(folder, pruning.one_shot_masks(weights, params, sparsity), kind=kind, sparsity=sparsity)
 
 
+def make_accelerator(spec: CellSpec):
+    """Accelerate for this process; under Ray Train it joins the workers' process group.
+
+    On a machine without a GPU, Accelerate treats a multi-process launch (WORLD_SIZE > 1)
+    as distributed only when told to use the CPU.
+    """
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=spec.mixed_precision,
+                       gradient_accumulation_steps=spec.grad_accum)
+
+
 def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoint_every: int = 100,
              hooks: Hooks | None = None) -> CellResult:
     """Run (or finish) the IMP job of one cell; a finished cell returns at once."""
@@ -153,13 +165,11 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
     if store.finished():
         return CellResult(spec.id, store.all_metrics(), 0, store.root)
 
-    from accelerate import Accelerator
     from transformers import set_seed
 
     from trainables.tasks import get_task
 
-    accelerator = accelerator or Accelerator(mixed_precision=spec.mixed_precision,
-                                             gradient_accumulation_steps=spec.grad_accum)
+    accelerator = accelerator or make_accelerator(spec)
     main = accelerator.is_main_process
     if main:
         store.write_spec()

@@ -1,0 +1,50 @@
+"""A cell on 2 CPU workers under Ray Train's TorchTrainer (gloo): identical masks on every rank."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from trainables.masks import load_masks, pack
+from trainables.spec import make_spec
+from trainables.store import CellStore
+
+FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 12, "train_size": 400,
+        "valid_size": 96}
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    from orchestrator import ray_backend
+
+    started = ray_backend.start(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    if started:
+        ray_backend.stop()
+
+
+@pytest.mark.slow
+def test_two_workers_hold_identical_masks_close_to_one_worker(tmp_path, tiny_model, ray_local):
+    from orchestrator.ray_backend import run_cell_on_workers
+
+    spec = make_spec("ner", "syn-en", **FAST)
+    one = run_cell_on_workers(spec, tmp_path / "one", workers=1, checkpoint_every=4)
+    two = run_cell_on_workers(spec, tmp_path / "two", workers=2, checkpoint_every=4,
+                              inject_crash={"rank": 1, "level": 1, "step": 6, "marker": str(tmp_path / "crashed")})
+    assert (tmp_path / "crashed").exists()  # a worker did die mid-round ...
+    store_two, store_one = CellStore(tmp_path / "two", spec), CellStore(tmp_path / "one", spec)
+    resumed = store_two.metrics(1)["resumed_from_step"]
+    assert resumed == 4  # ... and the restarted group continued from the step-4 checkpoint
+    assert len(two.levels) == len(one.levels) == spec.levels + 1
+    for k in range(spec.levels):
+        record = store_two.metrics(k)
+        assert record["workers"] == 2
+        digests = record["next_mask_rank_digests"]
+        saved = load_masks(store_two.level_dir(k + 1))
+        assert len(digests) == 2 and digests[0] == digests[1] == hashlib.sha256(pack(saved)).hexdigest()
+    for k in range(1, spec.levels + 1):
+        a, b = load_masks(store_one.level_dir(k)), load_masks(store_two.level_dir(k))
+        agree = sum(int((a[n] == b[n]).sum()) for n in a) / sum(t.numel() for t in a.values())
+        assert agree >= 0.99, (k, agree)
