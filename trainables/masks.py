@@ -1,15 +1,18 @@
 """Mask files: one bit per prunable weight, readable with numpy alone, no pickle.
 
-`mask.npz` holds, for each prunable parameter in order, two arrays:
-    "<name>.bits"   uint8, np.packbits(mask.flatten()) (big-endian bit order, numpy's default)
-    "<name>.shape"  int64, the parameter's shape
+`mask.npz` (a compressed npz) holds three arrays:
+    "names"   str,   the prunable parameters, in order
+    "shapes"  int64, one row per parameter: its 2-D shape
+    "bits"    uint8, np.packbits of every parameter's flattened mask, concatenated in
+              that order (numpy's default big-endian bit order; 1 = kept)
 `mask.json` beside it records the format, density, kept/total counts, the
 parameter names in order, and the SHA-256 of mask.npz; a mask whose checksum
-does not match is never trusted. Read one back with:
+does not match is never trusted. Read one back with numpy alone:
 
     z = np.load("mask.npz", allow_pickle=False)
-    bits = np.unpackbits(z[name + ".bits"], count=int(np.prod(z[name + ".shape"])))
-    mask = bits.reshape(z[name + ".shape"]).astype(bool)
+    sizes = z["shapes"].prod(axis=1)
+    flat = np.unpackbits(z["bits"], count=int(sizes.sum())).astype(bool)
+    masks = {n: m.reshape(s) for n, s, m in zip(z["names"], z["shapes"], np.split(flat, np.cumsum(sizes)[:-1]))}
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 
 from trainables.atomic import read_json, write_bytes, write_json
 
-FORMAT = "lnsub-mask/1"
+FORMAT = "lnsub-mask/2"
 MASK_FILE, MASK_META = "mask.npz", "mask.json"
 
 
@@ -40,12 +43,14 @@ def sha256_file(path: str | Path) -> str:
 
 
 def pack(masks: dict[str, torch.Tensor]) -> bytes:
-    arrays = {}
-    for name, m in masks.items():
-        arrays[f"{name}.bits"] = np.packbits(m.detach().cpu().numpy().astype(bool).ravel())
-        arrays[f"{name}.shape"] = np.asarray(m.shape, dtype=np.int64)
+    names = list(masks)
+    shapes = np.asarray([tuple(masks[n].shape) for n in names], dtype=np.int64)
+    if shapes.ndim != 2 or shapes.shape[1] != 2:
+        raise ValueError("mask files hold 2-D weight matrices only")
+    flat = np.concatenate([masks[n].detach().cpu().numpy().astype(bool).ravel() for n in names])
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    # deflate: the names shrink ~10x, and sparse masks carry less than a bit per weight
+    np.savez_compressed(buf, names=np.asarray(names, dtype=str), shapes=shapes, bits=np.packbits(flat))
     return buf.getvalue()
 
 
@@ -81,23 +86,27 @@ def verify(folder: str | Path) -> dict:
 
 
 def iter_masks(folder: str | Path, check: bool = True):
-    """Yield (name, bool ndarray) one parameter at a time, so large masks stream."""
+    """Yield (name, bool ndarray) in the file's order."""
     folder = Path(folder)
-    meta = verify(folder) if check else mask_meta(folder)
+    if check:
+        verify(folder)
     with np.load(folder / MASK_FILE, allow_pickle=False) as z:
-        for name in meta["names"]:
-            shape = tuple(int(s) for s in z[f"{name}.shape"])
-            bits = np.unpackbits(z[f"{name}.bits"], count=int(np.prod(shape)))
-            yield name, bits.reshape(shape).astype(bool)
+        names, shapes, bits = [str(n) for n in z["names"]], z["shapes"], z["bits"]
+    sizes = shapes.prod(axis=1)
+    flat = np.unpackbits(bits, count=int(sizes.sum())).astype(bool)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    for i, name in enumerate(names):
+        yield name, flat[offsets[i]:offsets[i + 1]].reshape(tuple(int(d) for d in shapes[i]))
 
 
 def load_masks(folder: str | Path, check: bool = True) -> dict[str, torch.Tensor]:
     return {name: torch.from_numpy(m) for name, m in iter_masks(folder, check)}
 
 
-def load_packed(folder: str | Path, check: bool = True) -> dict[str, np.ndarray]:
-    """The packed bits of each parameter, without unpacking (for popcount-based analyses)."""
+def load_packed(folder: str | Path, check: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(names, shapes, packed bits of the whole prunable set) without unpacking, for popcount analyses."""
     folder = Path(folder)
-    meta = verify(folder) if check else mask_meta(folder)
+    if check:
+        verify(folder)
     with np.load(folder / MASK_FILE, allow_pickle=False) as z:
-        return {name: z[f"{name}.bits"] for name in meta["names"]}
+        return [str(n) for n in z["names"]], z["shapes"], z["bits"]

@@ -30,18 +30,25 @@ def test_round_trip_and_metadata(tmp_path):
 def test_readable_with_numpy_alone_as_the_readme_says(tmp_path):
     m = _random_masks(1)
     maskio.save_masks(tmp_path, m)
-    z = np.load(tmp_path / "mask.npz", allow_pickle=False)
+    z = np.load(tmp_path / "mask.npz", allow_pickle=False)  # the recipe of the README, verbatim
+    sizes = z["shapes"].prod(axis=1)
+    flat = np.unpackbits(z["bits"], count=int(sizes.sum())).astype(bool)
+    masks = {n: x.reshape(s) for n, s, x in zip(z["names"], z["shapes"], np.split(flat, np.cumsum(sizes)[:-1]))}
+    assert list(masks) == list(m)
     for name, expected in m.items():
-        shape = tuple(z[name + ".shape"])
-        bits = np.unpackbits(z[name + ".bits"], count=int(np.prod(shape)))
-        assert np.array_equal(bits.reshape(shape).astype(bool), expected.numpy())
+        assert np.array_equal(masks[name], expected.numpy())
 
 
 def test_about_one_bit_per_weight(tmp_path):
-    big = {f"layer{i}.weight": torch.rand(1024, 1024) > 0.5 for i in range(4)}  # 4M weights
-    meta = maskio.save_masks(tmp_path, big)
-    assert meta["bits_per_weight"] == pytest.approx(8 * (tmp_path / "mask.npz").stat().st_size / meta["total"])
-    assert 1.0 <= meta["bits_per_weight"] < 1.01
+    shapes = [(64, 64)] * 4 + [(128, 64), (64, 128)]  # the tiny model's six matrices per layer, 4 layers
+    small = {f"layer{i}.m{j}.weight": torch.rand(s) > 0.5 for i in range(4) for j, s in enumerate(shapes)}
+    meta = maskio.save_masks(tmp_path / "small", small)
+    assert meta["bits_per_weight"] == pytest.approx(8 * (tmp_path / "small/mask.npz").stat().st_size / meta["total"])
+    assert 1.0 <= meta["bits_per_weight"] < 1.1
+    big = {f"layer{i}.weight": torch.rand(768, 3072) > 0.5 for i in range(2)}  # an mBERT layer's MLP
+    assert 1.0 <= maskio.save_masks(tmp_path / "big", big)["bits_per_weight"] < 1.002
+    sparse = {f"layer{i}.weight": torch.rand(768, 3072) > 0.9 for i in range(2)}  # 90% pruned: < 1 bit
+    assert maskio.save_masks(tmp_path / "sparse", sparse)["bits_per_weight"] < 0.6
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
