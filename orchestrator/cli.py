@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 import typer
 from rich.console import Console
@@ -22,7 +23,8 @@ def _setup_logging(verbose: bool) -> None:
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
-    for noisy in ("datasets", "transformers", "urllib3", "filelock", "fsspec", "httpx"):
+    for noisy in ("datasets", "transformers", "urllib3", "filelock", "fsspec", "httpx", "mlflow", "alembic",
+                  "ray", "ray.tune", "ray.train"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
@@ -57,6 +59,145 @@ def testbed(
         table.add_row(lang, f"{r['accuracy']:.3f}", f"{r['unigram_baseline']:.3f}")
     console.print(table)
     console.print(f"model and tokenizer: [bold]{path}[/bold]")
+
+
+# --- options shared by every command that reads a sweep ---------------------------------------------
+NameOpt = typer.Option(None, "--name", help="The sweep's name (default: the grid's name).")
+StorageOpt = typer.Option("./lnsub-runs", "--storage", help="Where cells, sweeps and the default MLflow store live.")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite inside --storage).")
+
+
+def _fmt_hours(h: float) -> str:
+    return f"{h * 60:.1f} min" if h < 1 else f"{h:,.1f} h"
+
+
+@app.command()
+def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke, full-synthetic, full) or a YAML path."),
+         workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
+         gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker.")) -> None:
+    """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
+    from orchestrator.grid import plan as make_plan
+
+    p = make_plan(grid, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
+    r = p.resources
+    table = Table(title=f"grid {p.name}: {len(p.cells)} cells ({p.source})")
+    for col in ("cell id", "task", "language", "seed", "levels", "sparsity", "expected"):
+        table.add_column(col)
+    for c in p.cells:
+        s = c.spec
+        table.add_row(s.id, s.task, s.language, str(s.seed), str(s.levels + 1),
+                      f"0-{s.sparsities[-1]:.0%}", _fmt_hours(c.cost_hours))
+    console.print(table)
+    for sk in p.skipped:
+        console.print(f"skipped {sk.task}/{sk.language}: {sk.reason}")
+    console.print(f"each cell asks for {r.workers_per_cell} worker(s) x ({r.cpus_per_worker:g} CPU, "
+                  f"{r.gpus_per_worker:g} GPU)")
+    for task, (n, hours) in sorted(p.cost_by_task().items()):
+        console.print(f"{task}: {n} cells, {_fmt_hours(hours)} expected")
+    console.print(f"total expected: [bold]{_fmt_hours(p.total_cost_hours)}[/bold] of "
+                  f"{'GPU' if r.gpus_per_worker else 'CPU-worker'} time x {r.workers_per_cell} worker(s) per cell")
+
+
+def _progress_table(statuses) -> Table:
+    from orchestrator.sweep import status_counts
+
+    counts = status_counts(statuses)
+    table = Table(title=f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
+                        f"{counts['pending']} pending")
+    for col in ("cell", "state", "level", "score"):
+        table.add_column(col)
+    colour = {"done": "green", "running": "yellow", "failed": "red", "pending": "dim"}
+    for st in statuses:
+        table.add_row(st.spec.id, f"[{colour[st.state]}]{st.state}[/]", f"{st.levels_done}/{st.spec.levels + 1}",
+                      "" if st.score is None else f"{st.score:.4f}")
+    return table
+
+
+@app.command()
+def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, full-synthetic, full) or a YAML path."),
+          name: str = NameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+          workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
+          gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
+          max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on cells running at once."),
+          resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of this --name."),
+          address: str = typer.Option(None, "--address", help="Ray cluster to use ('auto' on a cluster node); "
+                                                               "default: a private local instance.")) -> None:
+    """Run the grid as a Ray Tune sweep: one trial per cell, fault tolerant, resumable, tracked in MLflow."""
+    import contextlib
+
+    from rich.live import Live
+
+    from orchestrator.sweep import run_sweep, status_counts
+
+    if grid is None and not (resume and name):
+        grid = "smoke"
+    live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
+    last_line = [0.0]
+
+    def render(statuses) -> None:
+        if live is not None:
+            live.update(_progress_table(statuses))
+        elif time.time() - last_line[0] > 30:
+            last_line[0] = time.time()
+            console.print(", ".join(f"{v} {k}" for k, v in status_counts(statuses).items()))
+
+    with live if live is not None else contextlib.nullcontext():
+        result = run_sweep(grid, name=name, storage=storage, tracking_uri=tracking_uri,
+                           workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker,
+                           max_concurrent=max_concurrent, resume=resume, address=address, render=render)
+    console.print(_progress_table(result.statuses))
+    counts = status_counts(result.statuses)
+    console.print(f"sweep [bold]{result.name}[/bold] finished in {result.seconds:.0f} s "
+                  f"({result.compute_seconds:.0f} s of cell compute): {counts['done']}/{len(result.statuses)} cells done")
+    console.print(f"results: {result.storage / 'cells'}  (sweep state: {result.storage / 'sweeps' / result.name})")
+    console.print(f"MLflow: {result.tracking_uri}" + ("" if result.mlflow_synced else
+                  "  [red](unreachable: run `lnsub sync` when it is back)[/red]"))
+    console.print(f"browse: lnsub ui --name {result.name} --storage {storage}   then open http://127.0.0.1:5000")
+    failed = [cid for cid, err in result.errors.items() if err]
+    if failed:
+        for cid in failed:
+            console.print(f"[red]failed[/red] {cid}: {result.errors[cid].splitlines()[0][:300]}")
+        console.print(f"resume with: lnsub sweep --name {result.name} --storage {storage} --resume")
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
+           tracking_uri: str = TrackingOpt) -> None:
+    """Where a sweep stands, read from storage alone (Ray need not run)."""
+    from orchestrator.sweep import cell_statuses, check_storage, load_state
+
+    root = check_storage(storage)
+    state = load_state(root, name)
+    console.print(_progress_table(cell_statuses(root, name, state)))
+    console.print(f"MLflow: {tracking_uri or state['tracking_uri']}")
+
+
+@app.command()
+def sync(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
+         tracking_uri: str = TrackingOpt) -> None:
+    """Bring MLflow up to date with storage (after the tracking server was down)."""
+    from orchestrator.sweep import sync_sweep
+
+    counts = sync_sweep(name, storage, tracking_uri)
+    console.print(f"MLflow synced: {counts['runs_created']} runs created, {counts['levels_logged']} levels logged")
+
+
+@app.command()
+def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its tracking URI)."),
+       storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+       port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1.")) -> None:
+    """Open the MLflow UI on the sweep's store, bound to 127.0.0.1."""
+    import subprocess
+
+    from orchestrator import tracking
+    from orchestrator.sweep import check_storage, load_state
+
+    root = check_storage(storage)
+    uri = tracking_uri or (load_state(root, name)["tracking_uri"] if name else tracking.default_tracking_uri(root))
+    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                    "--port", str(port)], check=False)
 
 
 def main() -> None:

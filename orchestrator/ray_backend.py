@@ -25,7 +25,6 @@ QUIET_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
@@ -124,3 +123,139 @@ def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, u
     if not store.finished():
         raise RuntimeError(f"cell {spec.id}: Ray Train returned but the cell is not finished in {store.root}")
     return CellResult(spec.id, store.all_metrics(), int((result.metrics or {}).get("steps_trained", 0)), store.root)
+
+
+# --- the sweep: one Tune function trial per cell ------------------------------------------------
+
+FAILURES_DIR = "failures"
+
+
+def _cell_trial(config: dict) -> None:
+    """A Tune trial: one cell. With several workers it fits a TorchTrainer named after the cell id."""
+    import torch
+    from ray import tune
+
+    from trainables.imp import Hooks
+
+    spec = CellSpec.from_dict(config["cell"]["spec"])
+    storage = config["storage"]
+    failure_note = Path(config["sweep_dir"]) / FAILURES_DIR / f"{spec.id}.txt"
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))  # trials side by side must not oversubscribe
+    crash = config.get("inject_crash")  # fault injection for tests: {"cell", "level", "step", "marker"}
+
+    def after_step(level: int, step: int) -> None:
+        if crash and crash["cell"] == spec.id and (level, step) == (crash["level"], crash["step"]):
+            marker = Path(crash["marker"])
+            if not marker.exists():
+                marker.write_text("crashed once\n")
+                os._exit(1)
+
+    def level_done(level: int, record: dict) -> None:
+        tune.report({"level": level, "score": record["score"], "sparsity": record["sparsity"]})
+
+    try:
+        if config["workers_per_cell"] > 1:
+            result = run_cell_on_workers(spec, storage, workers=config["workers_per_cell"],
+                                         use_gpu=config["gpus_per_worker"] > 0,
+                                         resources_per_worker=config["resources_per_worker"],
+                                         max_failures=config["max_failures"],
+                                         checkpoint_every=config["checkpoint_every"])
+        else:
+            result = run_cell(spec, storage, checkpoint_every=config["checkpoint_every"],
+                              hooks=Hooks(level_done=level_done, after_step=after_step))
+    except BaseException as e:
+        failure_note.parent.mkdir(parents=True, exist_ok=True)
+        failure_note.write_text(f"{type(e).__name__}: {e}\n")
+        raise
+    failure_note.unlink(missing_ok=True)
+    last = result.levels[-1]
+    tune.report({"level": last["level"], "score": last["score"], "sparsity": last["sparsity"], "done": 1})
+
+
+def trial_resources(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float,
+                    extra: dict | None = None) -> dict:
+    """What the Tune trial itself reserves.
+
+    With one worker the trial is the worker. With several, the trial only hosts
+    the TorchTrainer's controller (0 CPUs) and the workers get their own
+    placement group; an all-zero request is refused, hence the token memory.
+    """
+    if workers_per_cell == 1:
+        return {"cpu": cpus_per_worker, "gpu": gpus_per_worker, **(extra or {})}
+    return {"cpu": 0, "memory": 1024 * 1024}
+
+
+def fitting_concurrency(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """How many cells the cluster can run at once now, so no trial starts only to wait."""
+    res = cluster_resources()
+    fits = [res.get("CPU", 0) / (workers_per_cell * cpus_per_worker)] if cpus_per_worker else []
+    if gpus_per_worker:
+        fits.append(res.get("GPU", 0) / (workers_per_cell * gpus_per_worker))
+    return max(1, int(min(fits))) if fits else 1
+
+
+def run_tune(cells: list[dict], storage: Path, sweep_dir: Path, *, workers_per_cell: int, cpus_per_worker: float,
+             gpus_per_worker: float, max_concurrent: int, max_failures: int, resume: bool,
+             checkpoint_every: int = 100, extra_resources: dict | None = None,
+             inject_crash: dict | None = None) -> dict[str, str | None]:
+    """Run every cell as a Tune trial (in the given order: longest first); cell id -> error or None."""
+    from ray import tune
+
+    resources_per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
+                            **(extra_resources or {})}
+    trainable = tune.with_resources(
+        _cell_trial, trial_resources(workers_per_cell, cpus_per_worker, gpus_per_worker, extra_resources))
+    experiment = sweep_dir / "tune"
+    tuner = None
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        try:
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+            log.info("restored the Tune experiment in %s", experiment)
+        except Exception as e:  # noqa: BLE001 - the cells' own idempotence covers what Tune cannot
+            log.warning("could not restore the Tune experiment (%s); starting it afresh, finished cells are kept", e)
+    if tuner is None:
+        param_space = {
+            "cell": tune.grid_search(cells), "storage": str(storage), "sweep_dir": str(sweep_dir),
+            "workers_per_cell": workers_per_cell, "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": gpus_per_worker, "resources_per_worker": resources_per_worker,
+            "max_failures": max_failures, "checkpoint_every": checkpoint_every, "inject_crash": inject_crash,
+        }
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=max_failures)),
+        )
+    results = tuner.fit()
+    return {r.config["cell"]["id"]: (f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None)
+            for r in results}
+
+
+def _trial_name(trial) -> str:
+    return trial.config["cell"]["id"]
+
+
+def reap_orphans(temp_dir: str) -> int:
+    """Stop the Ray daemons a killed driver left behind in its private temp dir; never anyone else's."""
+    import psutil
+
+    victims = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != os.getpid() and temp_dir in " ".join(proc.info["cmdline"] or []):
+                victims.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in victims:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(victims, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(victims)

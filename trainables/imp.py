@@ -234,10 +234,16 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
                 hooks.level_done(level, record)
         accelerator.free_memory()
         accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - started
     if main:
+        from trainables.atomic import write_json
+
+        # this call's wall time, set-up included: the cell's compute as the orchestrator sees it
+        write_json(store.root / "timing.json", {"seconds": seconds, "steps_trained": steps_trained,
+                                                "workers": accelerator.num_processes})
         store.mark_finished()
     accelerator.wait_for_everyone()
-    return CellResult(spec.id, store.all_metrics(), steps_trained, store.root, time.perf_counter() - started)
+    return CellResult(spec.id, store.all_metrics(), steps_trained, store.root, seconds)
 
 
 def _broadcast_int(value: int, accelerator) -> int:

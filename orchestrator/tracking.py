@@ -1,0 +1,141 @@
+"""MLflow as the place users browse; storage stays the source of truth.
+
+`sync` reconciles an MLflow experiment with what storage holds: one experiment
+per sweep, a parent run for the sweep, a child run per cell found by its
+`lnsub.cell_id` tag (never a duplicate), and per finished level its metrics
+with step=level and its mask under `masks/level_<k>/`. A level counts as
+logged once its metrics are there (artifacts go first), so a sync can be
+repeated, interrupted or run while the server was down, and nothing is logged
+twice or lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from trainables.spec import CellSpec
+from trainables.store import CellStore
+
+log = logging.getLogger(__name__)
+
+# metric names: their one home
+LEVEL_METRICS = ("sparsity", "density", "score", "perplexity", "loss", "accuracy", "f1", "precision", "recall",
+                 "train_loss", "level_seconds", "seconds_per_step")
+MARKER_METRIC = "sparsity"  # a level is logged when this metric has its step
+TAG_SWEEP, TAG_CELL, TAG_ROLE = "lnsub.sweep", "lnsub.cell_id", "lnsub.role"
+CELL_TAGS = ("model", "task", "language", "seed")
+
+
+def default_tracking_uri(storage: str | Path) -> str:
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def experiment_name(sweep: str) -> str:
+    return f"lnsub/{sweep}"
+
+
+def _client(tracking_uri: str):
+    # fail fast when a server is down: the next sync catches up, training never waits on MLflow
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _experiment_id(client, sweep: str, storage: Path, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(experiment_name(sweep))
+    if exp is not None:
+        return exp.experiment_id
+    local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
+    location = (storage.resolve() / "mlartifacts").as_uri() if local_store else None  # a server decides its own
+    return client.create_experiment(experiment_name(sweep), artifact_location=location, tags={TAG_SWEEP: sweep})
+
+
+def _runs_by_tag(client, experiment_id: str, sweep: str) -> tuple[object | None, dict[str, object]]:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}'", max_results=10_000)
+    parent, cells = None, {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):  # the oldest wins if ever two exist
+        tags = run.data.tags
+        if tags.get(TAG_ROLE) == "sweep":
+            parent = parent or run
+        elif TAG_CELL in tags:
+            cells.setdefault(tags[TAG_CELL], run)
+    return parent, cells
+
+
+def _flat_params(spec: CellSpec) -> dict[str, str]:
+    return {k: "None" if v is None else str(v) for k, v in spec.to_dict().items()}
+
+
+def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: str,
+         sweep_params: dict | None = None, failed: dict[str, str] | None = None) -> dict:
+    """Bring MLflow up to date with storage; returns counts of what was logged now."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    storage = Path(storage)
+    client = _client(tracking_uri)
+    exp_id = _experiment_id(client, sweep, storage, tracking_uri)
+    parent, cells = _runs_by_tag(client, exp_id, sweep)
+    if parent is None:
+        parent = client.create_run(exp_id, run_name=sweep, tags={TAG_SWEEP: sweep, TAG_ROLE: "sweep"})
+        params = [Param(k, str(v)) for k, v in (sweep_params or {}).items()]
+        if params:
+            client.log_batch(parent.info.run_id, params=params)
+    counts = {"runs_created": 0, "levels_logged": 0, "cells_finished": 0}
+    all_done = True
+    for spec in specs:
+        store = CellStore(storage, spec)
+        run = cells.get(spec.id)
+        if run is None:
+            if not (store.root / "spec.json").exists():
+                all_done = False
+                continue  # not started: no run yet, so the UI lists what ran
+            tags = {TAG_SWEEP: sweep, TAG_CELL: spec.id, TAG_ROLE: "cell", "mlflow.parentRunId": parent.info.run_id,
+                    **{f"lnsub.{k}": str(getattr(spec, k)) for k in CELL_TAGS}}
+            run = client.create_run(exp_id, run_name=spec.id, tags=tags)
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat_params(spec).items()])
+            counts["runs_created"] += 1
+        run_id = run.info.run_id
+        logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
+        for record in store.all_metrics():
+            level = record["level"]
+            if level in logged:
+                continue
+            level_dir = store.level_dir(level)
+            for name in ("mask.npz", "mask.json"):
+                client.log_artifact(run_id, str(level_dir / name), artifact_path=f"masks/level_{level}")
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, float(record[k]), now, level) for k in LEVEL_METRICS
+                       if isinstance(record.get(k), (int, float))]
+            client.log_batch(run_id, metrics=metrics)
+            counts["levels_logged"] += 1
+        if store.finished():
+            if run.info.status != "FINISHED":
+                client.set_terminated(run_id, "FINISHED")
+                counts["cells_finished"] += 1
+        else:
+            all_done = False
+            if failed and spec.id in failed:
+                client.set_tag(run_id, "lnsub.last_error", failed[spec.id][:4000])
+    if all_done and parent.info.status != "FINISHED":
+        client.set_terminated(parent.info.run_id, "FINISHED")
+    return counts
+
+
+def find_cell_runs(sweep: str, tracking_uri: str) -> dict[str, list]:
+    """Every child run of a sweep, grouped by cell id (a test and `lnsub status` look for duplicates)."""
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name(sweep))
+    if exp is None:
+        return {}
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}'",
+                              max_results=10_000)
+    out: dict[str, list] = {}
+    for run in runs:
+        if TAG_CELL in run.data.tags:
+            out.setdefault(run.data.tags[TAG_CELL], []).append(run)
+    return out

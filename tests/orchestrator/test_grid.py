@@ -1,0 +1,132 @@
+"""Grids are validated before anything starts: one clear line, exit status 2, nothing written."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.grid import grid_path, plan
+
+GOOD = yaml.safe_load(grid_path("smoke").read_text())
+
+
+def _run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["lnsub", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def _grid(tmp_path, **changes):
+    data = {**GOOD, **changes}
+    for key in [k for k, v in changes.items() if v is DROP]:
+        data.pop(key)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+DROP = object()
+MALFORMED = [
+    ({"languages": ["syn-en", "klingon"]}, "languages[1]: unknown language 'klingon'"),
+    ({"tasks": {"pos": {}}}, "tasks.pos: unknown task"),
+    ({"prune_fraction": 1.5}, "prune_fraction: must lie in (0, 1)"),
+    ({"prune_fraction": 0}, "prune_fraction: must lie in (0, 1)"),
+    ({"languages": ["syn-en", "syn-en"]}, "languages: duplicate cells"),
+    ({"seeds": [0, 0]}, "seeds: duplicate cells"),
+    ({"levels": DROP}, "levels: missing required field"),
+    ({"levels": "three"}, "levels: must be int"),
+    ({"levels": 12}, "levels: levels x prune_fraction"),
+    ({"colour": "blue"}, "colour: unknown field"),
+    ({"tasks": {"ner": {"learning_rate": 1e-3, "steps": 5}}}, "tasks.ner.learning_rate: unknown"),
+    ({"tasks": {"ner": {"lr": "fast", "steps": 5}}}, "tasks.ner.lr: must be float"),
+    ({"tasks": {"ner": {"steps": -3}}}, "steps must be positive"),
+    ({"resources": {"workers_per_cell": 0}}, "resources.workers_per_cell: must be >= 1"),
+    ({"languages": "syn-en"}, "languages: must be list"),
+]
+
+
+@pytest.mark.parametrize("changes,message", MALFORMED, ids=[m for _, m in MALFORMED])
+def test_malformed_grid_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, changes, message):
+    path = _grid(tmp_path, **changes)
+    storage = tmp_path / "runs"
+    code, err = _run_cli(monkeypatch, capsys, "sweep", "--grid", str(path), "--storage", str(storage))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lnsub: error: ") and str(path) in lines[0], err
+    assert message in lines[0], lines[0]
+    assert not storage.exists()
+
+
+def test_unreadable_and_malformed_files(tmp_path, monkeypatch, capsys):
+    code, err = _run_cli(monkeypatch, capsys, "plan", "--grid", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "neither a shipped grid" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("languages: [syn-en\ntasks: {")
+    code, err = _run_cli(monkeypatch, capsys, "plan", "--grid", str(bad))
+    assert code == 2 and "malformed YAML" in err and str(bad) in err and len(err.strip().splitlines()) == 1
+    bad.write_text("- just\n- a list\n")
+    code, err = _run_cli(monkeypatch, capsys, "plan", "--grid", str(bad))
+    assert code == 2 and "must be a YAML mapping" in err
+
+
+BAD_OPTIONS = [
+    (["--workers-per-cell", "0"], "--workers-per-cell must be >= 1"),
+    (["--max-concurrent", "0"], "--max-concurrent must be >= 1"),
+    (["--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0"),
+    (["--name", "bad/name"], "--name 'bad/name'"),
+    (["--storage", "s3://bucket/runs"], "cloud URIs are not supported yet"),
+]
+
+
+@pytest.mark.parametrize("options,message", BAD_OPTIONS, ids=[m for _, m in BAD_OPTIONS])
+def test_bad_option_values(tmp_path, monkeypatch, capsys, options, message):
+    args = ["sweep", "--grid", "smoke", *options]
+    if "--storage" not in options:
+        args += ["--storage", str(tmp_path / "runs")]
+    code, err = _run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_an_unknown_sweep_without_grid(tmp_path, monkeypatch, capsys):
+    code, err = _run_cli(monkeypatch, capsys, "status", "--name", "nope", "--storage", str(tmp_path))
+    assert code == 2 and "no sweep named 'nope'" in err
+
+
+def test_full_plan_follows_the_paper():
+    p = plan("full")
+    assert len(p.cells) == 3 * (11 + 9 + 10)
+    assert {(s.task, s.language) for s in p.skipped} == {("ner", "hi"), ("ner", "sw"), ("xnli", "fa")}
+    assert all("has no" in s.reason for s in p.skipped)
+    assert [c.spec.task for c in p.cells[:30]] == ["xnli"] * 30  # longest cells first
+    by_task = {c.spec.task: c.spec for c in p.cells}
+    assert (by_task["ner"].lr, by_task["ner"].batch_size, by_task["ner"].max_length, by_task["ner"].epochs) == \
+        (2e-5, 32, 128, 3.0)
+    assert (by_task["xnli"].lr, by_task["xnli"].epochs) == (5e-5, 3.0)
+    assert (by_task["mlm"].lr, by_task["mlm"].batch_size, by_task["mlm"].max_length, by_task["mlm"].steps) == \
+        (5e-5, 16, 512, 10_000)
+    assert by_task["ner"].sparsities[-1] == pytest.approx(0.9)
+    assert p.total_cost_hours == pytest.approx(3 * (11 * 15 + 9 * 4.5 + 10 * 45))
+    assert len({c.spec.id for c in p.cells}) == len(p.cells)
+
+
+def test_cell_ids_are_stable_and_change_with_any_default():
+    from dataclasses import replace
+
+    a, b = plan("smoke").cells, plan("smoke").cells
+    assert [c.spec.id for c in a] == [c.spec.id for c in b]
+    spec = a[0].spec
+    assert replace(spec, adam_eps=1e-6).id != spec.id and replace(spec, seed=1).id != spec.id
+
+
+def test_plan_command_prints_the_cost(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["lnsub", "plan", "--grid", "full"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "skipped ner/hi" in out and "1,966.5 h" in out
