@@ -170,6 +170,7 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
               gpus_per_worker: float | None = None, max_concurrent: int | None = None, resume: bool = False,
               address: str | None = None, max_failures: int = 3, sync_interval: float = 5.0,
               render=None, checkpoint_every: int = 100, extra_resources: dict | None = None,
+              final_sync_wait: float = 30.0,
               inject_crash: dict | None = None) -> SweepResult:
     """Plan, launch (or resume) and finish a sweep; the whole call is idempotent per cell and level."""
     from orchestrator import ray_backend, tracking
@@ -248,7 +249,14 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
         if we_started:
             ray_backend.stop()
             session.unlink(missing_ok=True)
+            import shutil
+
+            shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets
     synced = monitor.sync_once()
+    deadline = time.time() + final_sync_wait
+    while not synced and time.time() < deadline:  # a server that is restarting gets a moment
+        time.sleep(3)
+        synced = monitor.sync_once()
     statuses = cell_statuses(root, name, state)
     compute = sum(r.get("level_seconds", 0.0) for s in specs for r in CellStore(root, s).all_metrics())
     return SweepResult(name, root, tracking_uri, errors, statuses, time.perf_counter() - started, synced, compute)

@@ -41,6 +41,8 @@ def _client(tracking_uri: str):
     # fail fast when a server is down: the next sync catches up, training never waits on MLflow
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # it would tear the live view
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # one warning of ours is enough
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)

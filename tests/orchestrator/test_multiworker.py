@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -16,13 +18,15 @@ FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 12
 
 
 @pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
+def ray_local():
     from orchestrator import ray_backend
 
-    started = ray_backend.start(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray")))
+    temp_dir = tempfile.mkdtemp(prefix="lnr-", dir="/tmp")  # AF_UNIX socket paths must stay < 108 bytes
+    started = ray_backend.start(num_cpus=2, temp_dir=temp_dir)
     yield
     if started:
         ray_backend.stop()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
