@@ -3,18 +3,18 @@
 Usage: python bench/overlap_bench.py [--masks 11] [--levels 1] [--density 0.5] [--threads 1]
 Each level's masks are written with save_masks to a temporary folder, measured, then deleted
 (one level at a time). Each variant runs in its own spawned process, so its peak memory is its
-own: reported as the growth of resource.getrusage max RSS over the process after its imports.
+own: growth of its peak RSS (VmHWM), reset after imports and a malloc_trim (Linux, glibc).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 
@@ -24,8 +24,20 @@ SHAPES = {f"bert.encoder.layer.{layer}.{s}.weight": shape for layer in range(12)
 GROUPINGS = ("total", "layer", "component")
 
 
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _peak_rss_mib() -> float:
+    # VmHWM, not getrusage's ru_maxrss: a spawned child's ru_maxrss starts at its forking parent's peak
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def _reset_peak() -> None:
+    # importing torch peaks above where RSS settles and leaves freed heap resident that later arrays
+    # would reuse unseen: hand free pages back (glibc), then reset the high-water mark (Linux >= 4.0)
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _packed(folders, threads):
@@ -83,9 +95,10 @@ def _child(variant, folders, threads, queue):
     import torch  # noqa: F401  imports first, so the RSS growth is the work's alone
     import analysis.overlap  # noqa: F401
 
-    before = _maxrss_mib()
+    _reset_peak()
+    before = _peak_rss_mib()
     times, result = (_packed if variant == "packed" else _float32)(folders, threads)
-    queue.put((times, result, _maxrss_mib() - before))
+    queue.put((times, result, _peak_rss_mib() - before))
 
 
 def _run(variant, folders, threads):
@@ -93,7 +106,13 @@ def _run(variant, folders, threads):
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(variant, folders, threads, queue))
     proc.start()
-    out = queue.get()
+    while True:  # poll, so a child that dies (out of memory, say) ends the bench instead of hanging it
+        try:
+            out = queue.get(timeout=1)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"the {variant} process died with exit code {proc.exitcode}")
     proc.join()
     return out
 
@@ -121,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     n_weights = sum(r * c for r, c in SHAPES.values())
     print(f"{args.masks} masks x {n_weights:,} weights ({len(SHAPES)} matrices), density {args.density}, "
-          f"torch threads {args.threads}; peak memory = growth of max RSS (getrusage) in a spawned process")
+          f"torch threads {args.threads}; peak memory: growth of VmHWM in a spawned process, reset after its imports")
     for level in range(args.levels):
         root = Path(tempfile.mkdtemp(prefix="overlap_bench_"))
         try:
