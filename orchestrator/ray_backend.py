@@ -222,8 +222,9 @@ def run_tune(cells: list[dict], storage: Path, sweep_dir: Path, *, workers_per_c
         }
         tuner = tune.Tuner(
             trainable, param_space=param_space,
+            # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
+                                        trial_dirname_creator=_trial_name, reuse_actors=True),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=max_failures)),
         )

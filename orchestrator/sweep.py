@@ -134,6 +134,8 @@ class Monitor(threading.Thread):
         self.interval, self.render = interval, render
         self.stopped = threading.Event()
         self.synced = False
+        self.settled: set[str] = set()  # cells finished and fully logged: not asked about again
+        self.lock = threading.Lock()
 
     def sync_once(self) -> bool:
         from orchestrator import tracking
@@ -141,9 +143,10 @@ class Monitor(threading.Thread):
         try:
             statuses = cell_statuses(self.storage, self.name, self.state)
             failed = {s.spec.id: s.error for s in statuses if s.error}
-            tracking.sync(self.name, state_specs(self.state), self.storage, self.tracking_uri,
-                          sweep_params={"grid": self.state["grid_name"], "cells": len(self.state["cells"])},
-                          failed=failed)
+            with self.lock:
+                tracking.sync(self.name, state_specs(self.state), self.storage, self.tracking_uri,
+                              sweep_params={"grid": self.state["grid_name"], "cells": len(self.state["cells"])},
+                              failed=failed, settled=self.settled)
             if not self.synced:
                 log.debug("MLflow in step with storage")
             self.synced = True
@@ -156,6 +159,7 @@ class Monitor(threading.Thread):
         return self.synced
 
     def run(self) -> None:
+        self.sync_once()  # creates the experiment (and a new SQLite store's schema) while cells already train
         while not self.stopped.wait(self.interval):
             self.render(cell_statuses(self.storage, self.name, self.state))
             self.sync_once()
@@ -168,7 +172,7 @@ class Monitor(threading.Thread):
 def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_STORAGE,
               tracking_uri: str | None = None, workers_per_cell: int | None = None,
               gpus_per_worker: float | None = None, max_concurrent: int | None = None, resume: bool = False,
-              address: str | None = None, max_failures: int = 3, sync_interval: float = 5.0,
+              address: str | None = None, max_failures: int = 3, sync_interval: float = 10.0,
               render=None, checkpoint_every: int = 100, extra_resources: dict | None = None,
               final_sync_wait: float = 30.0,
               inject_crash: dict | None = None) -> SweepResult:
@@ -237,7 +241,6 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
         fits = ray_backend.fitting_concurrency(res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
         concurrency = min(max_concurrent or fits, fits) if res.workers_per_cell > 1 else (max_concurrent or fits)
         log.info("sweep %s: %d cells, up to %d at a time; storage %s", name, len(cells), concurrency, root)
-        monitor.sync_once()
         monitor.start()
         errors = ray_backend.run_tune(
             state["cells"], root, sweep_dir(root, name), workers_per_cell=res.workers_per_cell,

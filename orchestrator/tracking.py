@@ -74,8 +74,13 @@ def _flat_params(spec: CellSpec) -> dict[str, str]:
 
 
 def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: str,
-         sweep_params: dict | None = None, failed: dict[str, str] | None = None) -> dict:
-    """Bring MLflow up to date with storage; returns counts of what was logged now."""
+         sweep_params: dict | None = None, failed: dict[str, str] | None = None,
+         settled: set[str] | None = None) -> dict:
+    """Bring MLflow up to date with storage; returns counts of what was logged now.
+
+    `settled` (updated in place) holds cells known to be finished and fully logged in
+    this tracking store; a caller that syncs repeatedly passes the same set to skip them.
+    """
     from mlflow.entities import Metric, Param, RunTag
 
     storage = Path(storage)
@@ -88,13 +93,14 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
         if params:
             client.log_batch(parent.info.run_id, params=params)
     counts = {"runs_created": 0, "levels_logged": 0, "cells_finished": 0}
-    all_done = True
+    settled = settled if settled is not None else set()
     for spec in specs:
+        if spec.id in settled:
+            continue
         store = CellStore(storage, spec)
         run = cells.get(spec.id)
         if run is None:
             if not (store.root / "spec.json").exists():
-                all_done = False
                 continue  # not started: no run yet, so the UI lists what ran
             tags = {TAG_SWEEP: sweep, TAG_CELL: spec.id, TAG_ROLE: "cell", "mlflow.parentRunId": parent.info.run_id,
                     **{f"lnsub.{k}": str(getattr(spec, k)) for k in CELL_TAGS}}
@@ -119,11 +125,10 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
             if run.info.status != "FINISHED":
                 client.set_terminated(run_id, "FINISHED")
                 counts["cells_finished"] += 1
-        else:
-            all_done = False
-            if failed and spec.id in failed:
-                client.set_tag(run_id, "lnsub.last_error", failed[spec.id][:4000])
-    if all_done and parent.info.status != "FINISHED":
+            settled.add(spec.id)
+        elif failed and spec.id in failed:
+            client.set_tag(run_id, "lnsub.last_error", failed[spec.id][:4000])
+    if len(settled) == len(specs) and parent.info.status != "FINISHED":
         client.set_terminated(parent.info.run_id, "FINISHED")
     return counts
 
