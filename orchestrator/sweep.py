@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -178,6 +180,7 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
               inject_crash: dict | None = None) -> SweepResult:
     """Plan, launch (or resume) and finish a sweep; the whole call is idempotent per cell and level."""
     from orchestrator import ray_backend, tracking
+    from orchestrator.grid import Resources
     from orchestrator.grid import plan as make_plan
 
     started = time.perf_counter()
@@ -188,37 +191,33 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
     if max_concurrent is not None and max_concurrent < 1:
         raise LnsubError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     root = check_storage(storage)
-    state_path = None
-    state = None
-    if name is not None:
-        check_name(name)
-        state_path = sweep_dir(root, name) / "sweep.json"
-        if state_path.exists():
-            if not resume:
-                raise LnsubError(f"sweep {name!r} already exists in {root}; add --resume to continue it, "
-                                 f"or choose another --name")
-            state = read_json(state_path)
+
+    def existing(sweep: str) -> dict | None:
+        path = sweep_dir(root, sweep) / "sweep.json"
+        return read_json(path) if path.exists() else None
+
+    state = existing(check_name(name)) if name else None
     if grid is None and state is None:
         raise LnsubError("--grid is required to start a sweep (with --resume, a known --name is enough)")
-    p = make_plan(grid or state["grid_source"], workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
+    overrides = {"workers_per_cell": workers_per_cell, "gpus_per_worker": gpus_per_worker}
+    p = make_plan(grid, **overrides) if grid is not None else None
     name = check_name(name or p.name)
-    state_path = sweep_dir(root, name) / "sweep.json"
-    if state is None and state_path.exists():
-        if not resume:
-            raise LnsubError(f"sweep {name!r} already exists in {root}; add --resume to continue it, "
-                             f"or choose another --name")
-        state = read_json(state_path)
-    cells = [{"id": c.spec.id, "spec": c.spec.to_dict(), "cost_hours": c.cost_hours} for c in p.cells]
-    if state is not None and [c["id"] for c in state["cells"]] != [c["id"] for c in cells] and grid is not None:
+    state = state or existing(name)
+    if state is not None and not resume:
+        raise LnsubError(f"sweep {name!r} already exists in {root}; add --resume to continue it, "
+                         f"or choose another --name")
+    if state is not None and p is not None and [c["id"] for c in state["cells"]] != [c.spec.id for c in p.cells]:
         raise LnsubError(f"grid {p.source} no longer gives the cells sweep {name!r} started with; "
                          f"resume without --grid, or start a new --name")
     tracking_uri = tracking_uri or (state or {}).get("tracking_uri") or tracking.default_tracking_uri(root)
-    res = p.resources
-    if state is None:
-        state = {"name": name, "grid_name": p.name, "grid_source": p.source, "grid": p.grid, "cells": cells,
-                 "skipped": [s.__dict__ for s in p.skipped], "tracking_uri": tracking_uri,
-                 "resources": res.__dict__, "created": time.time()}
-        write_json(state_path, state)
+    if state is None:  # a new sweep: its plan is written before anything runs
+        state = {"name": name, "grid_name": p.name, "grid_source": p.source, "grid": p.grid,
+                 "cells": [{"id": c.spec.id, "spec": c.spec.to_dict(), "cost_hours": c.cost_hours} for c in p.cells],
+                 "skipped": [sk.__dict__ for sk in p.skipped], "tracking_uri": tracking_uri,
+                 "resources": p.resources.__dict__, "created": time.time()}
+        write_json(sweep_dir(root, name) / "sweep.json", state)
+    # a resume runs the stored plan; resource options may change (a bigger cluster, say)
+    res = Resources(**{**state["resources"], **{k: v for k, v in overrides.items() if v is not None}})
     specs = state_specs(state)
     _prepare_testbed(specs)
 
@@ -231,8 +230,6 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
                 log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, old["pid"])
     temp_dir = None
     if not address and not os.environ.get("RAY_ADDRESS"):
-        import tempfile
-
         temp_dir = tempfile.mkdtemp(prefix="lnsub-ray-")
         write_json(session, {"pid": os.getpid(), "temp_dir": temp_dir})
     we_started = ray_backend.start(address=address or os.environ.get("RAY_ADDRESS"), temp_dir=temp_dir)
@@ -240,7 +237,7 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
     try:
         fits = ray_backend.fitting_concurrency(res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
         concurrency = min(max_concurrent or fits, fits) if res.workers_per_cell > 1 else (max_concurrent or fits)
-        log.info("sweep %s: %d cells, up to %d at a time; storage %s", name, len(cells), concurrency, root)
+        log.info("sweep %s: %d cells, up to %d at a time; storage %s", name, len(specs), concurrency, root)
         monitor.start()
         errors = ray_backend.run_tune(
             state["cells"], root, sweep_dir(root, name), workers_per_cell=res.workers_per_cell,
@@ -252,8 +249,6 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
         if we_started:
             ray_backend.stop()
             session.unlink(missing_ok=True)
-            import shutil
-
             shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets
     synced = monitor.sync_once()
     deadline = time.time() + final_sync_wait

@@ -9,6 +9,7 @@ level k's trained task head, which carries over. Callable without Ray.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Callable
 import torch
 
 from trainables import pruning
+from trainables.atomic import write_json
+from trainables.masks import pack, save_masks
 from trainables.spec import TESTBED_MODEL, CellSpec
 from trainables.store import CellStore
 from trainables.testbed.languages import is_synthetic
@@ -117,10 +120,6 @@ def _broadcast_masks(masks: pruning.Masks, accelerator) -> pruning.Masks:
 
 def _rank_digests(masks: pruning.Masks, accelerator) -> list[str]:
     """Every rank's SHA-256 of the mask it will train with; they must all agree."""
-    import hashlib
-
-    from trainables.masks import pack
-
     digest = hashlib.sha256(pack(masks)).hexdigest()
     if accelerator.num_processes == 1:
         return [digest]
@@ -139,8 +138,6 @@ def write_baselines(store: CellStore, spec: CellSpec, params, trained: dict, the
         for kind, weights in (("oneshot_trained", trained), ("oneshot_pretrained", theta0)):
             folder = store.baseline_dir(kind, sparsity)
             if not (folder / "mask.json").exists():
-                from trainables.masks import save_masks
-
                 save_masks(folder, pruning.one_shot_masks(weights, params, sparsity), kind=kind, sparsity=sparsity)
 
 
@@ -236,8 +233,6 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     if main:
-        from trainables.atomic import write_json
-
         # this call's wall time, set-up included: the cell's compute as the orchestrator sees it
         write_json(store.root / "timing.json", {"seconds": seconds, "steps_trained": steps_trained,
                                                 "workers": accelerator.num_processes})

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 
 from trainables.atomic import atomic_path, read_json, write_json
+from trainables.errors import LnsubError
+from trainables.masks import sha256_file
 from trainables.pruning import Masks, apply_masks, mask_gradients
 from trainables.spec import CellSpec
 
@@ -41,8 +44,6 @@ class RoundData:
 def per_device_batch(spec: CellSpec, num_processes: int) -> int:
     share = num_processes * spec.grad_accum
     if spec.batch_size % share:
-        from trainables.errors import LnsubError
-
         raise LnsubError(f"batch_size {spec.batch_size} is not divisible by workers x grad_accum = {share}")
     return spec.batch_size // share
 
@@ -99,20 +100,14 @@ def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, accele
                  "python_rng": list(random.getstate()[1]), "numpy_rng": _numpy_state()}
         with atomic_path(target / "state.pt") as tmp:
             torch.save(state, tmp)
-        from trainables.masks import sha256_file
-
         write_json(target / "meta.json", {"step": step, "sha256": sha256_file(target / "state.pt")})
         for old in sorted(folder.glob("step_*"))[:-KEEP_CHECKPOINTS]:
-            import shutil
-
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
 def load_checkpoint(folder: Path) -> dict | None:
     """The newest checkpoint that reads back whole; damaged ones are set aside with a warning."""
-    from trainables.masks import sha256_file
-
     for candidate in sorted(folder.glob("step_*"), reverse=True):
         try:
             meta = read_json(candidate / "meta.json")
@@ -152,8 +147,6 @@ def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, eps=spec.adam_eps, weight_decay=spec.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader(data, spec, level, 0, accelerator)) / spec.grad_accum)
     if steps_per_epoch == 0:
-        from trainables.errors import LnsubError
-
         raise LnsubError(f"cell {spec.id}: fewer training examples than one batch of {spec.batch_size}")
     total = total_steps(spec, steps_per_epoch)
     warmup = spec.warmup_steps

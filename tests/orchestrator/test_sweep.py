@@ -115,6 +115,7 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_model):
     done_files = {p: p.stat().st_mtime_ns for s in specs for k in range(s.levels + 1)
                   if CellStore(storage, s).level_done(k) for p in CellStore(storage, s).level_dir(k).iterdir()}
     assert done_files
+    grid.unlink()  # a resume runs the stored plan, not the grid file
     resumed = lnsub("sweep", "--name", "killed", "--storage", str(storage), "--resume", cwd=tmp_path)
     out, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out[-3000:]
