@@ -200,6 +200,18 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
                     "--port", str(port)], check=False)
 
 
+@app.command()
+def analyze(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
+            tracking_uri: str = TrackingOpt,
+            out: str = typer.Option(None, "--out", help="Folder for the tables and figures "
+                                                        "(default: <storage>/sweeps/<name>/analysis).")) -> None:
+    """Cross-language overlap of the sweep's masks (total, per layer, per component), baselines, winning tickets."""
+    from analysis.analyze import analyze as run_analysis
+
+    folder = run_analysis(name, storage, tracking_uri, out)
+    console.print(f"overlap tables and heatmaps: [bold]{folder}[/bold]")
+
+
 def main() -> None:
     """Entry point: a user-facing error is one line on stderr and exit status 2."""
     try:

@@ -1,0 +1,58 @@
+"""`lnsub analyze` on real cells: its Jaccard rows equal a direct set computation on the stored masks."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from analysis.analyze import analyze
+from trainables.atomic import write_json
+from trainables.imp import run_cell
+from trainables.masks import load_masks
+from trainables.spec import make_spec
+from trainables.store import CellStore
+
+pytestmark = pytest.mark.slow
+FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 8, "train_size": 300,
+        "valid_size": 64}
+
+
+def test_overlap_tables_baselines_and_tickets(tmp_path, tiny_model):
+    specs = [make_spec("ner", lang, **FAST) for lang in ("syn-en", "syn-ar")]
+    for spec in specs:
+        run_cell(spec, tmp_path)
+    write_json(tmp_path / "sweeps/mini/sweep.json", {
+        "name": "mini", "grid_name": "mini", "cells": [{"id": s.id, "spec": s.to_dict()} for s in specs],
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    folder = analyze("mini", str(tmp_path))
+    rows = list(csv.DictReader(open(folder / "overlap.csv")))
+    levels = {int(r["level"]) for r in rows}
+    assert levels == {1, 2}
+    groupings = {(r["grouping"], r["group"]) for r in rows if r["level"] == "2"}
+    assert ("total", "all") in groupings and ("layer", "layer_3") in groupings and ("component", "query") in groupings
+    for level in (1, 2):  # the total equals |A ∩ B| / |A ∪ B| over the kept positions, as sets
+        a, b = (load_masks(CellStore(tmp_path, s).level_dir(level)) for s in specs)
+        kept_a = {(n, i) for n, m in a.items() for i in m.flatten().nonzero().flatten().tolist()}
+        kept_b = {(n, i) for n, m in b.items() for i in m.flatten().nonzero().flatten().tolist()}
+        expected = len(kept_a & kept_b) / len(kept_a | kept_b)
+        row = next(r for r in rows if r["level"] == str(level) and r["grouping"] == "total")
+        assert float(row["jaccard"]) == pytest.approx(expected, abs=1e-12)
+    baselines = list(csv.DictReader(open(folder / "overlap_baselines.csv")))
+    assert len(baselines) == 4
+    for r in baselines:
+        d = 1 - float(r["sparsity"])
+        assert float(r["random_closed_form"]) == pytest.approx(d / (2 - d))
+        assert float(r["random_empirical"]) == pytest.approx(d / (2 - d), abs=0.02)
+        assert 0 < float(r["oneshot_pretrained"]) <= 1
+    tickets = list(csv.DictReader(open(folder / "winning_tickets.csv")))
+    assert {t["language"] for t in tickets} == {"syn-en", "syn-ar"}
+    assert all(int(t["ticket_level"]) in (0, 1, 2) for t in tickets)
+    assert (folder / "overlap_ner_s0_level2.png").stat().st_size > 1000
+    from orchestrator import tracking
+
+    client = tracking._client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(tracking.experiment_name("mini"))
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`lnsub.role` = 'analysis:overlap'")
+    assert len(runs) == 1
+    assert "overlap/overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
