@@ -212,6 +212,21 @@ def analyze(name: str = typer.Option(..., "--name", help="The sweep's name."), s
     console.print(f"overlap tables and heatmaps: [bold]{folder}[/bold]")
 
 
+@app.command()
+def similarity(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
+               tracking_uri: str = TrackingOpt,
+               out: str = typer.Option(None, "--out", help="Folder for the tables and figures."),
+               level: int = typer.Option(None, "--level", help="Pruning level of the sub-networks (default: last)."),
+               sentences: int = typer.Option(200, "--sentences", help="Parallel sentences per language.")) -> None:
+    """Per-layer CKA and sentence retrieval across languages: dense, each sub-network, a random encoder."""
+    from analysis.similarity_job import similarity as run_similarity
+
+    if sentences < 10:
+        raise LnsubError(f"--sentences must be >= 10, got {sentences}")
+    folder = run_similarity(name, storage, tracking_uri, out, level, sentences)
+    console.print(f"similarity tables and curves: [bold]{folder}[/bold]")
+
+
 def main() -> None:
     """Entry point: a user-facing error is one line on stderr and exit status 2."""
     try:

@@ -56,3 +56,26 @@ def test_overlap_tables_baselines_and_tickets(tmp_path, tiny_model):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`lnsub.role` = 'analysis:overlap'")
     assert len(runs) == 1
     assert "overlap/overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
+
+
+def test_similarity_over_the_same_cells(tmp_path, tiny_model):
+    from analysis.similarity_job import similarity
+
+    specs = [make_spec("ner", lang, **FAST) for lang in ("syn-en", "syn-ar")]
+    for spec in specs:
+        run_cell(spec, tmp_path)
+    write_json(tmp_path / "sweeps/mini/sweep.json", {
+        "name": "mini", "grid_name": "mini", "cells": [{"id": s.id, "spec": s.to_dict()} for s in specs],
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    folder = similarity("mini", str(tmp_path), sentences=60)
+    rows = list(csv.DictReader(open(folder / "similarity.csv")))
+    encoders = {r["encoder"] for r in rows}
+    assert encoders == {"dense", "random", "ner:syn-en@20%", "ner:syn-ar@20%"}
+    layers = {int(r["layer"]) for r in rows}
+    assert layers == set(range(5))  # embeddings + 4 layers of the tiny model
+    for r in rows:
+        assert 0.0 <= float(r["cka"]) <= 1.0 + 1e-9 and 0.0 <= float(r["retrieval"]) <= 1.0
+    top = [r for r in rows if r["layer"] == "4"]
+    dense = next(float(r["cka"]) for r in top if r["encoder"] == "dense")
+    assert 0.0 < dense < 1.0
+    assert (folder / "similarity_cka.png").stat().st_size > 1000
