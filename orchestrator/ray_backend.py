@@ -68,6 +68,14 @@ def cluster_resources() -> dict:
     return dict(ray.cluster_resources())
 
 
+def _crash_once(marker: str) -> None:
+    """Fault injection for tests: die hard, as when a node or process is lost, the first time only."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("crashed once\n")
+        os._exit(1)
+
+
 def _cell_worker(config: dict) -> None:
     """Per-worker function of a cell's TorchTrainer: Accelerate inside, rank 0 writes."""
     import ray.train
@@ -80,10 +88,8 @@ def _cell_worker(config: dict) -> None:
     crash = config.get("inject_crash")  # fault injection for tests: {"rank", "level", "step", "marker"}
     if crash and ray.train.get_context().get_world_rank() == crash["rank"]:
         def after_step(level: int, step: int) -> None:
-            marker = Path(crash["marker"])
-            if (level, step) == (crash["level"], crash["step"]) and not marker.exists():
-                marker.write_text("crashed once\n")
-                os._exit(1)  # a hard death, as when a node or process is lost
+            if (level, step) == (crash["level"], crash["step"]):
+                _crash_once(crash["marker"])
         hooks = Hooks(after_step=after_step)
     result = run(spec, config["storage"], checkpoint_every=config["checkpoint_every"], hooks=hooks)
     ray.train.report({"levels": len(result.levels), "steps_trained": result.steps_trained})
@@ -145,10 +151,7 @@ def _cell_trial(config: dict) -> None:
 
     def after_step(level: int, step: int) -> None:
         if crash and crash["cell"] == spec.id and (level, step) == (crash["level"], crash["step"]):
-            marker = Path(crash["marker"])
-            if not marker.exists():
-                marker.write_text("crashed once\n")
-                os._exit(1)
+            _crash_once(crash["marker"])
 
     def level_done(level: int, record: dict) -> None:
         tune.report({"level": level, "score": record["score"], "sparsity": record["sparsity"]})

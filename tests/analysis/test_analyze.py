@@ -18,21 +18,29 @@ FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 8,
         "valid_size": 64}
 
 
-def test_overlap_tables_baselines_and_tickets(tmp_path, tiny_model):
+@pytest.fixture(scope="module")
+def mini_sweep(tmp_path_factory, tiny_model):
+    """Two real cells in storage with the sweep state that names them (no Ray needed)."""
+    storage = tmp_path_factory.mktemp("mini")
     specs = [make_spec("ner", lang, **FAST) for lang in ("syn-en", "syn-ar")]
     for spec in specs:
-        run_cell(spec, tmp_path)
-    write_json(tmp_path / "sweeps/mini/sweep.json", {
+        run_cell(spec, storage)
+    write_json(storage / "sweeps/mini/sweep.json", {
         "name": "mini", "grid_name": "mini", "cells": [{"id": s.id, "spec": s.to_dict()} for s in specs],
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    folder = analyze("mini", str(tmp_path))
+        "tracking_uri": f"sqlite:///{storage / 'mlflow.db'}"})
+    return storage, specs
+
+
+def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
+    storage, specs = mini_sweep
+    folder = analyze("mini", str(storage), out=str(tmp_path / "overlap"))
     rows = list(csv.DictReader(open(folder / "overlap.csv")))
     levels = {int(r["level"]) for r in rows}
     assert levels == {1, 2}
     groupings = {(r["grouping"], r["group"]) for r in rows if r["level"] == "2"}
     assert ("total", "all") in groupings and ("layer", "layer_3") in groupings and ("component", "query") in groupings
     for level in (1, 2):  # the total equals |A ∩ B| / |A ∪ B| over the kept positions, as sets
-        a, b = (load_masks(CellStore(tmp_path, s).level_dir(level)) for s in specs)
+        a, b = (load_masks(CellStore(storage, s).level_dir(level)) for s in specs)
         kept_a = {(n, i) for n, m in a.items() for i in m.flatten().nonzero().flatten().tolist()}
         kept_b = {(n, i) for n, m in b.items() for i in m.flatten().nonzero().flatten().tolist()}
         expected = len(kept_a & kept_b) / len(kept_a | kept_b)
@@ -51,23 +59,18 @@ def test_overlap_tables_baselines_and_tickets(tmp_path, tiny_model):
     assert (folder / "overlap_ner_s0_level2.png").stat().st_size > 1000
     from orchestrator import tracking
 
-    client = tracking._client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking._client(f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name(tracking.experiment_name("mini"))
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`lnsub.role` = 'analysis:overlap'")
     assert len(runs) == 1
     assert "overlap/overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
 
 
-def test_similarity_over_the_same_cells(tmp_path, tiny_model):
+def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
     from analysis.similarity_job import similarity
 
-    specs = [make_spec("ner", lang, **FAST) for lang in ("syn-en", "syn-ar")]
-    for spec in specs:
-        run_cell(spec, tmp_path)
-    write_json(tmp_path / "sweeps/mini/sweep.json", {
-        "name": "mini", "grid_name": "mini", "cells": [{"id": s.id, "spec": s.to_dict()} for s in specs],
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
-    folder = similarity("mini", str(tmp_path), sentences=60)
+    storage, _ = mini_sweep
+    folder = similarity("mini", str(storage), out=str(tmp_path / "similarity"), sentences=60)
     rows = list(csv.DictReader(open(folder / "similarity.csv")))
     encoders = {r["encoder"] for r in rows}
     assert encoders == {"dense", "random", "ner:syn-en@20%", "ner:syn-ar@20%"}
