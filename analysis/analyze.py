@@ -1,36 +1,30 @@
 """`lnsub analyze`: cross-language overlap of a sweep's masks, with its baselines, and winning tickets.
 
 Reads cells by id from storage (never Ray results), one level at a time, and
-writes tidy CSVs and heatmaps to --out (default <storage>/sweeps/<name>/analysis).
+writes tidy CSVs and figures to <analysis folder>/overlap, where the analysis
+folder is --out (default <storage>/sweeps/<name>/analysis).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import statistics
 from collections import defaultdict
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
+
+from analysis.figures import line_plot
 from analysis.overlap import (GROUPINGS, cluster_order, heatmap_png, jaccard_matrix, random_jaccard,
                               random_jaccard_empirical, read_packed)
-from trainables.atomic import write_text
+from analysis.tables import open_sweep, write_csv
 from trainables.spec import CellSpec
 from trainables.store import CellStore
 from trainables.tasks import get_task
 
 log = logging.getLogger(__name__)
 TICKET_TOLERANCE = 0.01  # with one seed: within 1% of the dense score counts as "within one std"
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    write_text(path, buf.getvalue())
 
 
 def _by_task_seed(specs: list[CellSpec]) -> dict[tuple[str, int], dict[str, CellSpec]]:
@@ -105,32 +99,96 @@ def winning_tickets(root: Path, specs: list[CellSpec]) -> list[dict]:
     return out
 
 
+def seed_overlap(root: Path, specs: list[CellSpec]) -> list[dict]:
+    """Same language, different seeds: the total Jaccard of every pair of seeds' masks, per level."""
+    by_cell: dict[tuple[str, str], list[CellSpec]] = defaultdict(list)
+    for s in specs:
+        by_cell[(s.task, s.language)].append(s)
+    rows = []
+    for (task, language), seeds in sorted(by_cell.items()):
+        if len(seeds) < 2:
+            continue
+        for level in range(1, max(s.levels for s in seeds) + 1):
+            stores = {s.seed: CellStore(root, s) for s in seeds}
+            ready = {seed: st for seed, st in sorted(stores.items()) if st.level_done(level)}
+            if len(ready) < 2:
+                continue
+            labels, matrix = jaccard_matrix({str(seed): read_packed(st.level_dir(level))
+                                             for seed, st in ready.items()}, by="total")["all"]
+            sparsity = next(iter(ready.values())).spec.sparsities[level]
+            for (i, a), (j, b) in combinations(enumerate(labels), 2):
+                rows.append({"task": task, "language": language, "level": level, "sparsity": sparsity,
+                             "seed_a": int(a), "seed_b": int(b), "jaccard": float(matrix[i, j]),
+                             "random_closed_form": random_jaccard(1 - sparsity)})
+    return rows
+
+
+def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], folder: Path) -> list[Path]:
+    """Per task: mean cross-language Jaccard against sparsity, beside its baselines; and by layer/component."""
+    paths = []
+    for task in sorted({r["task"] for r in rows}):
+        total = [r for r in rows if r["task"] == task and r["grouping"] == "total"]
+        xs = sorted({r["sparsity"] for r in total})
+        mean = lambda items, key: float(np.mean([r[key] for r in items]))  # noqa: E731
+        series = {"across languages (mean over pairs)": (
+            xs, [mean([r for r in total if r["sparsity"] == x], "jaccard") for x in xs], dict(lw=2.5, color="C0"))}
+        same_seed = [r for r in seeds if r["task"] == task]
+        if same_seed:
+            sx = sorted({r["sparsity"] for r in same_seed})
+            series["same language, other seed"] = (
+                sx, [mean([r for r in same_seed if r["sparsity"] == x], "jaccard") for x in sx], dict(color="C2"))
+        base = [b for b in baselines if b["task"] == task]
+        if base:
+            bx = sorted({b["sparsity"] for b in base})
+            series["ticket vs θ0 one-shot mask"] = (
+                bx, [mean([b for b in base if b["sparsity"] == x], "oneshot_pretrained") for x in bx],
+                dict(color="C1", ls="-."))
+        series["random masks, d/(2-d)"] = (xs, [random_jaccard(1 - x) for x in xs], dict(color="grey", ls="--"))
+        paths.append(line_plot(series, "sparsity", "Jaccard of kept weights", f"{task}: mask overlap",
+                               folder / f"overlap_curve_{task}.png", percent_x=True))
+        deepest = max(xs)
+        groups = {}
+        for kind, colour in (("layer", "C0"), ("component", "C3")):
+            at = [r for r in rows if r["task"] == task and r["grouping"] == kind and r["sparsity"] == deepest]
+            names = list(dict.fromkeys(r["group"] for r in at))
+            groups[kind] = (names, [mean([r for r in at if r["group"] == g], "jaccard") for g in names], colour)
+        paths.append(_group_bars(groups, random_jaccard(1 - deepest), f"{task}: overlap by layer and component "
+                                 f"at {deepest:.0%} sparsity", folder / f"overlap_groups_{task}.png"))
+    return paths
+
+
+def _group_bars(groups: dict, baseline: float, title: str, path: Path) -> Path:
+    from analysis.figures import new_figure, save_png
+
+    fig = new_figure(9, 4)
+    for k, (kind, (names, values, colour)) in enumerate(groups.items()):
+        ax = fig.add_subplot(1, len(groups), k + 1)
+        ax.bar(range(len(names)), values, color=colour)
+        ax.axhline(baseline, color="grey", ls="--", label="random d/(2-d)")
+        ax.set_xticks(range(len(names)), [n.removeprefix("layer_") for n in names], rotation=45, fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(kind)
+        ax.set_ylabel("mean Jaccard across languages")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return save_png(fig, path)
+
+
 def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> Path:
-    """Write overlap.csv, overlap_baselines.csv, winning_tickets.csv and heatmaps; log them to MLflow."""
-    from orchestrator.sweep import check_storage, load_state, state_specs, sweep_dir, tracking_uri_of
+    """Write the overlap tables and figures to <analysis folder>/overlap and log them to MLflow."""
+    from orchestrator.tracking import try_log_analysis
 
-    root = check_storage(storage)
-    state = load_state(root, name)
-    specs = state_specs(state)
-    folder = Path(out) if out else sweep_dir(root, name) / "analysis"
-    folder.mkdir(parents=True, exist_ok=True)
-    rows, baselines = overlap_tables(root, specs, folder)
-    _write_csv(folder / "overlap.csv", rows)
-    _write_csv(folder / "overlap_baselines.csv", baselines)
-    _write_csv(folder / "winning_tickets.csv", winning_tickets(root, specs))
-    try:
-        _log_to_mlflow(name, root, tracking_uri_of(state, tracking_uri), folder)
-    except Exception as e:  # noqa: BLE001 - the files are the result; MLflow is the view
-        log.warning("could not log the analysis to MLflow (%s); the files are in %s", str(e).splitlines()[0], folder)
+    sweep = open_sweep(name, storage, tracking_uri, out)
+    folder = sweep.folder("overlap")
+    rows, baselines = overlap_tables(sweep.root, sweep.specs, folder)
+    seeds = seed_overlap(sweep.root, sweep.specs)
+    tickets = winning_tickets(sweep.root, sweep.specs)
+    write_csv(folder / "overlap.csv", rows)
+    write_csv(folder / "overlap_baselines.csv", baselines)
+    write_csv(folder / "seed_overlap.csv", seeds)
+    write_csv(folder / "winning_tickets.csv", tickets)
+    overlap_curves(rows, baselines, seeds, folder)
+    totals = [r["jaccard"] for r in rows if r["grouping"] == "total"]
+    try_log_analysis(name, sweep.root, sweep.tracking_uri, "overlap", folder,
+                     metrics={"pairs": len(totals), "mean_total_jaccard": float(np.mean(totals)) if totals else 0.0})
     return folder
-
-
-def _log_to_mlflow(name: str, root: Path, tracking_uri: str, folder: Path) -> None:
-    from orchestrator import tracking
-
-    client = tracking._client(tracking_uri)
-    exp_id = tracking._experiment_id(client, name, root, tracking_uri)
-    runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'analysis:overlap'")
-    run = runs[0] if runs else client.create_run(exp_id, run_name=f"{name}-overlap", tags={
-        tracking.TAG_SWEEP: name, tracking.TAG_ROLE: "analysis:overlap"})
-    client.log_artifacts(run.info.run_id, str(folder), artifact_path="overlap")

@@ -6,7 +6,6 @@ bytes counted with a popcount, so 11 masks of mBERT size need ~120 MB, not gigab
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -247,17 +246,12 @@ def winning_ticket(levels: list[dict], dense_scores: list[float] | None, greater
 
 def heatmap_png(matrix, labels: Sequence[str], title: str, path: str | Path, baseline: float | None = None) -> Path:
     """Draw a 0..1 overlap heatmap with a colour bar and write it as a PNG, atomically."""
-    # A Figure with the Agg canvas renders headless without switching the process's pyplot backend.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from trainables.atomic import atomic_path
+    from analysis.figures import new_figure, save_png
 
     m = np.asarray(matrix, dtype=float)
     n = len(labels)
     size = max(4.0, 0.55 * n + 2.5)
-    fig = Figure(figsize=(size + 1.2, size))
-    FigureCanvasAgg(fig)
+    fig = new_figure(size + 1.2, size)
     ax = fig.add_subplot()
     im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis")
     ax.set_xticks(range(n), labels, rotation=90)
@@ -269,8 +263,4 @@ def heatmap_png(matrix, labels: Sequence[str], title: str, path: str | Path, bas
                         color="black" if m[i, j] > 0.6 else "white")
     fig.colorbar(im, ax=ax, label="Jaccard of kept weights")
     ax.set_title(title if baseline is None else f"{title}\nrandom-mask baseline: {baseline:.3f}")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    return path
+    return save_png(fig, path)

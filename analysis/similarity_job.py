@@ -8,7 +8,6 @@ languages, layer by layer.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from itertools import combinations
@@ -17,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.analyze import _write_csv
 from analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
-from trainables.atomic import atomic_path
+from analysis.tables import open_sweep, write_csv
 from trainables.masks import load_masks
 from trainables.spec import CellSpec
 from trainables.store import CellStore
@@ -56,16 +54,15 @@ def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
 
 def similarity(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
                level: int | None = None, sentences: int = 200) -> Path:
-    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval) and the curves."""
+    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval) and the curves; log them."""
     from transformers import AutoModel, AutoTokenizer
 
-    from orchestrator.sweep import check_storage, load_state, state_specs, sweep_dir
+    from orchestrator.tracking import try_log_analysis
     from trainables.imp import model_path
 
-    root = check_storage(storage)
-    specs = state_specs(load_state(root, name))
-    folder = Path(out) if out else sweep_dir(root, name) / "analysis"
-    folder.mkdir(parents=True, exist_ok=True)
+    sweep = open_sweep(name, storage, tracking_uri, out)
+    root, specs = sweep.root, sweep.specs
+    folder = sweep.folder("similarity")
     languages = sorted({s.language for s in specs})
     first = specs[0]
     path = model_path(first)
@@ -87,31 +84,26 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
             for layer, cka in enumerate(ckas):
                 rows.append({"encoder": label, "layer": layer, "language_a": a, "language_b": b, "cka": cka,
                              "retrieval": retrieval_accuracy(reps[a][layer], reps[b][layer], k=5)})
-    _write_csv(folder / "similarity.csv", rows)
+    write_csv(folder / "similarity.csv", rows)
     _plot(rows, folder / "similarity_cka.png", "cka", "linear CKA (mean over language pairs)")
     _plot(rows, folder / "similarity_retrieval.png", "retrieval", "retrieval accuracy (mean over pairs)")
+    top = max(r["layer"] for r in rows)
+    top_cka = {label: float(np.mean([r["cka"] for r in rows if r["encoder"] == label and r["layer"] == top]))
+               for label in ("dense", "random")}
+    try_log_analysis(name, root, sweep.tracking_uri, "similarity", folder,
+                     params={"level": "last" if level is None else level, "sentences": sentences},
+                     metrics={f"cka_top_layer_{k}": v for k, v in top_cka.items()})
     return folder
 
 
 def _plot(rows: list[dict], path: Path, key: str, ylabel: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from analysis.figures import line_plot
 
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    series = {}
     for label in dict.fromkeys(r["encoder"] for r in rows):
         layers = sorted({r["layer"] for r in rows if r["encoder"] == label})
         means = [np.mean([r[key] for r in rows if r["encoder"] == label and r["layer"] == k]) for k in layers]
         style = {"dense": dict(lw=2.5, color="black"), "random": dict(lw=2, ls="--", color="grey")}.get(
             label, dict(lw=1, alpha=0.7))
-        ax.plot(layers, means, marker="o", label=label, **style)
-    ax.set_xlabel("layer (0 = embeddings)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+        series[label] = (layers, means, style)
+    line_plot(series, "layer (0 = embeddings)", ylabel, "", path)

@@ -200,11 +200,14 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
                     "--port", str(port)], check=False)
 
 
+OutOpt = typer.Option(None, "--out", help="Analysis folder; each analysis writes its own subfolder there "
+                                          "(default: <storage>/sweeps/<name>/analysis).")
+SweepNameOpt = typer.Option(..., "--name", help="The sweep's name.")
+
+
 @app.command()
-def analyze(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
-            tracking_uri: str = TrackingOpt,
-            out: str = typer.Option(None, "--out", help="Folder for the tables and figures "
-                                                        "(default: <storage>/sweeps/<name>/analysis).")) -> None:
+def analyze(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+            out: str = OutOpt) -> None:
     """Cross-language overlap of the sweep's masks (total, per layer, per component), baselines, winning tickets."""
     from analysis.analyze import analyze as run_analysis
 
@@ -213,9 +216,8 @@ def analyze(name: str = typer.Option(..., "--name", help="The sweep's name."), s
 
 
 @app.command()
-def similarity(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
-               tracking_uri: str = TrackingOpt,
-               out: str = typer.Option(None, "--out", help="Folder for the tables and figures."),
+def similarity(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+               out: str = OutOpt,
                level: int = typer.Option(None, "--level", help="Pruning level of the sub-networks (default: last)."),
                sentences: int = typer.Option(200, "--sentences", help="Parallel sentences per language.")) -> None:
     """Per-layer CKA and sentence retrieval across languages: dense, each sub-network, a random encoder."""
@@ -225,6 +227,52 @@ def similarity(name: str = typer.Option(..., "--name", help="The sweep's name.")
         raise LnsubError(f"--sentences must be >= 10, got {sentences}")
     folder = run_similarity(name, storage, tracking_uri, out, level, sentences)
     console.print(f"similarity tables and curves: [bold]{folder}[/bold]")
+
+
+@app.command()
+def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt, out: str = OutOpt,
+             level: int = typer.Option(..., "--level", help="IMP level whose masks are transferred "
+                                                            "(level k has sparsity k x prune_fraction)."),
+             task: list[str] = typer.Option(None, "--task", help="Only this task (repeatable; default: all)."),
+             cross_task: bool = typer.Option(False, "--cross-task", help="Add rows: the same language's ticket "
+                                                                         "from each other task."),
+             max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on jobs at once."),
+             address: str = typer.Option(None, "--address", help="Ray cluster to use (default: a private "
+                                                                  "local instance).")) -> None:
+    """Transfer matrix: each source's mask trained on each target language (Ray Tune; rerun to resume)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from analysis.transfer import transfer as run_transfer
+
+    progress = Progress(TextColumn("transfer jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, disable=not console.is_terminal)
+    bar = progress.add_task("jobs", total=None)
+    with progress:
+        result = run_transfer(name, storage, level, tracking_uri, out, tasks=task or None, cross_task=cross_task,
+                              max_concurrent=max_concurrent, address=address,
+                              render=lambda done, total: progress.update(bar, completed=done, total=total))
+    table = Table(title=f"mean relative drop per source at level {level} (successes: within one std)")
+    for col in ("task", "source", "mean relative drop", "successes"):
+        table.add_column(col)
+    for r in result["tables"]["summary"]:
+        table.add_row(r["task"], r["source"], f"{r['mean_relative_drop']:+.3%}", f"{r['successes']}/{r['targets']}")
+    console.print(table)
+    console.print(f"{result['done']}/{result['jobs']} jobs done; matrices and heatmaps: [bold]{result['folder']}[/bold]")
+    if result["errors"]:
+        for job, err in result["errors"].items():
+            console.print(f"[red]failed[/red] {job}: {err.splitlines()[0][:300]}")
+        console.print("rerun the same command to resume")
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+           out: str = OutOpt) -> None:
+    """One self-contained HTML page of the sweep's results (open it in a browser; also logged to MLflow)."""
+    from analysis.report import report as write_report
+
+    path = write_report(name, storage, tracking_uri, out)
+    console.print(f"report: [bold]{path}[/bold]  (open it in a browser: file://{path})")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ docs/ray-2.60-notes.md for what was checked and how.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -136,6 +137,18 @@ def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, u
 FAILURES_DIR = "failures"
 
 
+@contextlib.contextmanager
+def _failure_noted(note: Path):
+    """Leave the last error of a trial where `lnsub status` and the driver read it; clear it on success."""
+    try:
+        yield
+    except BaseException as e:
+        note.parent.mkdir(parents=True, exist_ok=True)
+        note.write_text(f"{type(e).__name__}: {e}\n")
+        raise
+    note.unlink(missing_ok=True)
+
+
 def _cell_trial(config: dict) -> None:
     """A Tune trial: one cell. With several workers it fits a TorchTrainer named after the cell id."""
     import torch
@@ -145,7 +158,6 @@ def _cell_trial(config: dict) -> None:
 
     spec = CellSpec.from_dict(config["cell"]["spec"])
     storage = config["storage"]
-    failure_note = Path(config["sweep_dir"]) / FAILURES_DIR / f"{spec.id}.txt"
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))  # trials side by side must not oversubscribe
     crash = config.get("inject_crash")  # fault injection for tests: {"cell", "level", "step", "marker"}
 
@@ -156,7 +168,7 @@ def _cell_trial(config: dict) -> None:
     def level_done(level: int, record: dict) -> None:
         tune.report({"level": level, "score": record["score"], "sparsity": record["sparsity"]})
 
-    try:
+    with _failure_noted(Path(config["sweep_dir"]) / FAILURES_DIR / f"{spec.id}.txt"):
         if config["workers_per_cell"] > 1:
             result = run_cell_on_workers(spec, storage, workers=config["workers_per_cell"],
                                          use_gpu=config["gpus_per_worker"] > 0,
@@ -166,13 +178,29 @@ def _cell_trial(config: dict) -> None:
         else:
             result = run_cell(spec, storage, checkpoint_every=config["checkpoint_every"],
                               hooks=Hooks(level_done=level_done, after_step=after_step))
-    except BaseException as e:
-        failure_note.parent.mkdir(parents=True, exist_ok=True)
-        failure_note.write_text(f"{type(e).__name__}: {e}\n")
-        raise
-    failure_note.unlink(missing_ok=True)
     last = result.levels[-1]
     tune.report({"level": last["level"], "score": last["score"], "sparsity": last["sparsity"], "done": 1})
+
+
+def _transfer_trial(config: dict) -> None:
+    """A Tune trial: one transfer job (a source mask trained on a target), on one worker."""
+    import torch
+    from ray import tune
+
+    from trainables.transfer import TransferJob, run_transfer_job
+
+    job = TransferJob.from_dict(config["job"]["job"])
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    crash = config.get("inject_crash")  # fault injection for tests: {"job", "step", "marker"}
+
+    def after_step(step: int) -> None:
+        if crash and crash["job"] == job.id and step == crash["step"]:
+            _crash_once(crash["marker"])
+
+    with _failure_noted(Path(config["experiment_dir"]) / FAILURES_DIR / f"{job.id}.txt"):
+        record = run_transfer_job(job, config["storage"], checkpoint_every=config["checkpoint_every"],
+                                  after_step=after_step)
+    tune.report({"score": record["score"], "done": 1})
 
 
 def trial_resources(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float,
@@ -197,47 +225,68 @@ def fitting_concurrency(workers_per_cell: int, cpus_per_worker: float, gpus_per_
     return max(1, int(min(fits))) if fits else 1
 
 
-def run_tune(cells: list[dict], storage: Path, sweep_dir: Path, *, workers_per_cell: int, cpus_per_worker: float,
-             gpus_per_worker: float, max_concurrent: int, max_failures: int, resume: bool,
-             checkpoint_every: int = 100, extra_resources: dict | None = None,
-             inject_crash: dict | None = None) -> dict[str, str | None]:
-    """Run every cell as a Tune trial (in the given order: longest first); cell id -> error or None."""
+def _run_grid(trial, key: str, items: list[dict], experiment: Path, resources: dict, config: dict, *,
+              max_concurrent: int, max_failures: int, resume: bool) -> dict[str, str | None]:
+    """One Tune trial per item (each a dict with an "id"), named by that id; item id -> error or None.
+
+    The experiment lives in `experiment` and is restored from there on resume; a
+    trial that dies is retried up to max_failures times (Tune's FailureConfig), and
+    each item is idempotent in storage, so a retried or restarted one continues.
+    """
     from ray import tune
 
-    resources_per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
-                            **(extra_resources or {})}
-    trainable = tune.with_resources(
-        _cell_trial, trial_resources(workers_per_cell, cpus_per_worker, gpus_per_worker, extra_resources))
-    experiment = sweep_dir / "tune"
+    trainable = tune.with_resources(trial, resources)
     tuner = None
     if resume and tune.Tuner.can_restore(str(experiment)):
         try:
             tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
             log.info("restored the Tune experiment in %s", experiment)
-        except Exception as e:  # noqa: BLE001 - the cells' own idempotence covers what Tune cannot
-            log.warning("could not restore the Tune experiment (%s); starting it afresh, finished cells are kept", e)
+        except Exception as e:  # noqa: BLE001 - the items' own idempotence covers what Tune cannot
+            log.warning("could not restore the Tune experiment (%s); starting it afresh, finished work is kept", e)
     if tuner is None:
-        param_space = {
-            "cell": tune.grid_search(cells), "storage": str(storage), "sweep_dir": str(sweep_dir),
-            "workers_per_cell": workers_per_cell, "cpus_per_worker": cpus_per_worker,
-            "gpus_per_worker": gpus_per_worker, "resources_per_worker": resources_per_worker,
-            "max_failures": max_failures, "checkpoint_every": checkpoint_every, "inject_crash": inject_crash,
-        }
         tuner = tune.Tuner(
-            trainable, param_space=param_space,
+            trainable, param_space={key: tune.grid_search(items), **config},
             # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name, reuse_actors=True),
-            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0,
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=max_failures)),
         )
     results = tuner.fit()
-    return {r.config["cell"]["id"]: (f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None)
+    return {r.config[key]["id"]: (f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None)
             for r in results}
 
 
+def run_tune(cells: list[dict], storage: Path, sweep_dir: Path, *, workers_per_cell: int, cpus_per_worker: float,
+             gpus_per_worker: float, max_concurrent: int, max_failures: int, resume: bool,
+             checkpoint_every: int = 100, extra_resources: dict | None = None,
+             inject_crash: dict | None = None) -> dict[str, str | None]:
+    """Run every cell as a Tune trial (in the given order: longest first); cell id -> error or None."""
+    resources_per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
+                            **(extra_resources or {})}
+    config = {"storage": str(storage), "sweep_dir": str(sweep_dir), "workers_per_cell": workers_per_cell,
+              "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
+              "resources_per_worker": resources_per_worker, "max_failures": max_failures,
+              "checkpoint_every": checkpoint_every, "inject_crash": inject_crash}
+    return _run_grid(_cell_trial, "cell", cells, sweep_dir / "tune",
+                     trial_resources(workers_per_cell, cpus_per_worker, gpus_per_worker, extra_resources), config,
+                     max_concurrent=max_concurrent, max_failures=max_failures, resume=resume)
+
+
+def run_transfer_tune(jobs: list[dict], storage: Path, experiment: Path, *, cpus_per_worker: float,
+                      gpus_per_worker: float, max_concurrent: int, max_failures: int, resume: bool = True,
+                      checkpoint_every: int = 100, inject_crash: dict | None = None) -> dict[str, str | None]:
+    """Run every transfer job as a Tune trial on one worker; job id -> error or None."""
+    config = {"storage": str(storage), "experiment_dir": str(experiment), "cpus_per_worker": cpus_per_worker,
+              "checkpoint_every": checkpoint_every, "inject_crash": inject_crash}
+    return _run_grid(_transfer_trial, "job", jobs, experiment / "tune",
+                     trial_resources(1, cpus_per_worker, gpus_per_worker), config,
+                     max_concurrent=max_concurrent, max_failures=max_failures, resume=resume)
+
+
 def _trial_name(trial) -> str:
-    return trial.config["cell"]["id"]
+    item = trial.config.get("cell") or trial.config["job"]
+    return item["id"]
 
 
 def reap_orphans(temp_dir: str) -> int:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -221,35 +222,20 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
     specs = state_specs(state)
     _prepare_testbed(specs)
 
-    session = sweep_dir(root, name) / "ray_session.json"
-    if session.exists():
-        old = read_json(session)
-        if old.get("pid") and not _alive(old["pid"]):
-            reaped = ray_backend.reap_orphans(old["temp_dir"])
-            if reaped:
-                log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, old["pid"])
-    temp_dir = None
-    if not address and not os.environ.get("RAY_ADDRESS"):
-        temp_dir = tempfile.mkdtemp(prefix="lnsub-ray-")
-        write_json(session, {"pid": os.getpid(), "temp_dir": temp_dir})
-    we_started = ray_backend.start(address=address or os.environ.get("RAY_ADDRESS"), temp_dir=temp_dir)
     monitor = Monitor(root, name, state, tracking_uri, sync_interval, render or (lambda statuses: None))
-    try:
-        fits = ray_backend.fitting_concurrency(res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
-        concurrency = min(max_concurrent or fits, fits) if res.workers_per_cell > 1 else (max_concurrent or fits)
-        log.info("sweep %s: %d cells, up to %d at a time; storage %s", name, len(specs), concurrency, root)
-        monitor.start()
-        errors = ray_backend.run_tune(
-            state["cells"], root, sweep_dir(root, name), workers_per_cell=res.workers_per_cell,
-            cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker,
-            max_concurrent=concurrency, max_failures=max_failures, resume=resume, checkpoint_every=checkpoint_every,
-            extra_resources=extra_resources, inject_crash=inject_crash)
-    finally:
-        monitor.stop()
-        if we_started:
-            ray_backend.stop()
-            session.unlink(missing_ok=True)
-            shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets
+    with ray_instance(sweep_dir(root, name) / "ray_session.json", address):
+        try:
+            fits = ray_backend.fitting_concurrency(res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
+            concurrency = min(max_concurrent or fits, fits) if res.workers_per_cell > 1 else (max_concurrent or fits)
+            log.info("sweep %s: %d cells, up to %d at a time; storage %s", name, len(specs), concurrency, root)
+            monitor.start()
+            errors = ray_backend.run_tune(
+                state["cells"], root, sweep_dir(root, name), workers_per_cell=res.workers_per_cell,
+                cpus_per_worker=res.cpus_per_worker, gpus_per_worker=res.gpus_per_worker,
+                max_concurrent=concurrency, max_failures=max_failures, resume=resume,
+                checkpoint_every=checkpoint_every, extra_resources=extra_resources, inject_crash=inject_crash)
+        finally:
+            monitor.stop()
     synced = monitor.sync_once()
     deadline = time.time() + final_sync_wait
     while not synced and time.time() < deadline:  # a server that is restarting gets a moment
@@ -258,6 +244,37 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
     statuses = cell_statuses(root, name, state)
     compute = sum(r.get("level_seconds", 0.0) for s in specs for r in CellStore(root, s).all_metrics())
     return SweepResult(name, root, tracking_uri, errors, statuses, time.perf_counter() - started, synced, compute)
+
+
+@contextlib.contextmanager
+def ray_instance(session: Path, address: str | None = None):
+    """Ray for one driver: the given cluster, or a private local instance stopped on the way out.
+
+    The private instance's temp dir is written to `session` first, so that after a
+    SIGKILL the next driver using the same session file stops the daemons left
+    behind (only those, found by that temp dir).
+    """
+    from orchestrator import ray_backend
+
+    if session.exists():
+        old = read_json(session)
+        if old.get("pid") and not _alive(old["pid"]):
+            reaped = ray_backend.reap_orphans(old["temp_dir"])
+            if reaped:
+                log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, old["pid"])
+    address = address or os.environ.get("RAY_ADDRESS")
+    temp_dir = None
+    if not address:
+        temp_dir = tempfile.mkdtemp(prefix="lnsub-ray-")
+        write_json(session, {"pid": os.getpid(), "temp_dir": temp_dir})
+    we_started = ray_backend.start(address=address, temp_dir=temp_dir)
+    try:
+        yield
+    finally:
+        if we_started:
+            ray_backend.stop()
+            session.unlink(missing_ok=True)
+            shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets
 
 
 def _alive(pid: int) -> bool:

@@ -81,7 +81,7 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
     `settled` (updated in place) holds cells known to be finished and fully logged in
     this tracking store; a caller that syncs repeatedly passes the same set to skip them.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     storage = Path(storage)
     client = _client(tracking_uri)
@@ -146,3 +146,40 @@ def find_cell_runs(sweep: str, tracking_uri: str) -> dict[str, list]:
         if TAG_CELL in run.data.tags:
             out.setdefault(run.data.tags[TAG_CELL], []).append(run)
     return out
+
+
+def log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: str, folder: str | Path,
+                 params: dict | None = None, metrics: dict[str, float] | None = None) -> str:
+    """Log an analysis's files to its run (tag lnsub.role = analysis:<role>) under the sweep's experiment.
+
+    One run per role, reused when the analysis runs again (newer files replace older
+    ones under the same artifact path; options are tags, metrics get a new value);
+    returns the run id.
+    """
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(tracking_uri)
+    exp_id = _experiment_id(client, sweep, Path(storage), tracking_uri)
+    tag = f"analysis:{role}"
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_ROLE}` = '{tag}'")
+    run = runs[0] if runs else client.create_run(exp_id, run_name=f"{sweep}-{role}",
+                                                 tags={TAG_SWEEP: sweep, TAG_ROLE: tag})
+    run_id = run.info.run_id
+    client.log_artifacts(run_id, str(folder), artifact_path=role)
+    now = int(time.time() * 1000)  # options as tags: a rerun with other options updates them, params cannot change
+    client.log_batch(run_id, tags=[RunTag(f"lnsub.{k}", str(v)[:5000]) for k, v in (params or {}).items()],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()])
+    if run.info.status != "FINISHED":
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def try_log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: str, folder: str | Path,
+                     **kw) -> str | None:
+    """log_analysis, but a tracking store that is down costs a warning, not the analysis (files stay)."""
+    try:
+        return log_analysis(sweep, storage, tracking_uri, role, folder, **kw)
+    except Exception as e:  # noqa: BLE001 - the files are the result; MLflow is the view
+        log.warning("could not log %s to MLflow at %s (%s); the files are in %s (rerun the command to log them)",
+                    role, tracking_uri, str(e).splitlines()[0][:200], folder)
+        return None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,23 @@ def tiny_model(testbed_dir) -> Path:
     from trainables.testbed.tinybert import ensure_tiny_model
 
     return ensure_tiny_model()
+
+
+def lnsub(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The `lnsub` command line in a subprocess, as a user runs it (stdout and stderr together)."""
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
+    """`lnsub sweep --grid smoke` exactly as the README's first command runs it, once per test session."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    return cwd, lnsub("sweep", "--grid", "smoke", cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def lnsub_cli():
+    """`lnsub(*args, cwd=..., timeout=...)` for tests in any folder (a conftest is not importable by name)."""
+    return lnsub

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 DONE = "DONE"
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -34,6 +36,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from the other users of shared storage
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -74,6 +77,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~_UMASK)
     try:
         yield tmp
         (tmp / DONE).write_text("ok\n")

@@ -7,33 +7,21 @@ import csv
 import pytest
 
 from analysis.analyze import analyze
-from trainables.atomic import write_json
-from trainables.imp import run_cell
 from trainables.masks import load_masks
-from trainables.spec import make_spec
 from trainables.store import CellStore
 
 pytestmark = pytest.mark.slow
-FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 8, "train_size": 300,
-        "valid_size": 64}
 
 
-@pytest.fixture(scope="module")
-def mini_sweep(tmp_path_factory, tiny_model):
-    """Two real cells in storage with the sweep state that names them (no Ray needed)."""
-    storage = tmp_path_factory.mktemp("mini")
-    specs = [make_spec("ner", lang, **FAST) for lang in ("syn-en", "syn-ar")]
-    for spec in specs:
-        run_cell(spec, storage)
-    write_json(storage / "sweeps/mini/sweep.json", {
-        "name": "mini", "grid_name": "mini", "cells": [{"id": s.id, "spec": s.to_dict()} for s in specs],
-        "tracking_uri": f"sqlite:///{storage / 'mlflow.db'}"})
-    return storage, specs
+def kept_set(masks: dict) -> set:
+    return {(n, i) for n, m in masks.items() for i in m.flatten().nonzero().flatten().tolist()}
 
 
 def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
-    storage, specs = mini_sweep
-    folder = analyze("mini", str(storage), out=str(tmp_path / "overlap"))
+    storage, all_specs = mini_sweep
+    specs = [s for s in all_specs if s.seed == 0]
+    folder = analyze("mini", str(storage), out=str(tmp_path / "analysis"))
+    assert folder == tmp_path / "analysis" / "overlap"
     rows = list(csv.DictReader(open(folder / "overlap.csv")))
     levels = {int(r["level"]) for r in rows}
     assert levels == {1, 2}
@@ -41,13 +29,12 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     assert ("total", "all") in groupings and ("layer", "layer_3") in groupings and ("component", "query") in groupings
     for level in (1, 2):  # the total equals |A ∩ B| / |A ∪ B| over the kept positions, as sets
         a, b = (load_masks(CellStore(storage, s).level_dir(level)) for s in specs)
-        kept_a = {(n, i) for n, m in a.items() for i in m.flatten().nonzero().flatten().tolist()}
-        kept_b = {(n, i) for n, m in b.items() for i in m.flatten().nonzero().flatten().tolist()}
+        kept_a, kept_b = kept_set(a), kept_set(b)
         expected = len(kept_a & kept_b) / len(kept_a | kept_b)
         row = next(r for r in rows if r["level"] == str(level) and r["grouping"] == "total")
         assert float(row["jaccard"]) == pytest.approx(expected, abs=1e-12)
     baselines = list(csv.DictReader(open(folder / "overlap_baselines.csv")))
-    assert len(baselines) == 4
+    assert len(baselines) == 4  # (syn-en, syn-ar) x 2 levels, seed 0; seed 1 has no second language
     for r in baselines:
         d = 1 - float(r["sparsity"])
         assert float(r["random_closed_form"]) == pytest.approx(d / (2 - d))
@@ -57,6 +44,16 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     assert {t["language"] for t in tickets} == {"syn-en", "syn-ar"}
     assert all(int(t["ticket_level"]) in (0, 1, 2) for t in tickets)
     assert (folder / "overlap_ner_s0_level2.png").stat().st_size > 1000
+    for name in ("overlap_curve_ner.png", "overlap_groups_ner.png"):
+        assert (folder / name).stat().st_size > 1000
+    # same language, different seed: syn-en seed 0 against seed 1, against a set computation
+    seeds = list(csv.DictReader(open(folder / "seed_overlap.csv")))
+    assert [(r["language"], r["level"], r["seed_a"], r["seed_b"]) for r in seeds] == \
+        [("syn-en", "1", "0", "1"), ("syn-en", "2", "0", "1")]
+    en = [s for s in all_specs if s.language == "syn-en"]
+    for r in seeds:
+        a, b = (kept_set(load_masks(CellStore(storage, s).level_dir(int(r["level"])))) for s in en)
+        assert float(r["jaccard"]) == pytest.approx(len(a & b) / len(a | b), abs=1e-12)
     from orchestrator import tracking
 
     client = tracking._client(f"sqlite:///{storage / 'mlflow.db'}")
@@ -64,13 +61,14 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`lnsub.role` = 'analysis:overlap'")
     assert len(runs) == 1
     assert "overlap/overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
+    assert "overlap/seed_overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
 
 
 def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
     from analysis.similarity_job import similarity
 
     storage, _ = mini_sweep
-    folder = similarity("mini", str(storage), out=str(tmp_path / "similarity"), sentences=60)
+    folder = similarity("mini", str(storage), out=str(tmp_path), sentences=60)
     rows = list(csv.DictReader(open(folder / "similarity.csv")))
     encoders = {r["encoder"] for r in rows}
     assert encoders == {"dense", "random", "ner:syn-en@20%", "ner:syn-ar@20%"}
@@ -82,3 +80,11 @@ def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
     dense = next(float(r["cka"]) for r in top if r["encoder"] == "dense")
     assert 0.0 < dense < 1.0
     assert (folder / "similarity_cka.png").stat().st_size > 1000
+    from orchestrator import tracking
+
+    client = tracking._client(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(tracking.experiment_name("mini"))
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`lnsub.role` = 'analysis:similarity'")
+    assert len(runs) == 1 and "cka_top_layer_dense" in runs[0].data.metrics
+    paths = {a.path for a in client.list_artifacts(runs[0].info.run_id, "similarity")}
+    assert {"similarity/similarity.csv", "similarity/similarity_cka.png"} <= paths

@@ -7,7 +7,6 @@ import shutil
 import tempfile
 
 import pytest
-import torch
 
 from trainables.masks import load_masks, pack
 from trainables.spec import make_spec

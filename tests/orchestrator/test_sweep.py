@@ -75,18 +75,18 @@ def assert_complete_in_storage_and_mlflow(storage: Path, name: str, tracking_uri
     return specs
 
 
-def test_smoke_sweep_through_the_cli(tmp_path, tiny_model):
-    proc = lnsub("sweep", "--grid", "smoke", cwd=tmp_path)
-    out, _ = proc.communicate(timeout=900)
+def test_smoke_sweep_through_the_cli(smoke_sweep):
+    cwd, proc = smoke_sweep
+    out = proc.stdout
     assert proc.returncode == 0, out[-3000:]
-    storage = tmp_path / "lnsub-runs"
+    storage = cwd / "lnsub-runs"
     specs = assert_complete_in_storage_and_mlflow(storage, "smoke")
     assert len(specs) == 9 and {s.task for s in specs} == {"mlm", "ner", "xnli"}
     assert "9/9 cells done" in out and "lnsub ui --name smoke" in out and "mlflow.db" in out
-    status = lnsub("status", "--name", "smoke", cwd=tmp_path)
+    status = lnsub("status", "--name", "smoke", cwd=cwd)
     text, _ = status.communicate(timeout=120)
     assert status.returncode == 0 and "9 done, 0 running, 0 failed, 0 pending" in text
-    again = lnsub("sweep", "--grid", "smoke", cwd=tmp_path)  # same name without --resume: refused
+    again = lnsub("sweep", "--grid", "smoke", cwd=cwd)  # same name without --resume: refused
     text, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and "add --resume" in text
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables import pruning
 from trainables.imp import Hooks, model_path, run_cell, split_state
 from trainables.masks import load_masks, mask_meta
 from trainables.spec import make_spec

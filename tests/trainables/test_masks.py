@@ -64,3 +64,21 @@ def test_damaged_mask_is_detected(tmp_path, damage):
         path.unlink()
     with pytest.raises(maskio.CorruptMask):
         maskio.load_masks(tmp_path)
+
+
+def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path):
+    """Results on shared storage are read by other users: files get 0666 & ~umask, folders 0777 & ~umask."""
+    import os
+    import stat
+
+    from trainables.atomic import atomic_dir, write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_text(tmp_path / "a.txt", "x")
+    maskio.save_masks(tmp_path / "m", _random_masks())
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("y")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "m" / "mask.npz").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask

@@ -1,0 +1,270 @@
+"""`lnsub report`: one self-contained HTML page of a sweep's results, each figure with a one-line reading.
+
+It reads what the other analyses wrote (<analysis folder>/overlap, transfer,
+similarity) and the cells' metrics from storage; a section whose analysis has not
+run says which command makes it. Figures are embedded as PNG data URIs, so the
+page is one file that opens anywhere, and it is logged to MLflow too.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from analysis.figures import line_plot
+from analysis.tables import Sweep, open_sweep, read_csv
+from trainables.atomic import write_text
+from trainables.store import CellStore
+from trainables.tasks import get_task
+
+SECTIONS = (("grid", "The grid and what ran"), ("tickets", "Winning tickets"),
+            ("overlap", "Overlap of sub-networks across languages"), ("transfer", "Transfer matrices"),
+            ("similarity", "Representation similarity"))
+
+
+def _f(x) -> float:
+    return float(x)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def figure(path: Path, reading: str) -> str:
+    return (f'<figure>{_img(path)}<figcaption><b>Reading:</b> {html.escape(reading)}</figcaption></figure>')
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def missing(command: str) -> str:
+    return f'<p class="missing">Not computed yet: run <code>{html.escape(command)}</code>, then this report again.</p>'
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def grid_section(sweep: Sweep) -> str:
+    from orchestrator.sweep import cell_statuses, status_counts
+
+    statuses = cell_statuses(sweep.root, sweep.name, sweep.state)
+    counts = status_counts(statuses)
+    specs = sweep.specs
+    languages = sorted({s.language for s in specs})
+    tasks = sorted({s.task for s in specs})
+    seeds = sorted({s.seed for s in specs})
+    compute = sum(r.get("level_seconds", 0.0) for s in specs for r in CellStore(sweep.root, s).all_metrics())
+    out = [f"<p>Grid <b>{html.escape(sweep.state['grid_name'])}</b> on model <code>{html.escape(specs[0].model)}"
+           f"</code>: {len(tasks)} task(s) ({', '.join(tasks)}), {len(languages)} language(s), "
+           f"seeds {', '.join(map(str, seeds))}, levels 0-{max(s.levels for s in specs)} "
+           f"(sparsity up to {max(s.sparsities[-1] for s in specs):.0%}). "
+           f"{counts['done']} of {len(statuses)} cells done, {counts['running']} running, "
+           f"{counts['failed']} failed, {counts['pending']} pending; {compute / 60:.1f} min of cell compute.</p>"]
+    rows = []
+    for st in statuses:
+        s = st.spec
+        schedule = f"{s.steps} steps" if s.steps is not None else f"{s.epochs:g} epochs"
+        rows.append([s.id, s.task, s.language, s.seed, st.state, f"{st.levels_done}/{s.levels + 1}", schedule,
+                     "" if st.score is None else f"{st.score:.4f}"])
+    out.append(table(["cell", "task", "language", "seed", "state", "levels", "per round", "last score"], rows))
+    for sk in sweep.state.get("skipped", []):
+        out.append(f"<p>Skipped {html.escape(sk['task'])}/{html.escape(sk['language'])}: "
+                   f"{html.escape(sk['reason'])}</p>")
+    return "\n".join(out)
+
+
+def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
+    out = []
+    by_task = defaultdict(lambda: defaultdict(list))
+    for s in sweep.specs:
+        for r in CellStore(sweep.root, s).all_metrics():
+            by_task[s.task][s.language].append((r["sparsity"], r["score"]))
+    for task, langs in sorted(by_task.items()):
+        series = {}
+        for lang, points in sorted(langs.items()):
+            xs = sorted({x for x, _ in points})
+            series[lang] = (xs, [statistics.fmean(y for x2, y in points if x2 == x) for x in xs], {})
+        metric = get_task(task).metric
+        path = line_plot(series, "sparsity", metric, f"{task}: validation {metric} of each ticket",
+                         figures / f"scores_{task}.png", ylim=None, percent_x=True)
+        changes = [v[1][-1] - v[1][0] for v in series.values()]
+        deepest = max(max(v[0]) for v in series.values())
+        out.append(figure(path, f"From dense to {deepest:.0%} sparsity the {metric} changes by "
+                                f"{np.mean(changes):+.4f} on average over languages "
+                                f"({'higher' if get_task(task).greater_is_better else 'lower'} is better)."))
+    rows = read_csv(overlap / "winning_tickets.csv")
+    if not rows:
+        return "\n".join(out) + missing(f"lnsub analyze --name {sweep.name}")
+    langs = sorted({r["language"] for r in rows})
+    grid = defaultdict(dict)
+    for r in rows:
+        grid[r["task"]][r["language"]] = f"{_f(r['ticket_sparsity']):.0%}"
+    out.append("<p>Sparsest winning ticket per cell (the sparsest level within one std over seeds of the dense "
+               "score, or within 1% of it with one seed), as in Table 2 of the paper:</p>")
+    out.append(table(["task", *langs], [[t, *(grid[t].get(lang, "-") for lang in langs)] for t in sorted(grid)]))
+    sparsities = [_f(r["ticket_sparsity"]) for r in rows]
+    out.append(f"<p class='reading'><b>Reading:</b> sparsest winning tickets range from {min(sparsities):.0%} to "
+               f"{max(sparsities):.0%} (median {statistics.median(sparsities):.0%}); on mBERT the paper found 50% "
+               f"for almost every cell.</p>")
+    return "\n".join(out)
+
+
+def overlap_section(sweep: Sweep, overlap: Path) -> str:
+    rows = read_csv(overlap / "overlap.csv")
+    if not rows:
+        return missing(f"lnsub analyze --name {sweep.name}")
+    baselines = read_csv(overlap / "overlap_baselines.csv")
+    seeds = read_csv(overlap / "seed_overlap.csv")
+    out = []
+    for task in sorted({r["task"] for r in rows}):
+        total = [r for r in rows if r["task"] == task and r["grouping"] == "total"]
+        deepest = max(_f(r["sparsity"]) for r in total)
+        at = [r for r in total if _f(r["sparsity"]) == deepest]
+        j = statistics.fmean(_f(r["jaccard"]) for r in at)
+        d = 1 - deepest
+        rnd = d / (2 - d)
+        base = [_f(b["oneshot_pretrained"]) for b in baselines if b["task"] == task and _f(b["sparsity"]) == deepest]
+        same = [_f(r["jaccard"]) for r in seeds if r["task"] == task and _f(r["sparsity"]) == deepest]
+        reading = (f"At {deepest:.0%} sparsity, {task} sub-networks of different languages overlap {j:.3f} "
+                   f"(Jaccard), against {rnd:.3f} for random masks")
+        if base:
+            o = statistics.fmean(base)
+            reading += (f" and {o:.3f} between each ticket and θ0's own one-shot magnitude mask, so "
+                        + ("the pretrained magnitudes alone explain most of the overlap"
+                           if o >= j else "the tickets share more with each other than with θ0's magnitudes"))
+        if same:
+            reading += f"; the same language with another seed overlaps {statistics.fmean(same):.3f}"
+        curve = overlap / f"overlap_curve_{task}.png"
+        if curve.exists():
+            out.append(figure(curve, reading + "."))
+        level = max(int(r["level"]) for r in at)
+        heat = sorted(overlap.glob(f"overlap_{task}_s*_level{level}.png"))
+        if heat:
+            pairs = sorted(at, key=lambda r: _f(r["jaccard"]))
+            lo, hi = pairs[0], pairs[-1]
+            out.append(figure(heat[0], f"Most alike: {hi['language_a']}-{hi['language_b']} ({_f(hi['jaccard']):.3f});"
+                                       f" least: {lo['language_a']}-{lo['language_b']} ({_f(lo['jaccard']):.3f});"
+                                       f" languages ordered by clustering, random baseline {rnd:.3f}."))
+        groups = overlap / f"overlap_groups_{task}.png"
+        if groups.exists():
+            parts = [r for r in rows if r["task"] == task and r["grouping"] != "total" and _f(r["sparsity"]) == deepest]
+            means = {g: statistics.fmean(_f(r["jaccard"]) for r in parts if r["group"] == g)
+                     for g in dict.fromkeys(r["group"] for r in parts)}
+            best, worst = max(means, key=means.get), min(means, key=means.get)
+            out.append(figure(groups, f"Across languages, overlap is highest in {best} ({means[best]:.3f}) and "
+                                      f"lowest in {worst} ({means[worst]:.3f}); the dashed line is random masks."))
+    return "\n".join(out)
+
+
+def transfer_section(sweep: Sweep, folder: Path) -> str:
+    levels = sorted({int(m.group(1)) for p in folder.glob("transfer_matrix_level*.csv")
+                     if (m := re.search(r"level(\d+)", p.name))})
+    example = f"lnsub transfer --name {sweep.name} --level {max(s.levels for s in sweep.specs)}"
+    if not levels:
+        return missing(example)
+    out = []
+    for level in levels:
+        matrix = read_csv(folder / f"transfer_matrix_level{level}.csv")
+        summary = read_csv(folder / f"transfer_summary_level{level}.csv")
+        for task in sorted({r["task"] for r in matrix}):
+            path = folder / f"transfer_{task}_level{level}.png"
+            rows = [r for r in summary if r["task"] == task]
+            langs = {r["target"] for r in matrix if r["task"] == task}
+            cross = [r for r in matrix if r["task"] == task and r["source"] in langs and r["source"] != r["target"]]
+            ok = sum(r["success"] == "True" for r in cross)
+            drop = {r["source"]: _f(r["mean_relative_drop"]) for r in rows}
+            lang_drop = [v for k, v in drop.items() if k in langs]
+            reading = (f"{ok}/{len(cross)} cross-language transfers succeed (within one std of the target's own "
+                       f"ticket); mean relative drop {np.mean(lang_drop) if lang_drop else float('nan'):+.2%} for "
+                       f"language tickets")
+            extra = [f"{k} {v:+.2%}" for k, v in drop.items() if k not in langs]
+            reading += (", against " + ", ".join(extra)) if extra else ""
+            if path.exists():
+                out.append(figure(path, reading + "."))
+            out.append(table(["source", "mean relative drop", "successes"],
+                             [[r["source"], f"{_f(r['mean_relative_drop']):+.2%}", f"{r['successes']}/{r['targets']}"]
+                              for r in rows]))
+    return "\n".join(out)
+
+
+def similarity_section(sweep: Sweep, folder: Path) -> str:
+    rows = read_csv(folder / "similarity.csv")
+    if not rows:
+        return missing(f"lnsub similarity --name {sweep.name}")
+    top = max(int(r["layer"]) for r in rows)
+
+    def mean(encoder: str, key: str, layer: int) -> float:
+        return statistics.fmean(_f(r[key]) for r in rows if r["encoder"] == encoder and int(r["layer"]) == layer)
+
+    dense, rnd = mean("dense", "cka", top), mean("random", "cka", top)
+    out = [figure(folder / "similarity_cka.png",
+                  f"At the top layer the dense model's cross-language CKA is {dense:.3f} against {rnd:.3f} for a "
+                  f"random encoder: " + ("representations align across languages above the lower bound."
+                                         if dense > rnd else "no alignment above the random lower bound."))]
+    layers = range(top + 1)
+    best = max(layers, key=lambda k: mean("dense", "retrieval", k))
+    out.append(figure(folder / "similarity_retrieval.png",
+                      f"Sentence retrieval (ratio margin, k=5) peaks at layer {best} for the dense model "
+                      f"({mean('dense', 'retrieval', best):.3f}); the random encoder reaches "
+                      f"{max(mean('random', 'retrieval', k) for k in layers):.3f}."))
+    return "\n".join(out)
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em} nav a{margin-right:1em} section{border-top:1px solid #ddd;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:1em 0} td,th{border:1px solid #ccc;padding:.2em .5em}
+th{background:#f3f3f3} figure{margin:1.5em 0} img{max-width:100%} figcaption,.reading{font-size:.95em;color:#333}
+.missing{color:#a33} code{background:#f5f5f5;padding:0 .2em}
+"""
+# Marks each section once its figures have decoded, so a headless browser can tell what it showed.
+SCRIPT = """
+window.addEventListener('load', function () {
+  document.querySelectorAll('section').forEach(function (s) {
+    var imgs = s.querySelectorAll('img');
+    var ok = Array.prototype.every.call(imgs, function (i) { return i.complete && i.naturalWidth > 0; });
+    s.setAttribute('data-figures', imgs.length);
+    s.setAttribute('data-rendered', ok ? 'yes' : 'no');
+  });
+  document.body.setAttribute('data-ready', 'yes');
+});
+"""
+
+
+def report(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> Path:
+    """Write <analysis folder>/report/report.html and log it to MLflow."""
+    from orchestrator.tracking import try_log_analysis
+
+    sweep = open_sweep(name, storage, tracking_uri, out)
+    folder = sweep.folder("report")
+    figures = folder / "figures"
+    figures.mkdir(exist_ok=True)
+    overlap, transfer, similarity = (sweep.analysis / k for k in ("overlap", "transfer", "similarity"))
+    bodies = {"grid": grid_section(sweep), "tickets": tickets_section(sweep, overlap, figures),
+              "overlap": overlap_section(sweep, overlap), "transfer": transfer_section(sweep, transfer),
+              "similarity": similarity_section(sweep, similarity)}
+    nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
+    sections = "\n".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>\n{bodies[key]}\n</section>'
+                         for key, title in SECTIONS)
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lnsub report: {html.escape(name)}"
+            f"</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
+            f"<h1>lnsub report: {html.escape(name)}</h1>"
+            f"<p>Language-neutral sub-networks (lottery tickets by IMP with rewinding to θ0). Generated "
+            f"{time.strftime('%Y-%m-%d %H:%M')} from {html.escape(str(sweep.root))}.</p><nav>{nav}</nav>"
+            f"{sections}</body></html>")
+    path = folder / "report.html"
+    write_text(path, page)
+    try_log_analysis(name, sweep.root, sweep.tracking_uri, "report", folder)
+    return path

@@ -1,0 +1,244 @@
+"""`lnsub transfer`: how well one language's sub-network trains another's task (METHOD.md, transfer matrix).
+
+For a sweep and an IMP level, one job per (source mask, target language) within a
+task, per seed: every language's ticket (the diagonal is the target's own), a
+random mask and θ0's one-shot magnitude mask of the same sparsity, and, with
+--cross-task, the same language's ticket from each other task. The jobs run as a
+Ray Tune sweep with the same fault tolerance as `lnsub sweep`; each job is
+idempotent in <storage>/transfer/<job id>/, so rerunning the command resumes it.
+
+Outputs in <analysis folder>/transfer/: the scores a(s,t) (tidy), the matrix of
+a(s,t) - a(t,t) with which transfers succeed (within one std of a(t,t) over seeds,
+or within TICKET_TOLERANCE of it with one seed), the mean relative drop per source,
+and one heatmap per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from analysis.analyze import TICKET_TOLERANCE
+from analysis.figures import delta_heatmap
+from analysis.tables import Sweep, open_sweep, write_csv
+from trainables import transfer as jobs_io
+from trainables.errors import LnsubError
+from trainables.ids import stable_id
+from trainables.spec import CellSpec
+from trainables.store import CellStore
+from trainables.tasks import get_task
+from trainables.transfer import TransferJob
+
+log = logging.getLogger(__name__)
+RANDOM, ONESHOT = "random", "one-shot θ0"
+
+
+def plan_jobs(specs: list[CellSpec], level: int, tasks: list[str] | None = None,
+              cross_task: bool = False) -> list[TransferJob]:
+    """Every (source, target) job of the given tasks at IMP level `level`, per seed."""
+    cells: dict[tuple[str, int], dict[str, CellSpec]] = defaultdict(dict)
+    for s in specs:
+        cells[(s.task, s.seed)][s.language] = s
+    known = sorted({s.task for s in specs})
+    for t in tasks or []:
+        if t not in known:
+            raise LnsubError(f"--task {t}: the sweep has no {t} cells (it has {', '.join(known)})")
+    jobs = []
+    for (task, seed), by_lang in sorted(cells.items()):
+        if tasks and task not in tasks:
+            continue
+        for target_lang, target in sorted(by_lang.items()):
+            if not 1 <= level <= target.levels:
+                raise LnsubError(f"--level {level}: cell {target.id} has levels 1..{target.levels} "
+                                 f"(level 0 is the dense model)")
+            sparsity = target.sparsities[level]
+            row = dict(target_cell=target.to_dict(), level=level, sparsity=sparsity)
+            for source_lang, source in sorted(by_lang.items()):
+                jobs.append(TransferJob("ticket", source_lang, source.to_dict(), **row))
+            jobs.append(TransferJob("random", RANDOM, None, **row))
+            jobs.append(TransferJob("oneshot", ONESHOT, None, **row))
+            if cross_task:
+                for other in known:
+                    source = cells.get((other, seed), {}).get(target_lang)
+                    if other == task or source is None:
+                        continue
+                    if source.levels < level or abs(source.sparsities[level] - sparsity) > 1e-9:
+                        raise LnsubError(f"--cross-task: {other} cells have no level {level} at {sparsity:.0%} "
+                                         f"sparsity")
+                    jobs.append(TransferJob("ticket", f"{other} mask", source.to_dict(), **row))
+    if not jobs:
+        raise LnsubError("no transfer jobs: the sweep has no cells for the chosen --task")
+    return jobs
+
+
+def check_sources(storage: Path, jobs: list[TransferJob]) -> None:
+    """Every source mask must exist before anything is scheduled (one line naming what is missing)."""
+    missing = set()
+    for job in jobs:
+        if job.kind == "ticket":
+            source = CellSpec.from_dict(job.source_cell)
+            if not CellStore(storage, source).level_done(job.level):
+                missing.add(source.id)
+        elif job.kind == "oneshot":
+            folder = CellStore(storage, job.target).baseline_dir("oneshot_pretrained", job.sparsity)
+            if not (folder / "mask.json").exists():
+                missing.add(f"{job.target.id} (one-shot θ0 baseline)")
+    if missing:
+        level = jobs[0].level
+        raise LnsubError(f"{len(missing)} source(s) have no mask at level {level} yet: "
+                         f"{', '.join(sorted(missing)[:4])}{' ...' if len(missing) > 4 else ''}; "
+                         f"finish the sweep first (lnsub sweep --name ... --resume)")
+
+
+def plan_id(jobs: list[TransferJob]) -> str:
+    return stable_id(sorted(j.id for j in jobs), jobs_io.SCHEMA, prefix="plan-", length=12)
+
+
+# --- the tables ---------------------------------------------------------------------------------
+
+@dataclass
+class Cellwise:
+    score: float  # mean over seeds
+    scores: list[float]
+
+
+def _scores(storage: Path, jobs: list[TransferJob]) -> tuple[list[dict], dict]:
+    """Tidy per-job rows, and {(task, source, target): Cellwise} averaged over seeds."""
+    rows, grouped = [], defaultdict(list)
+    for job in jobs:
+        if not jobs_io.finished(storage, job):
+            continue
+        r = jobs_io.result(storage, job)
+        rows.append({"task": r["task"], "source": job.source, "source_kind": job.kind, "target": r["target"],
+                     "seed": r["seed"], "level": job.level, "sparsity": job.sparsity, "density": r["density"],
+                     "metric": r["metric"], "score": r["score"], "job": job.id})
+        grouped[(r["task"], job.source, r["target"])].append(r["score"])
+    return rows, {k: Cellwise(statistics.fmean(v), v) for k, v in grouped.items()}
+
+
+def transfer_tables(storage: Path, jobs: list[TransferJob]) -> dict[str, list[dict]]:
+    """scores (per job), matrix (a(s,t) - a(t,t) and success) and summary (per source) rows."""
+    score_rows, cells = _scores(storage, jobs)
+    matrix, summary = [], []
+    for task in sorted({k[0] for k in cells}):
+        greater = get_task(task).greater_is_better
+        targets = sorted({t for (tk, _, t) in cells if tk == task})
+        sources = list(dict.fromkeys(j.source for j in jobs if j.target.task == task))
+        for source in sources:
+            drops = []
+            successes = 0
+            for target in targets:
+                own, got = cells.get((task, target, target)), cells.get((task, source, target))
+                if own is None or got is None:
+                    continue
+                if len(own.scores) >= 2:
+                    slack, rule = statistics.stdev(own.scores), "one std over seeds"
+                else:
+                    slack, rule = TICKET_TOLERANCE * abs(own.score), f"{TICKET_TOLERANCE:.0%} of a(t t) with one seed"
+                delta = got.score - own.score
+                ok = delta >= -slack - 1e-12 if greater else delta <= slack + 1e-12
+                relative = delta / own.score if own.score else float("nan")
+                matrix.append({"task": task, "source": source, "target": target, "a_st": got.score,
+                               "a_tt": own.score, "delta": delta, "relative": relative, "slack": slack,
+                               "rule": rule, "success": bool(ok), "seeds": len(got.scores),
+                               "greater_is_better": greater})
+                if source != target:
+                    drops.append(relative)
+                    successes += bool(ok)
+            if drops:
+                summary.append({"task": task, "source": source, "targets": len(drops),
+                                "mean_relative_drop": float(np.mean(drops)), "successes": successes})
+    return {"scores": score_rows, "matrix": matrix, "summary": summary}
+
+
+def heatmaps(matrix: list[dict], folder: Path, level: int, sparsity: dict[str, float]) -> list[Path]:
+    paths = []
+    for task in sorted({r["task"] for r in matrix}):
+        rows = [r for r in matrix if r["task"] == task]
+        sources = list(dict.fromkeys(r["source"] for r in rows))
+        targets = sorted({r["target"] for r in rows})
+        index = {(r["source"], r["target"]): r for r in rows}
+        grid = np.full((len(sources), len(targets)), np.nan)
+        ok = [[False] * len(targets) for _ in sources]
+        for i, s in enumerate(sources):
+            for j, t in enumerate(targets):
+                if (s, t) in index:
+                    grid[i, j] = index[(s, t)]["delta"]
+                    ok[i][j] = index[(s, t)]["success"]
+        metric = get_task(task).metric
+        greater = get_task(task).greater_is_better
+        paths.append(delta_heatmap(
+            grid if greater else -grid, sources, targets,
+            f"{task}: transfer at {sparsity[task]:.0%} sparsity ({metric}{'' if greater else ', sign flipped: up = better'})\n"
+            f"* = within one std of the target's own ticket",
+            folder / f"transfer_{task}_level{level}.png", success=ok,
+            label="a(s,t) - a(t,t)" if greater else "a(t,t) - a(s,t)"))
+    return paths
+
+
+# --- the command --------------------------------------------------------------------------------
+
+def _poll(storage: Path, jobs: list[TransferJob], render: Callable[[int, int], None], stop: threading.Event,
+          interval: float = 2.0) -> None:
+    while not stop.wait(interval):
+        render(sum(jobs_io.finished(storage, j) for j in jobs), len(jobs))
+
+
+def transfer(name: str, storage: str, level: int, tracking_uri: str | None = None, out: str | None = None,
+             tasks: list[str] | None = None, cross_task: bool = False, max_concurrent: int | None = None,
+             address: str | None = None, max_failures: int = 3, checkpoint_every: int = 100,
+             render: Callable[[int, int], None] | None = None, inject_crash: dict | None = None) -> dict:
+    """Plan, run (or resume) and tabulate the transfer jobs; returns the output folder, counts and errors."""
+    from orchestrator import ray_backend
+    from orchestrator.sweep import _prepare_testbed, ray_instance, sweep_dir
+    from orchestrator.tracking import try_log_analysis
+
+    sweep: Sweep = open_sweep(name, storage, tracking_uri, out)
+    jobs = plan_jobs(sweep.specs, level, tasks, cross_task)
+    check_sources(sweep.root, jobs)
+    experiment = sweep_dir(sweep.root, name) / "transfer" / plan_id(jobs)
+    pending = [j for j in jobs if not jobs_io.finished(sweep.root, j)]
+    log.info("transfer at level %d: %d jobs, %d already done", level, len(jobs), len(jobs) - len(pending))
+    errors: dict[str, str | None] = {}
+    if pending:
+        _prepare_testbed(sweep.specs)
+        res = sweep.state["resources"]
+        stop = threading.Event()
+        poller = threading.Thread(target=_poll, args=(sweep.root, jobs, render or (lambda d, t: None), stop),
+                                  daemon=True)
+        with ray_instance(experiment.parent / "ray_session.json", address):
+            fits = ray_backend.fitting_concurrency(1, res["cpus_per_worker"], res["gpus_per_worker"])
+            poller.start()
+            try:
+                errors = ray_backend.run_transfer_tune(
+                    [{"id": j.id, "job": j.to_dict()} for j in pending], sweep.root, experiment,
+                    cpus_per_worker=res["cpus_per_worker"], gpus_per_worker=res["gpus_per_worker"],
+                    max_concurrent=max_concurrent or fits, max_failures=max_failures,
+                    checkpoint_every=checkpoint_every, inject_crash=inject_crash)
+            finally:
+                stop.set()
+                poller.join(timeout=10)
+    folder = sweep.folder("transfer")
+    tables = transfer_tables(sweep.root, jobs)
+    for kind, rows in tables.items():
+        write_csv(folder / f"transfer_{kind}_level{level}.csv", rows)
+    heatmaps(tables["matrix"], folder, level, {j.target.task: j.sparsity for j in jobs})
+    done = sum(jobs_io.finished(sweep.root, j) for j in jobs)
+    metrics = {f"mean_relative_drop/{r['task']}/{_metric_name(r['source'])}": r["mean_relative_drop"]
+               for r in tables["summary"]}
+    try_log_analysis(name, sweep.root, sweep.tracking_uri, f"transfer-level{level}", folder,
+                     params={"level": level, "tasks": ",".join(tasks or []) or "all", "cross_task": cross_task,
+                             "jobs": len(jobs), "jobs_done": done}, metrics=metrics)
+    return {"folder": folder, "jobs": len(jobs), "done": done,
+            "errors": {k: v for k, v in errors.items() if v}, "tables": tables}
+
+
+def _metric_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)

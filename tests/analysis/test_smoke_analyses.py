@@ -1,0 +1,143 @@
+"""After the README's smoke sweep: analyze, transfer (a Ray Tune sweep), similarity and report, as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchestrator import tracking
+from orchestrator.sweep import load_state, state_specs
+from trainables import transfer as jobs_io
+
+pytestmark = pytest.mark.slow
+LEVEL = 3  # the smoke grid's deepest level: 30% sparsity
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
+    """Every analysis on the smoke sweep; transfer (NER) with one job killed mid-training once."""
+    from analysis.transfer import plan_jobs, transfer
+
+    lnsub = lnsub_cli
+    cwd, sweep = smoke_sweep
+    out = {"cwd": cwd, "lnsub": lnsub}
+    assert sweep.returncode == 0, sweep.stdout[-3000:]
+    storage = cwd / "lnsub-runs"
+    out["storage"] = storage
+    out["analyze"] = lnsub("analyze", "--name", "smoke", cwd=cwd)
+    specs = state_specs(load_state(storage, "smoke"))
+    jobs = plan_jobs(specs, LEVEL, ["ner"])
+    victim = next(j for j in jobs if j.source == "syn-ur" and j.target.language == "syn-en")
+    marker = tmp_path_factory.mktemp("crash") / "crashed"
+    out["transfer"] = transfer("smoke", str(storage), LEVEL, tasks=["ner"], checkpoint_every=4,
+                               inject_crash={"job": victim.id, "step": 6, "marker": str(marker)})
+    out.update(jobs=jobs, victim=victim, marker=marker)
+    out["rerun"] = lnsub("transfer", "--name", "smoke", "--level", str(LEVEL), "--task", "ner", cwd=cwd)
+    out["similarity"] = lnsub("similarity", "--name", "smoke", "--sentences", "60", cwd=cwd)
+    out["report"] = lnsub("report", "--name", "smoke", cwd=cwd)
+    return out
+
+
+def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
+    import torch
+
+    storage = analysed["storage"]
+    assert analysed["analyze"].returncode == 0, analysed["analyze"].stdout[-2000:]
+    result = analysed["transfer"]
+    assert result["errors"] == {} and result["done"] == result["jobs"] == 15
+    # the killed job was retried by Tune and resumed from its checkpoint at step 4, not from scratch
+    assert analysed["marker"].exists()
+    assert jobs_io.result(storage, analysed["victim"])["resumed_from_step"] == 4
+    folder = result["folder"]
+    matrix = rows(folder / f"transfer_matrix_level{LEVEL}.csv")
+    sources = list(dict.fromkeys(r["source"] for r in matrix))
+    targets = sorted({r["target"] for r in matrix})
+    assert sources == ["syn-ar", "syn-en", "syn-ur", "random", "one-shot θ0"]
+    assert targets == ["syn-ar", "syn-en", "syn-ur"] and len(matrix) == len(sources) * len(targets)
+    assert (folder / f"transfer_ner_level{LEVEL}.png").stat().st_size > 1000
+    summary = rows(folder / f"transfer_summary_level{LEVEL}.csv")
+    assert [r["source"] for r in summary] == sources
+    # the diagonal is the target's own ticket: a(t,t) is that job's stored score, and its delta is 0
+    jobs = {(j.source, j.target.language): j for j in analysed["jobs"]}
+    for r in matrix:
+        own = jobs_io.result(storage, jobs[(r["target"], r["target"])])["score"]
+        assert float(r["a_tt"]) == pytest.approx(own, abs=1e-12)
+        if r["source"] == r["target"]:
+            assert float(r["a_st"]) == float(r["a_tt"]) and float(r["delta"]) == 0.0
+    # ... and an independent rerun of one diagonal job, outside Ray, in a fresh storage, scores the same
+    diagonal = jobs[("syn-ar", "syn-ar")]
+    fresh = tmp_path / "fresh"
+    cell = Path(storage) / "cells" / diagonal.target.id
+    shutil.copytree(cell, fresh / "cells" / diagonal.target.id)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Tune trial (1 CPU per worker)
+    try:
+        again = jobs_io.run_transfer_job(diagonal, fresh)
+    finally:
+        torch.set_num_threads(threads)
+    stored = jobs_io.result(storage, diagonal)
+    assert again["mask_sha256"] == stored["mask_sha256"]
+    assert again["score"] == pytest.approx(stored["score"], abs=1e-9)
+    # rerunning the command resumes: nothing left to run, the same tables
+    rerun = analysed["rerun"]
+    assert rerun.returncode == 0 and "15/15 jobs done" in rerun.stdout, rerun.stdout[-2000:]
+    bad = analysed["lnsub"]("transfer", "--name", "smoke", "--level", "0", cwd=analysed["cwd"], timeout=120)
+    assert bad.returncode == 2 and "lnsub: error: --level 0" in bad.stdout
+    assert len(bad.stdout.strip().splitlines()) == 1
+
+
+def test_every_analysis_is_logged_to_its_mlflow_run(analysed):
+    for name in ("similarity", "report"):
+        assert analysed[name].returncode == 0, analysed[name].stdout[-2000:]
+    state = load_state(analysed["storage"], "smoke")
+    client = tracking._client(state["tracking_uri"])
+    exp = client.get_experiment_by_name(tracking.experiment_name("smoke"))
+    expected = {"overlap": "overlap/overlap.csv", f"transfer-level{LEVEL}": f"transfer-level{LEVEL}/"
+                f"transfer_matrix_level{LEVEL}.csv", "similarity": "similarity/similarity.csv",
+                "report": "report/report.html"}
+    for role, artifact in expected.items():
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`lnsub.role` = 'analysis:{role}'")
+        assert len(runs) == 1, role
+        folder = artifact.split("/")[0]
+        assert artifact in {a.path for a in client.list_artifacts(runs[0].info.run_id, folder)}, role
+
+
+def test_report_renders_in_headless_chromium(analysed, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed here (.ci/run installs it with apt-get)")
+    assert "report.html" in analysed["report"].stdout
+    report = analysed["storage"] / "sweeps/smoke/analysis/report/report.html"  # the default --out
+    assert report.exists()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    dom = subprocess.run([chromium, *flags, f"--user-data-dir={tmp_path / 'u1'}", "--virtual-time-budget=10000",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-ready="yes"' in dom.stdout  # the page's load handler ran
+    sections = dict(re.findall(r'<section id="(\w+)" data-figures="(\d+)" data-rendered="(?:yes)"', dom.stdout))
+    assert set(sections) == {"grid", "tickets", "overlap", "transfer", "similarity"}, sections
+    for key in ("tickets", "overlap", "transfer", "similarity"):  # every figure decoded in the browser
+        assert int(sections[key]) >= 1, key
+    assert "Not computed yet" not in dom.stdout  # every analysis ran, so no section is a placeholder
+    assert dom.stdout.count("<b>Reading:</b>") >= sum(int(v) for v in sections.values())
+    shot = tmp_path / "report.png"
+    run = subprocess.run([chromium, *flags, f"--user-data-dir={tmp_path / 'u2'}", "--hide-scrollbars",
+                          "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (2400, 1280)
+    assert pixels[..., :3].std() > 0.05  # a page with text and figures, not a blank one
