@@ -34,6 +34,14 @@ def _by_task_seed(specs: list[CellSpec]) -> dict[tuple[str, int], dict[str, Cell
     return groups
 
 
+def _by_cell(specs: list[CellSpec]) -> dict[tuple[str, str], list[CellSpec]]:
+    """(task, language) -> its cells, one per seed."""
+    groups: dict[tuple[str, str], list[CellSpec]] = defaultdict(list)
+    for spec in specs:
+        groups[(spec.task, spec.language)].append(spec)
+    return groups
+
+
 def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[dict], list[dict]]:
     """Jaccard rows (every pair, grouping, level) and baseline rows; heatmaps of the totals."""
     rows, baselines = [], []
@@ -78,11 +86,8 @@ def winning_tickets(root: Path, specs: list[CellSpec]) -> list[dict]:
     """Per (task, language): the sparsest level within one std over seeds (or 1%) of the dense score."""
     from analysis.overlap import winning_ticket
 
-    by_cell: dict[tuple[str, str], list[CellSpec]] = defaultdict(list)
-    for s in specs:
-        by_cell[(s.task, s.language)].append(s)
     out = []
-    for (task, language), seeds in sorted(by_cell.items()):
+    for (task, language), seeds in sorted(_by_cell(specs).items()):
         metrics = [CellStore(root, s).all_metrics() for s in seeds]
         common = min(len(m) for m in metrics)
         if common == 0:
@@ -101,11 +106,8 @@ def winning_tickets(root: Path, specs: list[CellSpec]) -> list[dict]:
 
 def seed_overlap(root: Path, specs: list[CellSpec]) -> list[dict]:
     """Same language, different seeds: the total Jaccard of every pair of seeds' masks, per level."""
-    by_cell: dict[tuple[str, str], list[CellSpec]] = defaultdict(list)
-    for s in specs:
-        by_cell[(s.task, s.language)].append(s)
     rows = []
-    for (task, language), seeds in sorted(by_cell.items()):
+    for (task, language), seeds in sorted(_by_cell(specs).items()):
         if len(seeds) < 2:
             continue
         for level in range(1, max(s.levels for s in seeds) + 1):

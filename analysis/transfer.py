@@ -174,9 +174,10 @@ def heatmaps(matrix: list[dict], folder: Path, level: int, sparsity: dict[str, f
                     ok[i][j] = index[(s, t)]["success"]
         metric = get_task(task).metric
         greater = get_task(task).greater_is_better
+        flipped = "" if greater else ", sign flipped: up = better"
         paths.append(delta_heatmap(
             grid if greater else -grid, sources, targets,
-            f"{task}: transfer at {sparsity[task]:.0%} sparsity ({metric}{'' if greater else ', sign flipped: up = better'})\n"
+            f"{task}: transfer at {sparsity[task]:.0%} sparsity ({metric}{flipped})\n"
             f"* = within one std of the target's own ticket",
             folder / f"transfer_{task}_level{level}.png", success=ok,
             label="a(s,t) - a(t,t)" if greater else "a(t,t) - a(s,t)"))

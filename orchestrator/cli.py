@@ -257,7 +257,8 @@ def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: 
     for r in result["tables"]["summary"]:
         table.add_row(r["task"], r["source"], f"{r['mean_relative_drop']:+.3%}", f"{r['successes']}/{r['targets']}")
     console.print(table)
-    console.print(f"{result['done']}/{result['jobs']} jobs done; matrices and heatmaps: [bold]{result['folder']}[/bold]")
+    console.print(f"{result['done']}/{result['jobs']} jobs done; matrices and heatmaps: "
+                  f"[bold]{result['folder']}[/bold]")
     if result["errors"]:
         for job, err in result["errors"].items():
             console.print(f"[red]failed[/red] {job}: {err.splitlines()[0][:300]}")

@@ -88,3 +88,18 @@ def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
     assert len(runs) == 1 and "cka_top_layer_dense" in runs[0].data.metrics
     paths = {a.path for a in client.list_artifacts(runs[0].info.run_id, "similarity")}
     assert {"similarity/similarity.csv", "similarity/similarity_cka.png"} <= paths
+
+
+def test_report_names_the_command_for_each_missing_analysis(mini_sweep, tmp_path):
+    from analysis.report import SECTIONS, report
+
+    storage, _ = mini_sweep
+    path = report("mini", str(storage), out=str(tmp_path / "empty"))  # no analysis has written there
+    page = path.read_text(encoding="utf-8")
+    for key, title in SECTIONS:
+        assert f'<section id="{key}"><h2>{title}</h2>' in page
+    for command in ("lnsub analyze --name mini", "lnsub transfer --name mini --level 2",
+                    "lnsub similarity --name mini"):
+        assert f"<code>{command}</code>" in page
+    assert page.count('src="data:image/png;base64,') == 1  # only the ticket scores, drawn from the cells
+    assert "3 of 3 cells done" in page

@@ -94,7 +94,8 @@ def test_plan_and_jobs_apply_exactly_the_source_mask(mini_sweep):
     assert ticket["mask_sha256"] == _sha(load_masks(CellStore(storage, en).level_dir(2)))
     assert ticket["target"] == "syn-ar" and ticket["density"] == pytest.approx(1 - en.sparsities[2], abs=1e-4)
     oneshot = jobs_io.run_transfer_job(by[(ONESHOT, "syn-ar")], storage)
-    assert oneshot["mask_sha256"] == _sha(load_masks(CellStore(storage, ar).baseline_dir("oneshot_pretrained", ar.sparsities[2])))
+    theta0_mask = CellStore(storage, ar).baseline_dir("oneshot_pretrained", ar.sparsities[2])
+    assert oneshot["mask_sha256"] == _sha(load_masks(theta0_mask))
     random_job = by[(RANDOM, "syn-ar")]
     rnd = jobs_io.run_transfer_job(random_job, storage)
     from trainables.imp import model_path
