@@ -107,3 +107,18 @@ def test_plan_and_jobs_apply_exactly_the_source_mask(mini_sweep):
     assert rnd["mask_sha256"] not in (ticket["mask_sha256"], oneshot["mask_sha256"])
     again = jobs_io.run_transfer_job(by[("syn-en", "syn-ar")], storage)  # finished: returned, not retrained
     assert again == ticket
+
+
+def test_cross_task_rows_take_the_same_languages_ticket_from_each_other_task(tmp_path):
+    specs = [make_spec(task, lang, steps=5, levels=3) for task in ("ner", "xnli", "mlm")
+             for lang in ("syn-en", "syn-ar")]
+    plain = plan_jobs(specs, level=2, tasks=["ner"])
+    crossed = plan_jobs(specs, level=2, tasks=["ner"], cross_task=True)
+    extra = [j for j in crossed if j not in plain]
+    assert len(plain) == 2 * 4 and len(extra) == 2 * 2  # 2 targets x (mlm mask, xnli mask)
+    for job in extra:
+        source = job.source_cell
+        assert job.source == f"{source['task']} mask" and source["task"] in ("mlm", "xnli")
+        assert source["language"] == job.target.language and job.target.task == "ner"
+    with pytest.raises(LnsubError, match="have no mask at level 2 yet"):
+        check_sources(tmp_path, crossed)  # nothing has run in this storage
