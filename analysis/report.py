@@ -152,8 +152,9 @@ def overlap_section(sweep: Sweep, overlap: Path) -> str:
         if heat:
             pairs = sorted(at, key=lambda r: _f(r["jaccard"]))
             lo, hi = pairs[0], pairs[-1]
-            out.append(figure(heat[0], f"Most alike: {hi['language_a']}-{hi['language_b']} ({_f(hi['jaccard']):.3f});"
-                                       f" least: {lo['language_a']}-{lo['language_b']} ({_f(lo['jaccard']):.3f});"
+            out.append(figure(heat[0], f"Most alike: {hi['language_a']} & {hi['language_b']} "
+                                       f"({_f(hi['jaccard']):.3f}); least: {lo['language_a']} & {lo['language_b']} "
+                                       f"({_f(lo['jaccard']):.3f});"
                                        f" languages ordered by clustering, random baseline {rnd:.3f}."))
         groups = overlap / f"overlap_groups_{task}.png"
         if groups.exists():
@@ -184,9 +185,12 @@ def transfer_section(sweep: Sweep, folder: Path) -> str:
             ok = sum(r["success"] == "True" for r in cross)
             drop = {r["source"]: _f(r["mean_relative_drop"]) for r in rows}
             lang_drop = [v for k, v in drop.items() if k in langs]
-            reading = (f"{ok}/{len(cross)} cross-language transfers succeed (within one std of the target's own "
-                       f"ticket); mean relative drop {np.mean(lang_drop) if lang_drop else float('nan'):+.2%} for "
-                       f"language tickets")
+            task_info = get_task(task)
+            rule = cross[0]["rule"] if cross else "one std over seeds"
+            reading = (f"{task} ({task_info.metric}, {'higher' if task_info.greater_is_better else 'lower'} is "
+                       f"better): {ok}/{len(cross)} cross-language transfers succeed (within {rule} of the "
+                       f"target's own ticket); mean relative change {np.mean(lang_drop) if lang_drop else np.nan:+.2%}"
+                       f" for language tickets")
             extra = [f"{k} {v:+.2%}" for k, v in drop.items() if k not in langs]
             reading += (", against " + ", ".join(extra)) if extra else ""
             if path.exists():

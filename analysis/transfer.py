@@ -141,7 +141,7 @@ def transfer_tables(storage: Path, jobs: list[TransferJob]) -> dict[str, list[di
                 if len(own.scores) >= 2:
                     slack, rule = statistics.stdev(own.scores), "one std over seeds"
                 else:
-                    slack, rule = TICKET_TOLERANCE * abs(own.score), f"{TICKET_TOLERANCE:.0%} of a(t t) with one seed"
+                    slack, rule = TICKET_TOLERANCE * abs(own.score), f"{TICKET_TOLERANCE:.0%} (one seed)"
                 delta = got.score - own.score
                 ok = delta >= -slack - 1e-12 if greater else delta <= slack + 1e-12
                 relative = delta / own.score if own.score else float("nan")
