@@ -17,7 +17,7 @@ import numpy as np
 
 from analysis.figures import line_plot
 from analysis.overlap import (GROUPINGS, cluster_order, heatmap_png, jaccard_matrix, random_jaccard,
-                              random_jaccard_empirical, read_packed)
+                              random_jaccard_empirical, read_packed, winning_ticket)
 from analysis.tables import open_sweep, write_csv
 from trainables.spec import CellSpec
 from trainables.store import CellStore
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 TICKET_TOLERANCE = 0.01  # with one seed: within 1% of the dense score counts as "within one std"
 
 
-def _by_task_seed(specs: list[CellSpec]) -> dict[tuple[str, int], dict[str, CellSpec]]:
+def cells_by_task_seed(specs: list[CellSpec]) -> dict[tuple[str, int], dict[str, CellSpec]]:
+    """(task, seed) -> {language: its cell}."""
     groups: dict[tuple[str, int], dict[str, CellSpec]] = defaultdict(dict)
     for spec in specs:
         groups[(spec.task, spec.seed)][spec.language] = spec
@@ -45,7 +46,7 @@ def _by_cell(specs: list[CellSpec]) -> dict[tuple[str, str], list[CellSpec]]:
 def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[dict], list[dict]]:
     """Jaccard rows (every pair, grouping, level) and baseline rows; heatmaps of the totals."""
     rows, baselines = [], []
-    for (task, seed), cells in sorted(_by_task_seed(specs).items()):
+    for (task, seed), cells in sorted(cells_by_task_seed(specs).items()):
         levels = max(s.levels for s in cells.values())
         for level in range(1, levels + 1):  # level 0 is the all-ones mask: nothing to compare
             stores = {lang: CellStore(root, s) for lang, s in sorted(cells.items())}
@@ -84,8 +85,6 @@ def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[d
 
 def winning_tickets(root: Path, specs: list[CellSpec]) -> list[dict]:
     """Per (task, language): the sparsest level within one std over seeds (or 1%) of the dense score."""
-    from analysis.overlap import winning_ticket
-
     out = []
     for (task, language), seeds in sorted(_by_cell(specs).items()):
         metrics = [CellStore(root, s).all_metrics() for s in seeds]

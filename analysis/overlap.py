@@ -6,6 +6,7 @@ bytes counted with a popcount, so 11 masks of mBERT size need ~120 MB, not gigab
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -181,6 +182,7 @@ def random_jaccard(density: float) -> float:
     return density / (2.0 - density)
 
 
+@functools.lru_cache(maxsize=None)  # pure in its arguments; analyze asks the same of every language and task
 def random_jaccard_empirical(n_weights: int, density: float, seed: int, trials: int = 3) -> float:
     """Mean Jaccard of `trials` pairs of random masks, each with exactly round(d * n) kept weights."""
     rng = np.random.default_rng(seed)

@@ -29,10 +29,6 @@ SECTIONS = (("grid", "The grid and what ran"), ("tickets", "Winning tickets"),
             ("similarity", "Representation similarity"))
 
 
-def _f(x) -> float:
-    return float(x)
-
-
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -108,11 +104,11 @@ def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
     langs = sorted({r["language"] for r in rows})
     grid = defaultdict(dict)
     for r in rows:
-        grid[r["task"]][r["language"]] = f"{_f(r['ticket_sparsity']):.0%}"
+        grid[r["task"]][r["language"]] = f"{float(r['ticket_sparsity']):.0%}"
     out.append("<p>Sparsest winning ticket per cell (the sparsest level within one std over seeds of the dense "
                "score, or within 1% of it with one seed), as in Table 2 of the paper:</p>")
     out.append(table(["task", *langs], [[t, *(grid[t].get(lang, "-") for lang in langs)] for t in sorted(grid)]))
-    sparsities = [_f(r["ticket_sparsity"]) for r in rows]
+    sparsities = [float(r["ticket_sparsity"]) for r in rows]
     out.append(f"<p class='reading'><b>Reading:</b> sparsest winning tickets range from {min(sparsities):.0%} to "
                f"{max(sparsities):.0%} (median {statistics.median(sparsities):.0%}); on mBERT the paper found 50% "
                f"for almost every cell.</p>")
@@ -128,13 +124,14 @@ def overlap_section(sweep: Sweep, overlap: Path) -> str:
     out = []
     for task in sorted({r["task"] for r in rows}):
         total = [r for r in rows if r["task"] == task and r["grouping"] == "total"]
-        deepest = max(_f(r["sparsity"]) for r in total)
-        at = [r for r in total if _f(r["sparsity"]) == deepest]
-        j = statistics.fmean(_f(r["jaccard"]) for r in at)
+        deepest = max(float(r["sparsity"]) for r in total)
+        at = [r for r in total if float(r["sparsity"]) == deepest]
+        j = statistics.fmean(float(r["jaccard"]) for r in at)
         d = 1 - deepest
         rnd = d / (2 - d)
-        base = [_f(b["oneshot_pretrained"]) for b in baselines if b["task"] == task and _f(b["sparsity"]) == deepest]
-        same = [_f(r["jaccard"]) for r in seeds if r["task"] == task and _f(r["sparsity"]) == deepest]
+        base = [float(b["oneshot_pretrained"]) for b in baselines
+                if b["task"] == task and float(b["sparsity"]) == deepest]
+        same = [float(r["jaccard"]) for r in seeds if r["task"] == task and float(r["sparsity"]) == deepest]
         reading = (f"At {deepest:.0%} sparsity, {task} sub-networks of different languages overlap {j:.3f} "
                    f"(Jaccard), against {rnd:.3f} for random masks")
         if base:
@@ -150,16 +147,17 @@ def overlap_section(sweep: Sweep, overlap: Path) -> str:
         level = max(int(r["level"]) for r in at)
         heat = sorted(overlap.glob(f"overlap_{task}_s*_level{level}.png"))
         if heat:
-            pairs = sorted(at, key=lambda r: _f(r["jaccard"]))
+            pairs = sorted(at, key=lambda r: float(r["jaccard"]))
             lo, hi = pairs[0], pairs[-1]
             out.append(figure(heat[0], f"Most alike: {hi['language_a']} & {hi['language_b']} "
-                                       f"({_f(hi['jaccard']):.3f}); least: {lo['language_a']} & {lo['language_b']} "
-                                       f"({_f(lo['jaccard']):.3f});"
+                                       f"({float(hi['jaccard']):.3f}); least: {lo['language_a']} & {lo['language_b']} "
+                                       f"({float(lo['jaccard']):.3f});"
                                        f" languages ordered by clustering, random baseline {rnd:.3f}."))
         groups = overlap / f"overlap_groups_{task}.png"
         if groups.exists():
-            parts = [r for r in rows if r["task"] == task and r["grouping"] != "total" and _f(r["sparsity"]) == deepest]
-            means = {g: statistics.fmean(_f(r["jaccard"]) for r in parts if r["group"] == g)
+            parts = [r for r in rows
+                     if r["task"] == task and r["grouping"] != "total" and float(r["sparsity"]) == deepest]
+            means = {g: statistics.fmean(float(r["jaccard"]) for r in parts if r["group"] == g)
                      for g in dict.fromkeys(r["group"] for r in parts)}
             best, worst = max(means, key=means.get), min(means, key=means.get)
             out.append(figure(groups, f"Across languages, overlap is highest in {best} ({means[best]:.3f}) and "
@@ -183,7 +181,7 @@ def transfer_section(sweep: Sweep, folder: Path) -> str:
             langs = {r["target"] for r in matrix if r["task"] == task}
             cross = [r for r in matrix if r["task"] == task and r["source"] in langs and r["source"] != r["target"]]
             ok = sum(r["success"] == "True" for r in cross)
-            drop = {r["source"]: _f(r["mean_relative_drop"]) for r in rows}
+            drop = {r["source"]: float(r["mean_relative_drop"]) for r in rows}
             lang_drop = [v for k, v in drop.items() if k in langs]
             task_info = get_task(task)
             rule = cross[0]["rule"] if cross else "one std over seeds"
@@ -196,8 +194,8 @@ def transfer_section(sweep: Sweep, folder: Path) -> str:
             if path.exists():
                 out.append(figure(path, reading + "."))
             out.append(table(["source", "mean relative drop", "successes"],
-                             [[r["source"], f"{_f(r['mean_relative_drop']):+.2%}", f"{r['successes']}/{r['targets']}"]
-                              for r in rows]))
+                             [[r["source"], f"{float(r['mean_relative_drop']):+.2%}",
+                               f"{r['successes']}/{r['targets']}"] for r in rows]))
     return "\n".join(out)
 
 
@@ -208,7 +206,7 @@ def similarity_section(sweep: Sweep, folder: Path) -> str:
     top = max(int(r["layer"]) for r in rows)
 
     def mean(encoder: str, key: str, layer: int) -> float:
-        return statistics.fmean(_f(r[key]) for r in rows if r["encoder"] == encoder and int(r["layer"]) == layer)
+        return statistics.fmean(float(r[key]) for r in rows if r["encoder"] == encoder and int(r["layer"]) == layer)
 
     dense, rnd = mean("dense", "cka", top), mean("random", "cka", top)
     out = [figure(folder / "similarity_cka.png",

@@ -44,11 +44,10 @@ def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
     """A copy of the encoder with θ0 ⊙ mask (mask names carry the task model's prefix, e.g. 'bert.')."""
     import copy
 
+    from trainables.pruning import apply_masks
+
     model = copy.deepcopy(base)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            params[name.removeprefix(prefix)].mul_(mask.to(params[name.removeprefix(prefix)].dtype))
+    apply_masks(model, {name.removeprefix(prefix): mask for name, mask in masks.items()})
     return model
 
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from analysis.analyze import TICKET_TOLERANCE
+from analysis.analyze import TICKET_TOLERANCE, cells_by_task_seed
 from analysis.figures import delta_heatmap
 from analysis.tables import Sweep, open_sweep, write_csv
 from trainables import transfer as jobs_io
@@ -43,9 +43,7 @@ RANDOM, ONESHOT = "random", "one-shot θ0"
 def plan_jobs(specs: list[CellSpec], level: int, tasks: list[str] | None = None,
               cross_task: bool = False) -> list[TransferJob]:
     """Every (source, target) job of the given tasks at IMP level `level`, per seed."""
-    cells: dict[tuple[str, int], dict[str, CellSpec]] = defaultdict(dict)
-    for s in specs:
-        cells[(s.task, s.seed)][s.language] = s
+    cells = cells_by_task_seed(specs)
     known = sorted({s.task for s in specs})
     for t in tasks or []:
         if t not in known:
@@ -198,7 +196,7 @@ def transfer(name: str, storage: str, level: int, tracking_uri: str | None = Non
              render: Callable[[int, int], None] | None = None, inject_crash: dict | None = None) -> dict:
     """Plan, run (or resume) and tabulate the transfer jobs; returns the output folder, counts and errors."""
     from orchestrator import ray_backend
-    from orchestrator.sweep import _prepare_testbed, ray_instance, sweep_dir
+    from orchestrator.sweep import prepare_testbed, ray_instance, sweep_dir
     from orchestrator.tracking import try_log_analysis
 
     sweep: Sweep = open_sweep(name, storage, tracking_uri, out)
@@ -209,7 +207,7 @@ def transfer(name: str, storage: str, level: int, tracking_uri: str | None = Non
     log.info("transfer at level %d: %d jobs, %d already done", level, len(jobs), len(jobs) - len(pending))
     errors: dict[str, str | None] = {}
     if pending:
-        _prepare_testbed(sweep.specs)
+        prepare_testbed(sweep.specs)
         res = sweep.state["resources"]
         stop = threading.Event()
         poller = threading.Thread(target=_poll, args=(sweep.root, jobs, render or (lambda d, t: None), stop),

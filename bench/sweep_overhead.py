@@ -47,10 +47,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from orchestrator.grid import plan
-    from orchestrator.sweep import _prepare_testbed
+    from orchestrator.sweep import prepare_testbed
 
     cells = plan(args.grid).cells
-    _prepare_testbed([c.spec for c in cells])
+    prepare_testbed([c.spec for c in cells])
     total_levels = sum(c.spec.levels + 1 for c in cells)
     work = Path(tempfile.mkdtemp(prefix="lnsub-bench-sweep-"))
     common = ["--grid", args.grid, "--max-concurrent", args.max_concurrent]

@@ -118,7 +118,7 @@ class SweepResult:
     extra: dict = field(default_factory=dict)
 
 
-def _prepare_testbed(specs: list[CellSpec]) -> None:
+def prepare_testbed(specs: list[CellSpec]) -> None:
     """Pretrain the tiny model once, in the driver, before trials race to do it."""
     from trainables.testbed.generate import ensure_testbed
     from trainables.testbed.tinybert import ensure_tiny_model
@@ -220,7 +220,7 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
     # a resume runs the stored plan; resource options may change (a bigger cluster, say)
     res = Resources(**{**state["resources"], **{k: v for k, v in overrides.items() if v is not None}})
     specs = state_specs(state)
-    _prepare_testbed(specs)
+    prepare_testbed(specs)
 
     monitor = Monitor(root, name, state, tracking_uri, sync_interval, render or (lambda statuses: None))
     with ray_instance(sweep_dir(root, name) / "ray_session.json", address):

@@ -9,7 +9,6 @@ level k's trained task head, which carries over. Callable without Ray.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ import torch
 
 from trainables import pruning
 from trainables.atomic import write_json
-from trainables.masks import pack, save_masks
+from trainables.masks import digest as mask_digest
+from trainables.masks import save_masks
 from trainables.spec import TESTBED_MODEL, CellSpec
 from trainables.store import CellStore
 from trainables.testbed.languages import is_synthetic
@@ -82,6 +82,23 @@ def load_round_data(spec: CellSpec, tokenizer, accelerator) -> RoundData:
     return RoundData(train, valid, task.collator(tokenizer, train=True), task.collator(tokenizer, train=False))
 
 
+def load_task(spec: CellSpec, accelerator):
+    """(task, round data, the pretrained model with a fresh head) for a cell's spec.
+
+    The head (and a missing pooler) are drawn after set_seed(spec.seed), so every
+    run of the same spec, an IMP cell or a transfer job, starts from the same draw.
+    """
+    from transformers import set_seed
+
+    from trainables.tasks import get_task
+
+    task = get_task(spec.task)
+    path = model_path(spec)
+    data = load_round_data(spec, task.load_tokenizer(path), accelerator)
+    set_seed(spec.seed)
+    return task, data, task.load_model(path)
+
+
 def split_state(model) -> tuple[dict, dict, set[str]]:
     """(encoder tensors θ, head tensors, head names tied to encoder tensors) of a task model."""
     prefix = model.base_model_prefix + "."
@@ -120,7 +137,7 @@ def _broadcast_masks(masks: pruning.Masks, accelerator) -> pruning.Masks:
 
 def _rank_digests(masks: pruning.Masks, accelerator) -> list[str]:
     """Every rank's SHA-256 of the mask it will train with; they must all agree."""
-    digest = hashlib.sha256(pack(masks)).hexdigest()
+    digest = mask_digest(masks)
     if accelerator.num_processes == 1:
         return [digest]
     from accelerate.utils import gather_object
@@ -162,21 +179,11 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
     if store.finished():
         return CellResult(spec.id, store.all_metrics(), 0, store.root)
 
-    from transformers import set_seed
-
-    from trainables.tasks import get_task
-
     accelerator = accelerator or make_accelerator(spec)
     main = accelerator.is_main_process
     if main:
         store.write_spec()
-    task = get_task(spec.task)
-    path = model_path(spec)
-    tokenizer = task.load_tokenizer(path)
-    data = load_round_data(spec, tokenizer, accelerator)
-
-    set_seed(spec.seed)  # the fresh head (and a missing pooler) start from the same draw on every run
-    model = task.load_model(path)
+    task, data, model = load_task(spec, accelerator)
     theta0, head0, tied = split_state(model)
     params = pruning.prunable_parameters(model)
     first = store.first_unfinished_level() if main else 0

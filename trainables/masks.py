@@ -54,6 +54,11 @@ def pack(masks: dict[str, torch.Tensor]) -> bytes:
     return buf.getvalue()
 
 
+def digest(masks: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the packed mask: equal digests, the same kept weights in the same parameters."""
+    return hashlib.sha256(pack(masks)).hexdigest()
+
+
 def save_masks(folder: str | Path, masks: dict[str, torch.Tensor], **extra) -> dict:
     """Write mask.npz then mask.json, each atomically; the json (with the checksum) comes last."""
     folder = Path(folder)

@@ -14,7 +14,6 @@ same sparsity, or the one-shot magnitude mask of θ0. Callable without Ray.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import shutil
 import time
@@ -27,7 +26,7 @@ from trainables import pruning
 from trainables.atomic import is_done, mark_done, read_json, write_json
 from trainables.errors import LnsubError
 from trainables.ids import stable_id
-from trainables.masks import load_masks, pack
+from trainables.masks import digest, load_masks
 from trainables.spec import CellSpec
 from trainables.store import CellStore
 
@@ -86,8 +85,9 @@ def result(storage: str | Path, job: TransferJob) -> dict:
 
 def random_seed(job: TransferJob) -> int:
     """The random mask depends on the target's seed and the sparsity only: one per row and seed."""
-    text = f"random-mask|{job.target.seed}|{job.sparsity:.6f}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+    from trainables.train import hash_seed
+
+    return hash_seed("random-mask", job.target.seed, f"{job.sparsity:.6f}") >> 24  # its first 4 of 7 bytes
 
 
 def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Prunable]) -> pruning.Masks:
@@ -100,7 +100,7 @@ def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Pru
     if job.kind == "ticket":
         source = CellSpec.from_dict(job.source_cell)
         store = CellStore(storage, source)
-        if not store.level_done(job.level) and not (store.level_dir(job.level) / "mask.json").exists():
+        if not (store.level_dir(job.level) / "mask.json").exists():
             raise LnsubError(f"source cell {source.id} has no mask at level {job.level} yet")
         loaded = load_masks(store.level_dir(job.level))
     elif job.kind == "oneshot":
@@ -124,10 +124,7 @@ def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Pru
 def run_transfer_job(job: TransferJob, storage: str | Path, *, checkpoint_every: int = 100,
                      after_step=None) -> dict:
     """Train the source's sub-network on the target; idempotent (a finished job returns its result)."""
-    from transformers import set_seed
-
-    from trainables.imp import load_round_data, make_accelerator, model_path
-    from trainables.tasks import get_task
+    from trainables.imp import load_task, make_accelerator
     from trainables.train import eval_loader, train_round
 
     folder = job_dir(storage, job)
@@ -138,12 +135,7 @@ def run_transfer_job(job: TransferJob, storage: str | Path, *, checkpoint_every:
     accelerator = make_accelerator(spec)
     if accelerator.is_main_process and not (folder / "job.json").exists():
         write_json(folder / "job.json", {"id": job.id, "job": job.to_dict()})
-    task = get_task(spec.task)
-    path = model_path(spec)
-    tokenizer = task.load_tokenizer(path)
-    data = load_round_data(spec, tokenizer, accelerator)
-    set_seed(spec.seed)  # the fresh head: the same draw as the target cell's own dense start
-    model = task.load_model(path)
+    task, data, model = load_task(spec, accelerator)  # a fresh head: the target cell's own dense start
     params = pruning.prunable_parameters(model)
     masks = source_masks(job, storage, params)
     pruning.apply_masks(model, masks)  # θ0 ⊙ mask; train_round keeps the pruned weights at zero
@@ -153,7 +145,7 @@ def run_transfer_job(job: TransferJob, storage: str | Path, *, checkpoint_every:
     metrics = task.evaluate(trained, eval_loader(data, spec, accelerator), accelerator)
     record = {"job": job.id, "kind": job.kind, "source": job.source, "task": spec.task,
               "target": spec.language, "seed": spec.seed, "level": job.level, "sparsity": job.sparsity,
-              "density": pruning.density(masks), "mask_sha256": hashlib.sha256(pack(masks)).hexdigest(),
+              "density": pruning.density(masks), "mask_sha256": digest(masks),
               "metric": task.metric, "score": metrics[task.metric], **metrics,
               "steps": stats["steps"], "steps_trained": stats["steps_trained"],
               "resumed_from_step": stats["resumed_from"], "seconds": time.perf_counter() - started}
