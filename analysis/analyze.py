@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.figures import line_plot
+from analysis.figures import line_plot, new_figure, save_png
 from analysis.overlap import (GROUPINGS, cluster_order, heatmap_png, jaccard_matrix, random_jaccard,
                               random_jaccard_empirical, read_packed, winning_ticket)
-from analysis.tables import open_sweep, write_csv
+from analysis.tables import AnalysisResult, open_sweep, write_csv
 from trainables.spec import CellSpec
 from trainables.store import CellStore
 from trainables.tasks import get_task
@@ -159,8 +159,6 @@ def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], f
 
 
 def _group_bars(groups: dict, baseline: float, title: str, path: Path) -> Path:
-    from analysis.figures import new_figure, save_png
-
     fig = new_figure(9, 4)
     for k, (kind, (names, values, colour)) in enumerate(groups.items()):
         ax = fig.add_subplot(1, len(groups), k + 1)
@@ -175,10 +173,8 @@ def _group_bars(groups: dict, baseline: float, title: str, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> Path:
-    """Write the overlap tables and figures to <analysis folder>/overlap and log them to MLflow."""
-    from orchestrator.tracking import try_log_analysis
-
+def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> AnalysisResult:
+    """Write the overlap tables and figures to <analysis folder>/overlap."""
     sweep = open_sweep(name, storage, tracking_uri, out)
     folder = sweep.folder("overlap")
     rows, baselines = overlap_tables(sweep.root, sweep.specs, folder)
@@ -190,6 +186,5 @@ def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str |
     write_csv(folder / "winning_tickets.csv", tickets)
     overlap_curves(rows, baselines, seeds, folder)
     totals = [r["jaccard"] for r in rows if r["grouping"] == "total"]
-    try_log_analysis(name, sweep.root, sweep.tracking_uri, "overlap", folder,
-                     metrics={"pairs": len(totals), "mean_total_jaccard": float(np.mean(totals)) if totals else 0.0})
-    return folder
+    return AnalysisResult("overlap", sweep, folder, metrics={"pairs": len(totals),
+                                                      "mean_total_jaccard": float(np.mean(totals)) if totals else 0.0})

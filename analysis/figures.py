@@ -7,8 +7,11 @@ from typing import Sequence
 
 import numpy as np
 
+from trainables.atomic import atomic_path
+
 
 def new_figure(width: float, height: float):
+    # matplotlib is imported when a figure is drawn: it takes a second, and most commands draw none
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -18,8 +21,6 @@ def new_figure(width: float, height: float):
 
 
 def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
-    from trainables.atomic import atomic_path
-
     path = Path(path)
     fig.tight_layout()
     with atomic_path(path) as tmp:

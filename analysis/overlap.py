@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from analysis.figures import new_figure, save_png
 from trainables.masks import load_packed
 from trainables.pruning import ARCHITECTURES, COMPONENTS
 
@@ -248,8 +249,6 @@ def winning_ticket(levels: list[dict], dense_scores: list[float] | None, greater
 
 def heatmap_png(matrix, labels: Sequence[str], title: str, path: str | Path, baseline: float | None = None) -> Path:
     """Draw a 0..1 overlap heatmap with a colour bar and write it as a PNG, atomically."""
-    from analysis.figures import new_figure, save_png
-
     m = np.asarray(matrix, dtype=float)
     n = len(labels)
     size = max(4.0, 0.55 * n + 2.5)

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from analysis.figures import line_plot
-from analysis.tables import Sweep, open_sweep, read_csv
+from analysis.tables import AnalysisResult, Sweep, open_sweep, read_csv
 from trainables.atomic import write_text
 from trainables.store import CellStore
+from trainables.sweep_state import cell_statuses, status_counts
 from trainables.tasks import get_task
 
 SECTIONS = (("grid", "The grid and what ran"), ("tickets", "Winning tickets"),
@@ -51,21 +52,19 @@ def missing(command: str) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 def grid_section(sweep: Sweep) -> str:
-    from orchestrator.sweep import cell_statuses, status_counts
-
-    statuses = cell_statuses(sweep.root, sweep.name, sweep.state)
+    statuses = cell_statuses(sweep.root, sweep.state)
     counts = status_counts(statuses)
     specs = sweep.specs
     languages = sorted({s.language for s in specs})
     tasks = sorted({s.task for s in specs})
     seeds = sorted({s.seed for s in specs})
     compute = sum(r.get("level_seconds", 0.0) for s in specs for r in CellStore(sweep.root, s).all_metrics())
-    out = [f"<p>Grid <b>{html.escape(sweep.state['grid_name'])}</b> on model <code>{html.escape(specs[0].model)}"
+    out = [f"<p>Grid <b>{html.escape(sweep.state.grid_name)}</b> on model <code>{html.escape(specs[0].model)}"
            f"</code>: {len(tasks)} task(s) ({', '.join(tasks)}), {len(languages)} language(s), "
            f"seeds {', '.join(map(str, seeds))}, levels 0-{max(s.levels for s in specs)} "
            f"(sparsity up to {max(s.sparsities[-1] for s in specs):.0%}). "
            f"{counts['done']} of {len(statuses)} cells done, {counts['running']} running, "
-           f"{counts['failed']} failed, {counts['pending']} pending; {compute / 60:.1f} min of cell compute.</p>"]
+           f"{counts['failed']} failed, {counts['interrupted']} interrupted, {counts['pending']} pending; {compute / 60:.1f} min of cell compute.</p>"]
     rows = []
     for st in statuses:
         s = st.spec
@@ -73,7 +72,7 @@ def grid_section(sweep: Sweep) -> str:
         rows.append([s.id, s.task, s.language, s.seed, st.state, f"{st.levels_done}/{s.levels + 1}", schedule,
                      "" if st.score is None else f"{st.score:.4f}"])
     out.append(table(["cell", "task", "language", "seed", "state", "levels", "per round", "last score"], rows))
-    for sk in sweep.state.get("skipped", []):
+    for sk in sweep.state.skipped:
         out.append(f"<p>Skipped {html.escape(sk['task'])}/{html.escape(sk['language'])}: "
                    f"{html.escape(sk['reason'])}</p>")
     return "\n".join(out)
@@ -245,10 +244,8 @@ window.addEventListener('load', function () {
 """
 
 
-def report(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> Path:
-    """Write <analysis folder>/report/report.html and log it to MLflow."""
-    from orchestrator.tracking import try_log_analysis
-
+def report(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> AnalysisResult:
+    """Write <analysis folder>/report/report.html."""
     sweep = open_sweep(name, storage, tracking_uri, out)
     folder = sweep.folder("report")
     figures = folder / "figures"
@@ -268,5 +265,4 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
             f"{sections}</body></html>")
     path = folder / "report.html"
     write_text(path, page)
-    try_log_analysis(name, sweep.root, sweep.tracking_uri, "report", folder)
-    return path
+    return AnalysisResult("report", sweep, folder, extra={"path": path})

@@ -8,6 +8,7 @@ languages, layer by layer.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from itertools import combinations
@@ -17,10 +18,15 @@ import numpy as np
 import torch
 
 from analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
-from analysis.tables import open_sweep, write_csv
+from analysis.figures import line_plot
+from analysis.tables import AnalysisResult, open_sweep, write_csv
+from trainables.imp import model_path
 from trainables.masks import load_masks
+from trainables.pruning import apply_masks
 from trainables.spec import CellSpec
 from trainables.store import CellStore
+from trainables.tasks import get_task
+from trainables.testbed.generate import ensure_testbed
 from trainables.testbed.languages import is_synthetic
 
 log = logging.getLogger(__name__)
@@ -29,35 +35,24 @@ log = logging.getLogger(__name__)
 def parallel_sentences(spec: CellSpec, languages: list[str], n: int) -> dict[str, list[str]]:
     """Exact translations: the testbed's parallel file, or XNLI's validation premises (parallel by design)."""
     if all(is_synthetic(lang) for lang in languages):
-        from trainables.testbed.generate import ensure_testbed
-
         path = ensure_testbed(spec.testbed_config().testbed) / "data" / "parallel" / "validation.jsonl"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
         return {lang: [r[lang] for r in rows] for lang in languages}
-    from trainables.tasks import get_task
-
     xnli = get_task("xnli")
     return {lang: list(xnli.load(lang, data_dir=spec.data_dir)["validation"]["premise"][:n]) for lang in languages}
 
 
 def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
     """A copy of the encoder with θ0 ⊙ mask (mask names carry the task model's prefix, e.g. 'bert.')."""
-    import copy
-
-    from trainables.pruning import apply_masks
-
     model = copy.deepcopy(base)
     apply_masks(model, {name.removeprefix(prefix): mask for name, mask in masks.items()})
     return model
 
 
 def similarity(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
-               level: int | None = None, sentences: int = 200) -> Path:
-    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval) and the curves; log them."""
-    from transformers import AutoModel, AutoTokenizer
-
-    from orchestrator.tracking import try_log_analysis
-    from trainables.imp import model_path
+               level: int | None = None, sentences: int = 200) -> AnalysisResult:
+    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval) and the curves."""
+    from transformers import AutoModel, AutoTokenizer  # heavy: imported when the analysis runs
 
     sweep = open_sweep(name, storage, tracking_uri, out)
     root, specs = sweep.root, sweep.specs
@@ -89,15 +84,12 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     top = max(r["layer"] for r in rows)
     top_cka = {label: float(np.mean([r["cka"] for r in rows if r["encoder"] == label and r["layer"] == top]))
                for label in ("dense", "random")}
-    try_log_analysis(name, root, sweep.tracking_uri, "similarity", folder,
-                     params={"level": "last" if level is None else level, "sentences": sentences},
-                     metrics={f"cka_top_layer_{k}": v for k, v in top_cka.items()})
-    return folder
+    return AnalysisResult("similarity", sweep, folder,
+                          params={"level": "last" if level is None else level, "sentences": sentences},
+                          metrics={f"cka_top_layer_{k}": v for k, v in top_cka.items()})
 
 
 def _plot(rows: list[dict], path: Path, key: str, ylabel: str) -> None:
-    from analysis.figures import line_plot
-
     series = {}
     for label in dict.fromkeys(r["encoder"] for r in rows):
         layers = sorted({r["layer"] for r in rows if r["encoder"] == label})

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainables.atomic import write_text
 from trainables.spec import CellSpec
+from trainables.sweep_state import SweepState, check_storage, load_state, sweep_dir
 
 
 @dataclass
 class Sweep:
     name: str
     root: Path  # --storage, resolved
-    state: dict  # sweep.json
+    state: SweepState  # sweep.json
     specs: list[CellSpec]
     tracking_uri: str
     analysis: Path  # --out, or <storage>/sweeps/<name>/analysis; each analysis writes a subfolder of it
@@ -28,12 +29,22 @@ class Sweep:
 
 def open_sweep(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> Sweep:
     """A sweep as `lnsub sweep` left it in storage (one clear line if there is none)."""
-    from orchestrator.sweep import check_storage, load_state, state_specs, sweep_dir, tracking_uri_of
-
     root = check_storage(storage)
     state = load_state(root, name)
     analysis = Path(out).resolve() if out else sweep_dir(root, name) / "analysis"
-    return Sweep(name, root, state, state_specs(state), tracking_uri_of(state, tracking_uri), analysis)
+    return Sweep(name, root, state, state.specs, state.tracking(tracking_uri), analysis)
+
+
+@dataclass
+class AnalysisResult:
+    """What an analysis wrote, and what the orchestrator logs of it to MLflow (files, params, metrics)."""
+
+    kind: str  # the MLflow role: overlap, transfer-level<L>, similarity, report
+    sweep: Sweep
+    folder: Path
+    params: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # what the command prints (tables, counts)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

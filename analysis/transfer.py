@@ -17,22 +17,21 @@ from __future__ import annotations
 
 import logging
 import statistics
-import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from analysis.analyze import TICKET_TOLERANCE, cells_by_task_seed
 from analysis.figures import delta_heatmap
-from analysis.tables import Sweep, open_sweep, write_csv
+from analysis.tables import AnalysisResult, Sweep, open_sweep, write_csv
 from trainables import transfer as jobs_io
 from trainables.errors import LnsubError
 from trainables.ids import stable_id
 from trainables.spec import CellSpec
 from trainables.store import CellStore
+from trainables.sweep_state import sweep_dir
 from trainables.tasks import get_task
 from trainables.transfer import TransferJob
 
@@ -182,61 +181,49 @@ def heatmaps(matrix: list[dict], folder: Path, level: int, sparsity: dict[str, f
     return paths
 
 
-# --- the command --------------------------------------------------------------------------------
+# --- the analysis: plan, then (after the orchestrator ran the jobs) tabulate -------------------------
 
-def _poll(storage: Path, jobs: list[TransferJob], render: Callable[[int, int], None], stop: threading.Event,
-          interval: float = 2.0) -> None:
-    while not stop.wait(interval):
-        render(sum(jobs_io.finished(storage, j) for j in jobs), len(jobs))
+@dataclass
+class TransferPlan:
+    sweep: Sweep
+    level: int
+    tasks: list[str] | None
+    cross_task: bool
+    jobs: list[TransferJob]
+    experiment: Path  # where the scheduler keeps its state for exactly this set of jobs
+
+    @property
+    def pending(self) -> list[TransferJob]:
+        return [j for j in self.jobs if not jobs_io.finished(self.sweep.root, j)]
+
+    def done(self) -> int:
+        return sum(jobs_io.finished(self.sweep.root, j) for j in self.jobs)
 
 
-def transfer(name: str, storage: str, level: int, tracking_uri: str | None = None, out: str | None = None,
-             tasks: list[str] | None = None, cross_task: bool = False, max_concurrent: int | None = None,
-             address: str | None = None, max_failures: int = 3, checkpoint_every: int = 100,
-             render: Callable[[int, int], None] | None = None, inject_crash: dict | None = None) -> dict:
-    """Plan, run (or resume) and tabulate the transfer jobs; returns the output folder, counts and errors."""
-    from orchestrator import ray_backend
-    from orchestrator.sweep import prepare_testbed, ray_instance, sweep_dir
-    from orchestrator.tracking import try_log_analysis
-
-    sweep: Sweep = open_sweep(name, storage, tracking_uri, out)
+def plan(name: str, storage: str, level: int, tracking_uri: str | None = None, out: str | None = None,
+         tasks: list[str] | None = None, cross_task: bool = False) -> TransferPlan:
+    """The jobs of `lnsub transfer`, checked against storage before anything is scheduled."""
+    sweep = open_sweep(name, storage, tracking_uri, out)
     jobs = plan_jobs(sweep.specs, level, tasks, cross_task)
     check_sources(sweep.root, jobs)
     experiment = sweep_dir(sweep.root, name) / "transfer" / plan_id(jobs)
-    pending = [j for j in jobs if not jobs_io.finished(sweep.root, j)]
-    log.info("transfer at level %d: %d jobs, %d already done", level, len(jobs), len(jobs) - len(pending))
-    errors: dict[str, str | None] = {}
-    if pending:
-        prepare_testbed(sweep.specs)
-        res = sweep.state["resources"]
-        stop = threading.Event()
-        poller = threading.Thread(target=_poll, args=(sweep.root, jobs, render or (lambda d, t: None), stop),
-                                  daemon=True)
-        with ray_instance(experiment.parent / "ray_session.json", address):
-            fits = ray_backend.fitting_concurrency(1, res["cpus_per_worker"], res["gpus_per_worker"])
-            poller.start()
-            try:
-                errors = ray_backend.run_transfer_tune(
-                    [{"id": j.id, "job": j.to_dict()} for j in pending], sweep.root, experiment,
-                    cpus_per_worker=res["cpus_per_worker"], gpus_per_worker=res["gpus_per_worker"],
-                    max_concurrent=max_concurrent or fits, max_failures=max_failures,
-                    checkpoint_every=checkpoint_every, inject_crash=inject_crash)
-            finally:
-                stop.set()
-                poller.join(timeout=10)
-    folder = sweep.folder("transfer")
-    tables = transfer_tables(sweep.root, jobs)
+    return TransferPlan(sweep, level, tasks, cross_task, jobs, experiment)
+
+
+def tabulate(p: TransferPlan) -> AnalysisResult:
+    """The transfer tables and heatmaps of whatever jobs have finished."""
+    folder = p.sweep.folder("transfer")
+    tables = transfer_tables(p.sweep.root, p.jobs)
     for kind, rows in tables.items():
-        write_csv(folder / f"transfer_{kind}_level{level}.csv", rows)
-    heatmaps(tables["matrix"], folder, level, {j.target.task: j.sparsity for j in jobs})
-    done = sum(jobs_io.finished(sweep.root, j) for j in jobs)
+        write_csv(folder / f"transfer_{kind}_level{p.level}.csv", rows)
+    heatmaps(tables["matrix"], folder, p.level, {j.target.task: j.sparsity for j in p.jobs})
+    done = p.done()
     metrics = {f"mean_relative_drop/{r['task']}/{_metric_name(r['source'])}": r["mean_relative_drop"]
                for r in tables["summary"]}
-    try_log_analysis(name, sweep.root, sweep.tracking_uri, f"transfer-level{level}", folder,
-                     params={"level": level, "tasks": ",".join(tasks or []) or "all", "cross_task": cross_task,
-                             "jobs": len(jobs), "jobs_done": done}, metrics=metrics)
-    return {"folder": folder, "jobs": len(jobs), "done": done,
-            "errors": {k: v for k, v in errors.items() if v}, "tables": tables}
+    params = {"level": p.level, "tasks": ",".join(p.tasks or []) or "all", "cross_task": p.cross_task,
+              "jobs": len(p.jobs), "jobs_done": done}
+    return AnalysisResult(f"transfer-level{p.level}", p.sweep, folder, params=params, metrics=metrics,
+                          extra={"jobs": len(p.jobs), "done": done, "tables": tables})
 
 
 def _metric_name(label: str) -> str:

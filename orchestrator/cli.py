@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
+import subprocess
 import sys
 import time
 
 import typer
 from rich.console import Console
+from rich.live import Live
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator import analyses, tracking
+from orchestrator.grid import plan as make_plan
+from orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
 from trainables.errors import LnsubError
+from trainables.sweep_state import check_storage, load_state, status_counts
+from trainables.testbed.generate import TestbedConfig
+from trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Language-neutral sub-networks: lottery-ticket sweeps over languages x tasks x sparsity.")
@@ -19,8 +31,6 @@ console = Console()
 
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
     for noisy in ("datasets", "transformers", "urllib3", "filelock", "fsspec", "httpx", "mlflow", "alembic",
@@ -41,14 +51,9 @@ def testbed(
     noise: float = typer.Option(0.0, help="Per-word chance of a random replacement outside entities."),
 ) -> None:
     """Build the synthetic multilingual testbed and pretrain its tiny BERT (cached; a rerun does nothing)."""
-    from dataclasses import replace
-
-    from trainables.testbed.generate import TestbedConfig
-    from trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
-
     if not 0.0 <= anchor_fraction < 1.0 or not 0.0 <= noise < 1.0:
         raise LnsubError("--anchor-fraction and --noise must lie in [0, 1)")
-    config = replace(TinyBertConfig(), testbed=TestbedConfig(seed=seed, anchor_fraction=anchor_fraction, noise=noise))
+    config = dataclasses.replace(TinyBertConfig(), testbed=TestbedConfig(seed=seed, anchor_fraction=anchor_fraction, noise=noise))
     path = ensure_tiny_model(config)
     report = pretrain_report(path)
     table = Table(title=f"tiny multilingual BERT ({report['parameters']:,} parameters, "
@@ -63,7 +68,7 @@ def testbed(
 
 # --- options shared by every command that reads a sweep ---------------------------------------------
 NameOpt = typer.Option(None, "--name", help="The sweep's name (default: the grid's name).")
-StorageOpt = typer.Option("./lnsub-runs", "--storage", help="Where cells, sweeps and the default MLflow store live.")
+StorageOpt = typer.Option(DEFAULT_STORAGE, "--storage", help="Where cells, sweeps and the default MLflow store live.")
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite inside --storage).")
 
 
@@ -76,8 +81,6 @@ def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke
          workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
          gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker.")) -> None:
     """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
-    from orchestrator.grid import plan as make_plan
-
     p = make_plan(grid, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
     r = p.resources
     table = Table(title=f"grid {p.name}: {len(p.cells)} cells ({p.source})")
@@ -99,14 +102,11 @@ def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke
 
 
 def _progress_table(statuses) -> Table:
-    from orchestrator.sweep import status_counts
-
     counts = status_counts(statuses)
-    table = Table(title=f"{counts['done']} done, {counts['running']} running, {counts['failed']} failed, "
-                        f"{counts['pending']} pending")
+    table = Table(title=", ".join(f"{v} {k}" for k, v in counts.items()))
     for col in ("cell", "state", "level", "score"):
         table.add_column(col)
-    colour = {"done": "green", "running": "yellow", "failed": "red", "pending": "dim"}
+    colour = {"done": "green", "running": "yellow", "interrupted": "magenta", "failed": "red", "pending": "dim"}
     for st in statuses:
         table.add_row(st.spec.id, f"[{colour[st.state]}]{st.state}[/]", f"{st.levels_done}/{st.spec.levels + 1}",
                       "" if st.score is None else f"{st.score:.4f}")
@@ -120,15 +120,11 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
           gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
           max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on cells running at once."),
           resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of this --name."),
+          checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1,
+                                               help="Optimizer steps between a round's checkpoints."),
           address: str = typer.Option(None, "--address", help="Ray cluster to use ('auto' on a cluster node); "
                                                                "default: a private local instance.")) -> None:
     """Run the grid as a Ray Tune sweep: one trial per cell, fault tolerant, resumable, tracked in MLflow."""
-    import contextlib
-
-    from rich.live import Live
-
-    from orchestrator.sweep import run_sweep, status_counts
-
     if grid is None and not (resume and name):
         grid = "smoke"
     live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
@@ -144,7 +140,8 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
     with live if live is not None else contextlib.nullcontext():
         result = run_sweep(grid, name=name, storage=storage, tracking_uri=tracking_uri,
                            workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker,
-                           max_concurrent=max_concurrent, resume=resume, address=address, render=render)
+                           max_concurrent=max_concurrent, resume=resume, address=address, render=render,
+                           checkpoint_every=checkpoint_every)
     console.print(_progress_table(result.statuses))
     counts = status_counts(result.statuses)
     console.print(f"sweep [bold]{result.name}[/bold] finished in {result.seconds:.0f} s "
@@ -165,20 +162,18 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
 def status(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
            tracking_uri: str = TrackingOpt) -> None:
     """Where a sweep stands, read from storage alone (Ray need not run)."""
-    from orchestrator.sweep import cell_statuses, check_storage, load_state
-
-    root = check_storage(storage)
-    state = load_state(root, name)
-    console.print(_progress_table(cell_statuses(root, name, state)))
-    console.print(f"MLflow: {tracking_uri or state['tracking_uri']}")
+    state, statuses = sweep_status(name, storage)
+    console.print(_progress_table(statuses))
+    if any(s.state == "interrupted" for s in statuses):
+        console.print(f"no driver holds this sweep: resume it with lnsub sweep --name {name} --storage {storage} "
+                      f"--resume")
+    console.print(f"MLflow: {state.tracking(tracking_uri)}")
 
 
 @app.command()
 def sync(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
          tracking_uri: str = TrackingOpt) -> None:
     """Bring MLflow up to date with storage (after the tracking server was down)."""
-    from orchestrator.sweep import sync_sweep
-
     counts = sync_sweep(name, storage, tracking_uri)
     console.print(f"MLflow synced: {counts['runs_created']} runs created, {counts['levels_logged']} levels logged")
 
@@ -188,13 +183,8 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
        storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
        port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1.")) -> None:
     """Open the MLflow UI on the sweep's store, bound to 127.0.0.1."""
-    import subprocess
-
-    from orchestrator import tracking
-    from orchestrator.sweep import check_storage, load_state
-
     root = check_storage(storage)
-    uri = tracking_uri or (load_state(root, name)["tracking_uri"] if name else tracking.default_tracking_uri(root))
+    uri = tracking_uri or (load_state(root, name).tracking_uri if name else tracking.default_tracking_uri(root))
     console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
     subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                     "--port", str(port)], check=False)
@@ -209,9 +199,7 @@ SweepNameOpt = typer.Option(..., "--name", help="The sweep's name.")
 def analyze(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
             out: str = OutOpt) -> None:
     """Cross-language overlap of the sweep's masks (total, per layer, per component), baselines, winning tickets."""
-    from analysis.analyze import analyze as run_analysis
-
-    folder = run_analysis(name, storage, tracking_uri, out)
+    folder = analyses.analyze(name, storage, tracking_uri, out).folder
     console.print(f"overlap tables and heatmaps: [bold]{folder}[/bold]")
 
 
@@ -221,11 +209,9 @@ def similarity(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri
                level: int = typer.Option(None, "--level", help="Pruning level of the sub-networks (default: last)."),
                sentences: int = typer.Option(200, "--sentences", help="Parallel sentences per language.")) -> None:
     """Per-layer CKA and sentence retrieval across languages: dense, each sub-network, a random encoder."""
-    from analysis.similarity_job import similarity as run_similarity
-
     if sentences < 10:
         raise LnsubError(f"--sentences must be >= 10, got {sentences}")
-    folder = run_similarity(name, storage, tracking_uri, out, level, sentences)
+    folder = analyses.similarity(name, storage, tracking_uri, out, level, sentences).folder
     console.print(f"similarity tables and curves: [bold]{folder}[/bold]")
 
 
@@ -240,27 +226,23 @@ def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: 
              address: str = typer.Option(None, "--address", help="Ray cluster to use (default: a private "
                                                                   "local instance).")) -> None:
     """Transfer matrix: each source's mask trained on each target language (Ray Tune; rerun to resume)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from analysis.transfer import transfer as run_transfer
-
     progress = Progress(TextColumn("transfer jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, disable=not console.is_terminal)
     bar = progress.add_task("jobs", total=None)
     with progress:
-        result = run_transfer(name, storage, level, tracking_uri, out, tasks=task or None, cross_task=cross_task,
-                              max_concurrent=max_concurrent, address=address,
-                              render=lambda done, total: progress.update(bar, completed=done, total=total))
+        result = analyses.transfer(name, storage, level, tracking_uri, out, tasks=task or None,
+                                   cross_task=cross_task, max_concurrent=max_concurrent, address=address,
+                                   render=lambda done, total: progress.update(bar, completed=done, total=total))
     table = Table(title=f"mean relative drop per source at level {level} (successes: within one std)")
     for col in ("task", "source", "mean relative drop", "successes"):
         table.add_column(col)
-    for r in result["tables"]["summary"]:
+    for r in result.extra["tables"]["summary"]:
         table.add_row(r["task"], r["source"], f"{r['mean_relative_drop']:+.3%}", f"{r['successes']}/{r['targets']}")
     console.print(table)
-    console.print(f"{result['done']}/{result['jobs']} jobs done; matrices and heatmaps: "
-                  f"[bold]{result['folder']}[/bold]")
-    if result["errors"]:
-        for job, err in result["errors"].items():
+    console.print(f"{result.extra['done']}/{result.extra['jobs']} jobs done; matrices and heatmaps: "
+                  f"[bold]{result.folder}[/bold]")
+    if result.extra["errors"]:
+        for job, err in result.extra["errors"].items():
             console.print(f"[red]failed[/red] {job}: {err.splitlines()[0][:300]}")
         console.print("rerun the same command to resume")
         raise typer.Exit(1)
@@ -270,9 +252,7 @@ def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: 
 def report(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
            out: str = OutOpt) -> None:
     """One self-contained HTML page of the sweep's results (open it in a browser; also logged to MLflow)."""
-    from analysis.report import report as write_report
-
-    path = write_report(name, storage, tracking_uri, out)
+    path = analyses.report(name, storage, tracking_uri, out).extra["path"]
     console.print(f"report: [bold]{path}[/bold]  (open it in a browser: file://{path})")
 
 

@@ -5,6 +5,9 @@ several workers runs as a `TorchTrainer` built and `.fit()`-ed inside its Tune
 function trial (or directly, from `run_cell_on_workers`), with a run name derived
 from the cell id so a retried or restarted cell finds its own run. See
 docs/ray-2.60-notes.md for what was checked and how.
+
+Ray itself is imported inside the functions that use it: it takes seconds to import,
+and commands such as `lnsub plan` and `lnsub status` never need it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ import os
 import tempfile
 from pathlib import Path
 
-from trainables.imp import CellResult, run_cell
+import psutil
+import torch
+
+from trainables import faults
+from trainables.imp import CellResult, Hooks, run_cell
+from trainables.metrics import LEVEL, SCORE, SPARSITY
 from trainables.spec import CellSpec
+from trainables.store import CellStore
+from trainables.transfer import TransferJob, run_transfer_job
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +58,18 @@ def start(address: str | None = None, num_cpus: int | None = None, resources: di
     if ray.is_initialized():
         return False
     if address and address != "local":
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env())
         return False
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="lnsub-ray-")
     ray.init(address="local", _temp_dir=str(Path(temp_dir).resolve()), include_dashboard=False,
-             num_cpus=num_cpus, resources=resources, log_to_driver=False, logging_level=logging.WARNING)
+             num_cpus=num_cpus, resources=resources, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env=_runtime_env())
     return True
+
+
+def _runtime_env() -> dict | None:
+    """Carry a test's fault plan to every worker, on every node."""
+    return {"env_vars": {faults.ENV: os.environ[faults.ENV]}} if faults.active() else None
 
 
 def stop() -> None:
@@ -69,30 +85,21 @@ def cluster_resources() -> dict:
     return dict(ray.cluster_resources())
 
 
-def _crash_once(marker: str) -> None:
-    """Fault injection for tests: die hard, as when a node or process is lost, the first time only."""
-    path = Path(marker)
-    if not path.exists():
-        path.write_text("crashed once\n")
-        os._exit(1)
+def _fault_hook(unit: str, rank: int = 0):
+    """The fault plan's hook after every step (tests), or None when no plan is set."""
+    if not faults.active():
+        return None
+    return lambda level, step: faults.at_step(unit, level, step, rank)
 
 
 def _cell_worker(config: dict) -> None:
     """Per-worker function of a cell's TorchTrainer: Accelerate inside, rank 0 writes."""
     import ray.train
 
-    from trainables.imp import Hooks
-    from trainables.imp import run_cell as run
-
     spec = CellSpec.from_dict(config["spec"])
-    hooks = None
-    crash = config.get("inject_crash")  # fault injection for tests: {"rank", "level", "step", "marker"}
-    if crash and ray.train.get_context().get_world_rank() == crash["rank"]:
-        def after_step(level: int, step: int) -> None:
-            if (level, step) == (crash["level"], crash["step"]):
-                _crash_once(crash["marker"])
-        hooks = Hooks(after_step=after_step)
-    result = run(spec, config["storage"], checkpoint_every=config["checkpoint_every"], hooks=hooks)
+    hook = _fault_hook(spec.id, ray.train.get_context().get_world_rank())
+    result = run_cell(spec, config["storage"], checkpoint_every=config["checkpoint_every"],
+                      hooks=Hooks(after_step=hook))
     ray.train.report({"levels": len(result.levels), "steps_trained": result.steps_trained})
 
 
@@ -102,24 +109,21 @@ def train_run_name(spec: CellSpec) -> str:
 
 def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, use_gpu: bool = False,
                         resources_per_worker: dict | None = None, max_failures: int = 2,
-                        checkpoint_every: int = 100, inject_crash: dict | None = None) -> CellResult:
+                        checkpoint_every: int = 100) -> CellResult:
     """Run a cell on `workers` Ray Train workers; with one worker, in this process (no Train start-up).
 
     A worker that dies makes Train restart the group (up to max_failures times);
     the cell then resumes from its own last checkpoint in storage.
     """
     if workers <= 1:
-        return run_cell(spec, storage, checkpoint_every=checkpoint_every)
+        return run_cell(spec, storage, checkpoint_every=checkpoint_every, hooks=Hooks(after_step=_fault_hook(spec.id)))
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    from trainables.store import CellStore
 
     storage = Path(storage).resolve()
     trainer = TorchTrainer(
         _cell_worker,
-        train_loop_config={"spec": spec.to_dict(), "storage": str(storage), "checkpoint_every": checkpoint_every,
-                           "inject_crash": inject_crash},
+        train_loop_config={"spec": spec.to_dict(), "storage": str(storage), "checkpoint_every": checkpoint_every},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources_per_worker or {"CPU": 1}),
         run_config=ray.train.RunConfig(name=train_run_name(spec), storage_path=str(storage / "ray-train"),
@@ -132,10 +136,7 @@ def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, u
     return CellResult(spec.id, store.all_metrics(), int((result.metrics or {}).get("steps_trained", 0)), store.root)
 
 
-# --- the sweep: one Tune function trial per cell ------------------------------------------------
-
-FAILURES_DIR = "failures"
-
+# --- batches of idempotent jobs: one Tune function trial each -----------------------------------------
 
 @contextlib.contextmanager
 def _failure_noted(note: Path):
@@ -151,60 +152,45 @@ def _failure_noted(note: Path):
 
 def _cell_trial(config: dict) -> None:
     """A Tune trial: one cell. With several workers it fits a TorchTrainer named after the cell id."""
-    import torch
     from ray import tune
 
-    from trainables.imp import Hooks
-
-    spec = CellSpec.from_dict(config["cell"]["spec"])
-    storage = config["storage"]
+    spec = CellSpec.from_dict(config["item"]["spec"])
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))  # trials side by side must not oversubscribe
-    crash = config.get("inject_crash")  # fault injection for tests: {"cell", "level", "step", "marker"}
-
-    def after_step(level: int, step: int) -> None:
-        if crash and crash["cell"] == spec.id and (level, step) == (crash["level"], crash["step"]):
-            _crash_once(crash["marker"])
 
     def level_done(level: int, record: dict) -> None:
-        tune.report({"level": level, "score": record["score"], "sparsity": record["sparsity"]})
+        tune.report({LEVEL: level, SCORE: record[SCORE], SPARSITY: record[SPARSITY]})
 
-    with _failure_noted(Path(config["sweep_dir"]) / FAILURES_DIR / f"{spec.id}.txt"):
+    with _failure_noted(Path(config["failures"]) / f"{spec.id}.txt"):
         if config["workers_per_cell"] > 1:
-            result = run_cell_on_workers(spec, storage, workers=config["workers_per_cell"],
+            result = run_cell_on_workers(spec, config["storage"], workers=config["workers_per_cell"],
                                          use_gpu=config["gpus_per_worker"] > 0,
                                          resources_per_worker=config["resources_per_worker"],
                                          max_failures=config["max_failures"],
                                          checkpoint_every=config["checkpoint_every"])
         else:
-            result = run_cell(spec, storage, checkpoint_every=config["checkpoint_every"],
-                              hooks=Hooks(level_done=level_done, after_step=after_step))
+            result = run_cell(spec, config["storage"], checkpoint_every=config["checkpoint_every"],
+                              hooks=Hooks(level_done=level_done, after_step=_fault_hook(spec.id)))
     last = result.levels[-1]
-    tune.report({"level": last["level"], "score": last["score"], "sparsity": last["sparsity"], "done": 1})
+    tune.report({LEVEL: last[LEVEL], SCORE: last[SCORE], SPARSITY: last[SPARSITY], "done": 1})
 
 
 def _transfer_trial(config: dict) -> None:
     """A Tune trial: one transfer job (a source mask trained on a target), on one worker."""
-    import torch
     from ray import tune
 
-    from trainables.transfer import TransferJob, run_transfer_job
-
-    job = TransferJob.from_dict(config["job"]["job"])
+    job = TransferJob.from_dict(config["item"]["job"])
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    crash = config.get("inject_crash")  # fault injection for tests: {"job", "step", "marker"}
-
-    def after_step(step: int) -> None:
-        if crash and crash["job"] == job.id and step == crash["step"]:
-            _crash_once(crash["marker"])
-
-    with _failure_noted(Path(config["experiment_dir"]) / FAILURES_DIR / f"{job.id}.txt"):
+    hook = _fault_hook(job.id)
+    with _failure_noted(Path(config["failures"]) / f"{job.id}.txt"):
         record = run_transfer_job(job, config["storage"], checkpoint_every=config["checkpoint_every"],
-                                  after_step=after_step)
-    tune.report({"score": record["score"], "done": 1})
+                                  after_step=(lambda step: hook(None, step)) if hook else None)
+    tune.report({SCORE: record[SCORE], "done": 1})
 
 
-def trial_resources(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float,
-                    extra: dict | None = None) -> dict:
+TRIALS = {"cell": _cell_trial, "transfer": _transfer_trial}  # what a batch's items are
+
+
+def trial_resources(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float) -> dict:
     """What the Tune trial itself reserves.
 
     With one worker the trial is the worker. With several, the trial only hosts
@@ -212,12 +198,12 @@ def trial_resources(workers_per_cell: int, cpus_per_worker: float, gpus_per_work
     placement group; an all-zero request is refused, hence the token memory.
     """
     if workers_per_cell == 1:
-        return {"cpu": cpus_per_worker, "gpu": gpus_per_worker, **(extra or {})}
+        return {"cpu": cpus_per_worker, "gpu": gpus_per_worker}
     return {"cpu": 0, "memory": 1024 * 1024}
 
 
 def fitting_concurrency(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float) -> int:
-    """How many cells the cluster can run at once now, so no trial starts only to wait."""
+    """How many units the cluster can run at once now, so no trial starts only to wait."""
     res = cluster_resources()
     fits = [res.get("CPU", 0) / (workers_per_cell * cpus_per_worker)] if cpus_per_worker else []
     if gpus_per_worker:
@@ -225,8 +211,9 @@ def fitting_concurrency(workers_per_cell: int, cpus_per_worker: float, gpus_per_
     return max(1, int(min(fits))) if fits else 1
 
 
-def _run_grid(trial, key: str, items: list[dict], experiment: Path, resources: dict, config: dict, *,
-              max_concurrent: int, max_failures: int, resume: bool) -> dict[str, str | None]:
+def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, workers_per_cell: int,
+               cpus_per_worker: float, gpus_per_worker: float, max_concurrent: int, max_failures: int,
+               resume: bool) -> dict[str, str | None]:
     """One Tune trial per item (each a dict with an "id"), named by that id; item id -> error or None.
 
     The experiment lives in `experiment` and is restored from there on resume; a
@@ -235,7 +222,10 @@ def _run_grid(trial, key: str, items: list[dict], experiment: Path, resources: d
     """
     from ray import tune
 
-    trainable = tune.with_resources(trial, resources)
+    config = {**config, "workers_per_cell": workers_per_cell, "cpus_per_worker": cpus_per_worker,
+              "gpus_per_worker": gpus_per_worker, "max_failures": max_failures,
+              "resources_per_worker": {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}}
+    trainable = tune.with_resources(TRIALS[kind], trial_resources(workers_per_cell, cpus_per_worker, gpus_per_worker))
     tuner = None
     if resume and tune.Tuner.can_restore(str(experiment)):
         try:
@@ -245,7 +235,7 @@ def _run_grid(trial, key: str, items: list[dict], experiment: Path, resources: d
             log.warning("could not restore the Tune experiment (%s); starting it afresh, finished work is kept", e)
     if tuner is None:
         tuner = tune.Tuner(
-            trainable, param_space={key: tune.grid_search(items), **config},
+            trainable, param_space={"item": tune.grid_search(items), **config},
             # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name, reuse_actors=True),
@@ -253,46 +243,16 @@ def _run_grid(trial, key: str, items: list[dict], experiment: Path, resources: d
                                       failure_config=tune.FailureConfig(max_failures=max_failures)),
         )
     results = tuner.fit()
-    return {r.config[key]["id"]: (f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None)
+    return {r.config["item"]["id"]: (f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None)
             for r in results}
 
 
-def run_tune(cells: list[dict], storage: Path, sweep_dir: Path, *, workers_per_cell: int, cpus_per_worker: float,
-             gpus_per_worker: float, max_concurrent: int, max_failures: int, resume: bool,
-             checkpoint_every: int = 100, extra_resources: dict | None = None,
-             inject_crash: dict | None = None) -> dict[str, str | None]:
-    """Run every cell as a Tune trial (in the given order: longest first); cell id -> error or None."""
-    resources_per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {}),
-                            **(extra_resources or {})}
-    config = {"storage": str(storage), "sweep_dir": str(sweep_dir), "workers_per_cell": workers_per_cell,
-              "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
-              "resources_per_worker": resources_per_worker, "max_failures": max_failures,
-              "checkpoint_every": checkpoint_every, "inject_crash": inject_crash}
-    return _run_grid(_cell_trial, "cell", cells, sweep_dir / "tune",
-                     trial_resources(workers_per_cell, cpus_per_worker, gpus_per_worker, extra_resources), config,
-                     max_concurrent=max_concurrent, max_failures=max_failures, resume=resume)
-
-
-def run_transfer_tune(jobs: list[dict], storage: Path, experiment: Path, *, cpus_per_worker: float,
-                      gpus_per_worker: float, max_concurrent: int, max_failures: int, resume: bool = True,
-                      checkpoint_every: int = 100, inject_crash: dict | None = None) -> dict[str, str | None]:
-    """Run every transfer job as a Tune trial on one worker; job id -> error or None."""
-    config = {"storage": str(storage), "experiment_dir": str(experiment), "cpus_per_worker": cpus_per_worker,
-              "checkpoint_every": checkpoint_every, "inject_crash": inject_crash}
-    return _run_grid(_transfer_trial, "job", jobs, experiment / "tune",
-                     trial_resources(1, cpus_per_worker, gpus_per_worker), config,
-                     max_concurrent=max_concurrent, max_failures=max_failures, resume=resume)
-
-
 def _trial_name(trial) -> str:
-    item = trial.config.get("cell") or trial.config["job"]
-    return item["id"]
+    return trial.config["item"]["id"]
 
 
 def reap_orphans(temp_dir: str) -> int:
     """Stop the Ray daemons a killed driver left behind in its private temp dir; never anyone else's."""
-    import psutil
-
     victims = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:

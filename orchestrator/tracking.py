@@ -7,6 +7,9 @@ with step=level and its mask under `masks/level_<k>/`. A level counts as
 logged once its metrics are there (artifacts go first), so a sync can be
 repeated, interrupted or run while the server was down, and nothing is logged
 twice or lost.
+
+MLflow is imported inside the functions that call it: it takes seconds to import, and
+most commands never touch it.
 """
 
 from __future__ import annotations

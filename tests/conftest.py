@@ -19,6 +19,41 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 
 
+@pytest.fixture
+def fault_plan(tmp_path, monkeypatch):
+    """`fault_plan([{unit, level, step, action, marker}, ...])`: the plan every process of this test reads.
+
+    Set before Ray starts, so local workers inherit it (and ray_backend hands it to every node).
+    """
+    from trainables import faults
+
+    path = tmp_path / "faults.json"
+    monkeypatch.setenv(faults.ENV, str(path))
+
+    def write(entries: list[dict]) -> Path:
+        return faults.write_plan(path, entries)
+
+    return write
+
+
+def wait_for(predicate, what: str, timeout: float = 600, poll: float = 0.1):
+    """Poll until predicate() is truthy (bounded); the bound only turns a hang into a failure."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def waiter():
+    return wait_for
+
+
 @pytest.fixture(scope="session")
 def testbed_dir() -> Path:
     from trainables.testbed.generate import ensure_testbed

@@ -46,6 +46,9 @@ class CellStore:
         return self.root / "baselines" / f"{kind}_s{sparsity:.4f}"
 
     # --- state --------------------------------------------------------------------------
+    def has_spec(self) -> bool:
+        return (self.root / "spec.json").exists()
+
     def write_spec(self) -> None:
         path = self.root / "spec.json"
         if not path.exists():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.atomic import write_json
 from trainables.imp import run_cell
 from trainables.spec import make_spec
+from trainables.sweep_state import PlannedCell, SweepState, save_state
 
 FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 8, "train_size": 300,
         "valid_size": 64}
@@ -20,8 +20,8 @@ def mini_sweep(tmp_path_factory, tiny_model):
              make_spec("ner", "syn-en", seed=1, **FAST)]
     for spec in specs:
         run_cell(spec, storage)
-    write_json(storage / "sweeps/mini/sweep.json", {
-        "name": "mini", "grid_name": "mini", "cells": [{"id": s.id, "spec": s.to_dict()} for s in specs],
-        "tracking_uri": f"sqlite:///{storage / 'mlflow.db'}", "skipped": [],
-        "resources": {"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}})
+    save_state(storage, SweepState(
+        name="mini", grid_name="mini", grid_source="(test)", grid={}, cells=[PlannedCell(s.id, s, 0.0) for s in specs],
+        skipped=[], tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
+        resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
     return storage, specs

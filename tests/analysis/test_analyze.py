@@ -6,7 +6,9 @@ import csv
 
 import pytest
 
-from analysis.analyze import analyze
+from analysis.report import SECTIONS
+from orchestrator import tracking
+from orchestrator.analyses import analyze, report, similarity
 from trainables.masks import load_masks
 from trainables.store import CellStore
 
@@ -20,7 +22,7 @@ def kept_set(masks: dict) -> set:
 def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     storage, all_specs = mini_sweep
     specs = [s for s in all_specs if s.seed == 0]
-    folder = analyze("mini", str(storage), out=str(tmp_path / "analysis"))
+    folder = analyze("mini", str(storage), out=str(tmp_path / "analysis")).folder
     assert folder == tmp_path / "analysis" / "overlap"
     rows = list(csv.DictReader(open(folder / "overlap.csv")))
     levels = {int(r["level"]) for r in rows}
@@ -54,7 +56,6 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     for r in seeds:
         a, b = (kept_set(load_masks(CellStore(storage, s).level_dir(int(r["level"])))) for s in en)
         assert float(r["jaccard"]) == pytest.approx(len(a & b) / len(a | b), abs=1e-12)
-    from orchestrator import tracking
 
     client = tracking._client(f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name(tracking.experiment_name("mini"))
@@ -65,10 +66,8 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
 
 
 def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
-    from analysis.similarity_job import similarity
-
     storage, _ = mini_sweep
-    folder = similarity("mini", str(storage), out=str(tmp_path), sentences=60)
+    folder = similarity("mini", str(storage), out=str(tmp_path), sentences=60).folder
     rows = list(csv.DictReader(open(folder / "similarity.csv")))
     encoders = {r["encoder"] for r in rows}
     assert encoders == {"dense", "random", "ner:syn-en@20%", "ner:syn-ar@20%"}
@@ -80,7 +79,6 @@ def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
     dense = next(float(r["cka"]) for r in top if r["encoder"] == "dense")
     assert 0.0 < dense < 1.0
     assert (folder / "similarity_cka.png").stat().st_size > 1000
-    from orchestrator import tracking
 
     client = tracking._client(f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name(tracking.experiment_name("mini"))
@@ -91,10 +89,8 @@ def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
 
 
 def test_report_names_the_command_for_each_missing_analysis(mini_sweep, tmp_path):
-    from analysis.report import SECTIONS, report
-
     storage, _ = mini_sweep
-    path = report("mini", str(storage), out=str(tmp_path / "empty"))  # no analysis has written there
+    path = report("mini", str(storage), out=str(tmp_path / "empty")).extra["path"]  # no analysis has written there
     page = path.read_text(encoding="utf-8")
     for key, title in SECTIONS:
         assert f'<section id="{key}"><h2>{title}</h2>' in page

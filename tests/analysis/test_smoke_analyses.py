@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 
+import json
+import os
+
+from analysis.transfer import plan_jobs
 from orchestrator import tracking
-from orchestrator.sweep import load_state, state_specs
+from orchestrator.analyses import transfer
+from trainables import faults
 from trainables import transfer as jobs_io
+from trainables.sweep_state import load_state
 
 pytestmark = pytest.mark.slow
 LEVEL = 3  # the smoke grid's deepest level: 30% sparsity
@@ -26,8 +32,6 @@ def rows(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
     """Every analysis on the smoke sweep; transfer (NER) with one job killed mid-training once."""
-    from analysis.transfer import plan_jobs, transfer
-
     lnsub = lnsub_cli
     cwd, sweep = smoke_sweep
     out = {"cwd": cwd, "lnsub": lnsub}
@@ -35,12 +39,17 @@ def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
     storage = cwd / "lnsub-runs"
     out["storage"] = storage
     out["analyze"] = lnsub("analyze", "--name", "smoke", cwd=cwd)
-    specs = state_specs(load_state(storage, "smoke"))
+    specs = load_state(storage, "smoke").specs
     jobs = plan_jobs(specs, LEVEL, ["ner"])
     victim = next(j for j in jobs if j.source == "syn-ur" and j.target.language == "syn-en")
-    marker = tmp_path_factory.mktemp("crash") / "crashed"
-    out["transfer"] = transfer("smoke", str(storage), LEVEL, tasks=["ner"], checkpoint_every=4,
-                               inject_crash={"job": victim.id, "step": 6, "marker": str(marker)})
+    folder = tmp_path_factory.mktemp("crash")
+    marker = folder / "crashed"
+    os.environ[faults.ENV] = str(faults.write_plan(folder / "faults.json", [
+        {"unit": victim.id, "step": 6, "action": "crash", "marker": str(marker)}]))
+    try:
+        out["transfer"] = transfer("smoke", str(storage), LEVEL, tasks=["ner"], checkpoint_every=4)
+    finally:
+        os.environ.pop(faults.ENV)
     out.update(jobs=jobs, victim=victim, marker=marker)
     out["rerun"] = lnsub("transfer", "--name", "smoke", "--level", str(LEVEL), "--task", "ner", cwd=cwd)
     out["similarity"] = lnsub("similarity", "--name", "smoke", "--sentences", "60", cwd=cwd)
@@ -54,11 +63,11 @@ def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
     storage = analysed["storage"]
     assert analysed["analyze"].returncode == 0, analysed["analyze"].stdout[-2000:]
     result = analysed["transfer"]
-    assert result["errors"] == {} and result["done"] == result["jobs"] == 15
+    assert result.extra["errors"] == {} and result.extra["done"] == result.extra["jobs"] == 15
     # the killed job was retried by Tune and resumed from its checkpoint at step 4, not from scratch
-    assert analysed["marker"].exists()
+    assert json.loads(analysed["marker"].read_text())["step"] == 6
     assert jobs_io.result(storage, analysed["victim"])["resumed_from_step"] == 4
-    folder = result["folder"]
+    folder = result.folder
     matrix = rows(folder / f"transfer_matrix_level{LEVEL}.csv")
     sources = list(dict.fromkeys(r["source"] for r in matrix))
     targets = sorted({r["target"] for r in matrix})
@@ -100,7 +109,7 @@ def test_every_analysis_is_logged_to_its_mlflow_run(analysed):
     for name in ("similarity", "report"):
         assert analysed[name].returncode == 0, analysed[name].stdout[-2000:]
     state = load_state(analysed["storage"], "smoke")
-    client = tracking._client(state["tracking_uri"])
+    client = tracking._client(state.tracking_uri)
     exp = client.get_experiment_by_name(tracking.experiment_name("smoke"))
     expected = {"overlap": "overlap/overlap.csv", f"transfer-level{LEVEL}": f"transfer-level{LEVEL}/"
                 f"transfer_matrix_level{LEVEL}.csv", "similarity": "similarity/similarity.csv",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import tempfile
 
 import pytest
 
+from trainables import faults
 from trainables.masks import load_masks, pack
 from trainables.spec import make_spec
 from trainables.store import CellStore
@@ -17,12 +20,16 @@ FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 12
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(tmp_path_factory):
+    """A private Ray whose workers read the fault plan in `faults.json` of the yielded folder."""
     from orchestrator import ray_backend
 
+    folder = tmp_path_factory.mktemp("faults")
+    os.environ[faults.ENV] = str(folder / "faults.json")
     temp_dir = tempfile.mkdtemp(prefix="lnr-", dir="/tmp")  # AF_UNIX socket paths must stay < 108 bytes
     started = ray_backend.start(num_cpus=2, temp_dir=temp_dir)
-    yield
+    yield folder
+    os.environ.pop(faults.ENV, None)
     if started:
         ray_backend.stop()
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -34,9 +41,11 @@ def test_two_workers_hold_identical_masks_close_to_one_worker(tmp_path, tiny_mod
 
     spec = make_spec("ner", "syn-en", **FAST)
     one = run_cell_on_workers(spec, tmp_path / "one", workers=1, checkpoint_every=4)
-    two = run_cell_on_workers(spec, tmp_path / "two", workers=2, checkpoint_every=4,
-                              inject_crash={"rank": 1, "level": 1, "step": 6, "marker": str(tmp_path / "crashed")})
-    assert (tmp_path / "crashed").exists()  # a worker did die mid-round ...
+    marker = tmp_path / "crashed"
+    faults.write_plan(ray_local / "faults.json", [{"unit": spec.id, "level": 1, "step": 6, "rank": 1,
+                                                   "action": "crash", "marker": str(marker)}])
+    two = run_cell_on_workers(spec, tmp_path / "two", workers=2, checkpoint_every=4)
+    assert json.loads(marker.read_text())["rank"] == 1  # rank 1 did die mid-round ...
     store_two, store_one = CellStore(tmp_path / "two", spec), CellStore(tmp_path / "one", spec)
     resumed = store_two.metrics(1)["resumed_from_step"]
     assert resumed == 4  # ... and the restarted group continued from the step-4 checkpoint

@@ -19,8 +19,10 @@ import pytest
 import yaml
 
 from orchestrator import tracking
-from orchestrator.sweep import load_state, run_sweep, state_specs
+from orchestrator.grid import plan
+from orchestrator.sweep import run_sweep
 from trainables.store import CellStore
+from trainables.sweep_state import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -45,13 +47,13 @@ def lnsub(*args, cwd, **kw):
 
 def assert_complete_in_storage_and_mlflow(storage: Path, name: str, tracking_uri: str | None = None):
     state = load_state(storage, name)
-    specs = state_specs(state)
+    specs = state.specs
     for spec in specs:
         store = CellStore(storage, spec)
         assert store.finished(), spec.id
         for k in range(spec.levels + 1):
             assert store.level_done(k) and (store.level_dir(k) / "mask.npz").exists(), (spec.id, k)
-    uri = tracking_uri or state["tracking_uri"]
+    uri = tracking_uri or state.tracking_uri
     runs = tracking.find_cell_runs(name, uri)
     assert set(runs) == {s.id for s in specs}
     from mlflow.tracking import MlflowClient
@@ -85,91 +87,106 @@ def test_smoke_sweep_through_the_cli(smoke_sweep):
     assert "9/9 cells done" in out and "lnsub ui --name smoke" in out and "mlflow.db" in out
     status = lnsub("status", "--name", "smoke", cwd=cwd)
     text, _ = status.communicate(timeout=120)
-    assert status.returncode == 0 and "9 done, 0 running, 0 failed, 0 pending" in text
+    assert status.returncode == 0 and "9 done, 0 running, 0 interrupted, 0 failed, 0 pending" in text
     again = lnsub("sweep", "--grid", "smoke", cwd=cwd)  # same name without --resume: refused
     text, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and "add --resume" in text
 
 
-def test_driver_sigkill_then_resume(tmp_path, tiny_model):
+def _stores(storage: Path, name: str) -> list[CellStore]:
+    return [CellStore(storage, s) for s in load_state(storage, name).specs]
+
+
+def test_driver_sigkill_then_resume(tmp_path, tiny_model, fault_plan, waiter):
+    """SIGKILL the driver while one cell is provably mid-round (paused at level 1, step 9) and another is done."""
     import psutil
 
-    grid = tiny_grid(tmp_path, tasks=("ner", "xnli"), steps=30)
+    grid = tiny_grid(tmp_path, tasks=("ner", "xnli"), steps=14)
     storage = tmp_path / "runs"
-    driver = lnsub("sweep", "--grid", str(grid), "--name", "killed", "--storage", str(storage), cwd=tmp_path)
-    deadline = time.time() + 600
-    specs = None
-    while time.time() < deadline:
-        assert driver.poll() is None, driver.stdout.read()[-3000:]
-        if (storage / "sweeps/killed/sweep.json").exists():
-            specs = state_specs(load_state(storage, "killed"))
-            stores = [CellStore(storage, s) for s in specs]
-            finished = [s for s in stores if s.finished()]
-            partial = [s for s in stores if not s.finished() and s.level_done(0)]
-            if finished and partial:
-                break
-        time.sleep(0.2)
+    victim = next(c.spec for c in plan(str(grid)).cells if c.spec.task == "ner" and c.spec.language == "syn-en")
+    paused = tmp_path / "paused"
+    fault_plan([{"unit": victim.id, "level": 1, "step": 9, "action": "pause", "marker": str(paused)}])
+    driver = lnsub("sweep", "--grid", str(grid), "--name", "killed", "--storage", str(storage),
+                   "--checkpoint-every", "4", cwd=tmp_path)
+    waiter(lambda: paused.exists() or driver.poll() is not None, "the victim to reach level 1, step 9")
+    assert driver.poll() is None, driver.stdout.read()[-3000:]
+    waiter(lambda: sum(s.finished() for s in _stores(storage, "killed")) >= 1, "another cell to finish")
     session = json.loads((storage / "sweeps/killed/ray_session.json").read_text())
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    specs = load_state(storage, "killed").specs
+    status = lnsub("status", "--name", "killed", "--storage", str(storage), cwd=tmp_path)
+    text, _ = status.communicate(timeout=120)
+    assert status.returncode == 0 and "interrupted" in text and "--resume" in text, text  # not "running" forever
     done_files = {p: p.stat().st_mtime_ns for s in specs for k in range(s.levels + 1)
                   if CellStore(storage, s).level_done(k) for p in CellStore(storage, s).level_dir(k).iterdir()}
-    assert done_files
+    assert done_files and not CellStore(storage, victim).level_done(1)
     grid.unlink()  # a resume runs the stored plan, not the grid file
     resumed = lnsub("sweep", "--name", "killed", "--storage", str(storage), "--resume", cwd=tmp_path)
     out, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out[-3000:]
     assert_complete_in_storage_and_mlflow(storage, "killed")
+    assert CellStore(storage, victim).metrics(1)["resumed_from_step"] == 8  # the checkpoint before the kill
     for path, stamp in done_files.items():  # finished levels untouched
         assert path.stat().st_mtime_ns == stamp, path
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if session["temp_dir"] in " ".join(p.info["cmdline"] or [])]
     assert not leftovers  # the killed driver's Ray daemons were reaped
 
 
-def test_a_trial_that_dies_mid_round_resumes_from_its_checkpoint(tmp_path, tiny_model):
+def test_a_trial_that_dies_mid_round_resumes_from_its_checkpoint(tmp_path, tiny_model, fault_plan):
     grid = tiny_grid(tmp_path, languages=("syn-en",), steps=12)
     storage = tmp_path / "runs"
-    from orchestrator.grid import plan
-
     victim = plan(str(grid)).cells[0].spec
     marker = tmp_path / "crashed"
-    result = run_sweep(str(grid), name="crash", storage=str(storage), checkpoint_every=3, sync_interval=2,
-                       inject_crash={"cell": victim.id, "level": 1, "step": 7, "marker": str(marker)})
-    assert marker.exists()
+    fault_plan([{"unit": victim.id, "level": 1, "step": 7, "action": "crash", "marker": str(marker)}])
+    result = run_sweep(str(grid), name="crash", storage=str(storage), checkpoint_every=3, sync_interval=2)
+    assert json.loads(marker.read_text())["step"] == 7  # the fault fired where it was put ...
     assert all(err is None for err in result.errors.values())
-    assert CellStore(storage, victim).metrics(1)["resumed_from_step"] == 6  # the last checkpoint before the crash
+    assert CellStore(storage, victim).metrics(1)["resumed_from_step"] == 6  # ... and Tune's retry resumed at 6
     assert_complete_in_storage_and_mlflow(storage, "crash")
 
 
-def test_a_node_removed_mid_sweep_loses_nothing(tmp_path, tiny_model):
+def _node_of(cluster, pid: int):
+    """The cluster node whose raylet is an ancestor of process `pid`."""
+    import psutil
+
+    ancestors = {p.pid for p in psutil.Process(pid).parents()}
+    for node in cluster.list_all_nodes():
+        raylets = node.all_processes.get("raylet", [])
+        if any(info.process.pid in ancestors for info in raylets):
+            return node
+    raise AssertionError(f"no node hosts pid {pid}")
+
+
+def test_a_node_removed_mid_sweep_loses_nothing(tmp_path, tiny_model, fault_plan, waiter):
+    """Remove the very node on which a cell is paused mid-round; Tune reruns it elsewhere from its checkpoint."""
     import ray
     from ray.cluster_utils import Cluster
 
+    grid = tiny_grid(tmp_path, languages=("syn-en", "syn-ar"), tasks=("ner",), steps=14)
+    victim = plan(str(grid)).cells[0].spec
+    paused = tmp_path / "paused"
+    fault_plan([{"unit": victim.id, "level": 1, "step": 9, "action": "pause", "marker": str(paused)}])
     ray_tmp = Path(tempfile.mkdtemp(prefix="lnr-", dir="/tmp"))  # AF_UNIX socket paths must stay < 108 bytes
     os.environ["RAY_TMPDIR"] = str(ray_tmp)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": str(ray_tmp / "ray"),
                                                              "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1, resources={"fake_gpu": 1}) for _ in range(3)]
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    grid = tiny_grid(tmp_path, languages=("syn-en", "syn-ar", "syn-ur"), tasks=("ner",), steps=24)
     storage = tmp_path / "runs"
     outcome = {}
 
     def sweep():
         outcome["result"] = run_sweep(str(grid), name="nodes", storage=str(storage), address=cluster.address,
-                                      extra_resources={"fake_gpu": 1}, checkpoint_every=4, sync_interval=2)
+                                      checkpoint_every=4, sync_interval=2)
 
     thread = threading.Thread(target=sweep)
     try:
         thread.start()
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if (storage / "sweeps/nodes/sweep.json").exists():
-                stores = [CellStore(storage, s) for s in state_specs(load_state(storage, "nodes"))]
-                if sum(s.level_done(0) for s in stores) >= 1:
-                    break
-            time.sleep(0.2)
-        cluster.remove_node(nodes[1])  # three cells run at once, one per node: one of them dies here
+        waiter(lambda: paused.exists() or not thread.is_alive(), "the victim to pause at level 1, step 9")
+        node = _node_of(cluster, json.loads(paused.read_text())["pid"])
+        cluster.remove_node(node)  # the node that runs the paused cell: it dies mid-round
         thread.join(timeout=900)
         assert not thread.is_alive()
     finally:
@@ -178,6 +195,7 @@ def test_a_node_removed_mid_sweep_loses_nothing(tmp_path, tiny_model):
         os.environ.pop("RAY_TMPDIR", None)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert all(err is None for err in outcome["result"].errors.values())
+    assert CellStore(storage, victim).metrics(1)["resumed_from_step"] == 8  # rerun on the other node, from step 8
     assert_complete_in_storage_and_mlflow(storage, "nodes")
 
 
@@ -213,38 +231,47 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
             proc.wait()
 
 
-def test_tracking_server_stopped_and_restarted_mid_sweep(tmp_path, tiny_model):
+def _levels_logged(uri: str, name: str, cell_id: str) -> set[int]:
+    try:
+        runs = tracking.find_cell_runs(name, uri).get(cell_id, [])
+    except Exception:  # noqa: BLE001 - the server may still be coming up
+        return set()
+    client = tracking._client(uri)
+    return {m.step for r in runs for m in client.get_metric_history(r.info.run_id, "sparsity")}
+
+
+def test_tracking_server_stopped_and_restarted_mid_sweep(tmp_path, tiny_model, fault_plan, waiter, caplog):
+    """The server dies while a level finishes and comes back later: the sweep logs every level exactly once."""
     port, folder = _free_port(), tmp_path / "mlflow"
     folder.mkdir()
     uri = f"http://127.0.0.1:{port}"
+    grid = tiny_grid(tmp_path, languages=("syn-en",), tasks=("ner",), steps=10, levels=2)
+    victim = plan(str(grid)).cells[0].spec
+    first, second = tmp_path / "at_level1", tmp_path / "at_level2"
+    fault_plan([{"unit": victim.id, "level": 1, "step": 5, "action": "pause", "marker": str(first)},
+                {"unit": victim.id, "level": 2, "step": 5, "action": "pause", "marker": str(second)}])
     server = _start_mlflow(port, folder)
-    grid = tiny_grid(tmp_path, tasks=("ner", "xnli"), steps=60)
     storage = tmp_path / "runs"
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.setdefault("result", run_sweep(
-        str(grid), name="flaky", storage=str(storage), tracking_uri=uri, sync_interval=1)))
+        str(grid), name="flaky", storage=str(storage), tracking_uri=uri, sync_interval=0.5)))
     try:
         thread.start()
-
-        def levels_done() -> int:
-            if not (storage / "sweeps/flaky/sweep.json").exists():
-                return 0
-            return sum(CellStore(storage, s).level_done(k) for s in state_specs(load_state(storage, "flaky"))
-                       for k in range(s.levels + 1))
-
-        deadline = time.time() + 600
-        while levels_done() < 1 and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(2)  # let one sync reach the server
-        _stop(server, signal.SIGKILL)  # dies at once; a graceful stop can outlast the rest of the sweep
-        down_at = levels_done()
-        while levels_done() < down_at + 1 and time.time() < deadline and thread.is_alive():
-            time.sleep(0.2)
-        assert thread.is_alive(), "the sweep ended while the server was down: make the grid longer"
+        waiter(first.exists, "level 1 to start")
+        waiter(lambda: 0 in _levels_logged(uri, "flaky", victim.id), "level 0 to reach MLflow")
+        _stop(server, signal.SIGKILL)  # dies at once, while level 1 is mid-round
+        (tmp_path / "at_level1.release").touch()
+        waiter(second.exists, "level 1 to finish while the server is down")
+        waiter(lambda: any("MLflow sync" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records),
+               "a sync to fail against the stopped server")
+        assert CellStore(storage, victim).level_done(1)
         server = _start_mlflow(port, folder)  # the same store comes back, mid-sweep
+        (tmp_path / "at_level2.release").touch()
         thread.join(timeout=900)
         assert not thread.is_alive()
         assert outcome["result"].mlflow_synced
         assert_complete_in_storage_and_mlflow(storage, "flaky", tracking_uri=uri)
     finally:
+        (tmp_path / "at_level1.release").touch()
+        (tmp_path / "at_level2.release").touch()
         _stop(server)

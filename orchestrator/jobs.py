@@ -1,0 +1,131 @@
+"""Run any list of idempotent jobs (IMP cells, transfer jobs, whatever comes next) on Ray.
+
+One entry point, `run_jobs`, for every batch lnsub schedules: the same private-Ray
+lifecycle (and reaping of what a killed driver left), the same concurrency rule, the
+same Tune FailureConfig and restore. Each job keeps its own state in storage, so a
+retried trial or a rerun of the command continues where the job stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from orchestrator import ray_backend
+from trainables.atomic import read_json, write_json
+from trainables.spec import TESTBED_MODEL, CellSpec
+from trainables.sweep_state import _pid_alive
+from trainables.testbed.generate import ensure_testbed
+from trainables.testbed.tinybert import ensure_tiny_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A list of jobs of one kind and where the scheduler keeps its state for exactly them."""
+
+    kind: str  # a key of ray_backend.TRIALS: "cell" or "transfer"
+    items: list[dict]  # each with a unique "id"; its other keys are what the trial reads
+    experiment: Path  # Tune's experiment folder (restored on a rerun)
+    failures: Path  # where a failed job's last error is noted, <id>.txt
+    storage: Path
+
+
+@dataclass(frozen=True)
+class Placement:
+    workers_per_job: int = 1
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+
+
+def prepare_testbed(specs: list[CellSpec]) -> None:
+    """Pretrain the tiny model once, in the driver, before trials race to do it."""
+    for config in {s.testbed_config() for s in specs if s.model == TESTBED_MODEL}:
+        ensure_testbed(config.testbed)
+        ensure_tiny_model(config)
+
+
+@contextlib.contextmanager
+def ray_instance(session: Path, address: str | None = None):
+    """Ray for one driver: the given cluster, or a private local instance stopped on the way out.
+
+    The private instance's temp dir is written to `session` first, so that after a
+    SIGKILL the next driver using the same session file stops the daemons left
+    behind (only those, found by that temp dir).
+    """
+    if session.exists():
+        old = read_json(session)
+        if old.get("pid") and not _pid_alive(old["pid"]):
+            reaped = ray_backend.reap_orphans(old["temp_dir"])
+            if reaped:
+                log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, old["pid"])
+    address = address or os.environ.get("RAY_ADDRESS")
+    temp_dir = None
+    if not address:
+        temp_dir = tempfile.mkdtemp(prefix="lnsub-ray-")
+        write_json(session, {"pid": os.getpid(), "temp_dir": temp_dir})
+    we_started = ray_backend.start(address=address, temp_dir=temp_dir)
+    try:
+        yield
+    finally:
+        if we_started:
+            ray_backend.stop()
+            session.unlink(missing_ok=True)
+            shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets
+
+
+def concurrency(placement: Placement, max_concurrent: int | None) -> int:
+    """Jobs at once: what the cluster fits now (multi-worker jobs never more), capped by --max-concurrent."""
+    fits = ray_backend.fitting_concurrency(placement.workers_per_job, placement.cpus_per_worker,
+                                           placement.gpus_per_worker)
+    if placement.workers_per_job > 1:
+        return min(max_concurrent or fits, fits)
+    return max_concurrent or fits
+
+
+def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, max_concurrent: int | None = None,
+             max_failures: int = 3, resume: bool = True, checkpoint_every: int = 100,
+             watch: Callable[[], None] | None = None, watch_interval: float = 2.0,
+             started: Callable[[int], None] | None = None) -> dict[str, str | None]:
+    """Run every job of the batch as a Tune trial (in the given order); job id -> error or None.
+
+    `watch` is called every `watch_interval` seconds from a thread while the jobs run
+    (progress, MLflow sync); `started(k)` once Ray is up, with the concurrency chosen.
+    """
+    if not batch.items:
+        return {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(watch, watch_interval, stop), daemon=True) if watch else None
+    with ray_instance(batch.experiment.parent / "ray_session.json", address):
+        k = concurrency(placement, max_concurrent)
+        if started:
+            started(k)
+        if watcher:
+            watcher.start()
+        try:
+            config = {"storage": str(batch.storage), "failures": str(batch.failures),
+                      "checkpoint_every": checkpoint_every}
+            return ray_backend.run_trials(
+                batch.kind, batch.items, batch.experiment, config, workers_per_cell=placement.workers_per_job,
+                cpus_per_worker=placement.cpus_per_worker, gpus_per_worker=placement.gpus_per_worker,
+                max_concurrent=k, max_failures=max_failures, resume=resume)
+        finally:
+            stop.set()
+            if watcher:
+                watcher.join(timeout=60)
+
+
+def _watch(watch: Callable[[], None], interval: float, stop: threading.Event) -> None:
+    while not stop.wait(interval):
+        try:
+            watch()
+        except Exception as e:  # noqa: BLE001 - a watcher (progress, sync) never ends the batch
+            log.warning("watcher failed (%s: %s); the jobs go on", type(e).__name__, str(e).splitlines()[0][:200])

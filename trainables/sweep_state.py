@@ -1,0 +1,238 @@
+"""A sweep as storage holds it: the typed, versioned plan (`sweep.json`), its lease and its cells' states.
+
+    <storage>/sweeps/<name>/sweep.json     the plan: grid, cells (id, spec, expected cost), options
+    <storage>/sweeps/<name>/lease.json     who runs the sweep now: pid, host, heartbeat (absent when no one does)
+    <storage>/sweeps/<name>/failures/      the last error of a cell that failed
+
+This is the one module that reads and writes those files; `trainables`, `analysis` and
+`orchestrator` all read a sweep through it, so its keys are spelled in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainables.atomic import read_json, write_json
+from trainables.errors import LnsubError
+from trainables.metrics import SCORE
+from trainables.spec import CellSpec
+from trainables.store import CellStore
+
+VERSION = 2  # version 1 (no "version" key) had the same fields and is read as is
+STATE_FILE, LEASE_FILE, FAILURES_DIR = "sweep.json", "lease.json", "failures"
+LEASE_TTL = 120.0  # seconds without a heartbeat after which a lease from another host is presumed dead
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+STATES = ("done", "running", "interrupted", "failed", "pending")
+
+
+def check_name(name: str) -> str:
+    """A sweep name is a single folder name: it can never leave the storage folder."""
+    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
+        raise LnsubError(f"sweep name {name!r}: use letters, digits, '.', '_' or '-' (at most 100, no '..')")
+    return name
+
+
+def check_storage(storage: str | Path) -> Path:
+    storage = str(storage)
+    if "://" in storage and not storage.startswith("file://"):
+        raise LnsubError(f"--storage {storage!r}: cloud URIs are not supported yet; use a path on a filesystem "
+                         f"every node mounts (for example an EFS or NFS mount)")
+    return Path(storage.removeprefix("file://")).resolve()
+
+
+def sweep_dir(storage: str | Path, name: str) -> Path:
+    return Path(storage) / "sweeps" / check_name(name)
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    id: str
+    spec: CellSpec
+    cost_hours: float  # expected device-hours for the whole IMP job
+
+
+@dataclass
+class SweepState:
+    name: str
+    grid_name: str
+    grid_source: str
+    grid: dict
+    cells: list[PlannedCell]  # longest first: the order cells start in
+    skipped: list[dict]  # {"task", "language", "reason"}
+    tracking_uri: str
+    resources: dict  # workers_per_cell, cpus_per_worker, gpus_per_worker
+    created: float = field(default_factory=time.time)
+    version: int = VERSION
+
+    @property
+    def specs(self) -> list[CellSpec]:
+        return [c.spec for c in self.cells]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cells"] = [{"id": c.id, "spec": c.spec.to_dict(), "cost_hours": c.cost_hours} for c in self.cells]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = STATE_FILE) -> "SweepState":
+        try:
+            version = d.get("version", 1)
+            if version > VERSION:
+                raise LnsubError(f"{source}: written by a newer lnsub (sweep format {version}; this one reads "
+                                 f"up to {VERSION})")
+            cells = [PlannedCell(c["id"], CellSpec.from_dict(c["spec"]), float(c["cost_hours"])) for c in d["cells"]]
+            for c in cells:
+                if c.spec.id != c.id:
+                    raise LnsubError(f"{source}: cell {c.id} has a spec whose id is {c.spec.id} (edited by hand, "
+                                     f"or from another schema)")
+            return cls(name=d["name"], grid_name=d["grid_name"], grid_source=d["grid_source"], grid=dict(d["grid"]),
+                       cells=cells, skipped=list(d["skipped"]), tracking_uri=d["tracking_uri"],
+                       resources=dict(d["resources"]), created=float(d.get("created", 0.0)), version=VERSION)
+        except LnsubError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise LnsubError(f"{source}: not a sweep file lnsub can read ({type(e).__name__}: {e})") from e
+
+    def tracking(self, override: str | None = None) -> str:
+        return override or self.tracking_uri
+
+
+def state_path(storage: str | Path, name: str) -> Path:
+    return sweep_dir(storage, name) / STATE_FILE
+
+
+def exists(storage: str | Path, name: str) -> bool:
+    return state_path(storage, name).exists()
+
+
+def load_state(storage: str | Path, name: str) -> SweepState:
+    """The stored plan of sweep `name`: one clear line if it is missing, unreadable or damaged."""
+    root = Path(storage)
+    path = state_path(root, name)
+    try:
+        if not root.is_dir():
+            raise LnsubError(f"storage {root} does not exist or is not a folder (see --storage)")
+        if not path.exists():
+            raise LnsubError(f"no sweep named {name!r} in {root.resolve()} (see --name and --storage)")
+        data = read_json(path)
+    except PermissionError as e:
+        raise LnsubError(f"cannot read {e.filename or path}: permission denied") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LnsubError(f"{path}: damaged sweep file ({type(e).__name__}); restore it or start a new --name") from e
+    if not isinstance(data, dict):
+        raise LnsubError(f"{path}: damaged sweep file (not a JSON object)")
+    return SweepState.from_dict(data, str(path))
+
+
+def save_state(storage: str | Path, state: SweepState) -> None:
+    write_json(state_path(storage, state.name), state.to_dict())
+
+
+# --- the lease: which driver runs the sweep now ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Lease:
+    pid: int
+    host: str
+    heartbeat: float
+    started: float
+
+    def alive(self, now: float | None = None) -> bool:
+        """Held by a live driver: on this host, its process exists; elsewhere, its heartbeat is recent."""
+        if self.host == socket.gethostname():
+            return _pid_alive(self.pid)
+        return (now or time.time()) - self.heartbeat < LEASE_TTL
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_lease(storage: str | Path, name: str) -> Lease | None:
+    try:
+        d = read_json(sweep_dir(storage, name) / LEASE_FILE)
+        return Lease(int(d["pid"]), str(d["host"]), float(d["heartbeat"]), float(d["started"]))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None  # a lease that cannot be read holds nothing
+
+
+def take_lease(storage: str | Path, name: str) -> Lease:
+    """Hold the sweep for this process; refused while another live driver holds it."""
+    held = read_lease(storage, name)
+    if held is not None and held.alive() and held.pid != os.getpid():
+        raise LnsubError(f"sweep {name!r} is being run by pid {held.pid} on {held.host} (heartbeat "
+                         f"{time.time() - held.heartbeat:.0f} s ago); stop it first, or wait for it")
+    now = time.time()
+    return renew_lease(storage, name, Lease(os.getpid(), socket.gethostname(), now, now))
+
+
+def renew_lease(storage: str | Path, name: str, lease: Lease) -> Lease:
+    lease = Lease(lease.pid, lease.host, time.time(), lease.started)
+    write_json(sweep_dir(storage, name) / LEASE_FILE, asdict(lease))
+    return lease
+
+
+def release_lease(storage: str | Path, name: str) -> None:
+    (sweep_dir(storage, name) / LEASE_FILE).unlink(missing_ok=True)
+
+
+# --- where each cell stands, from storage alone ---------------------------------------------------
+
+@dataclass
+class CellStatus:
+    spec: CellSpec
+    state: str  # one of STATES
+    levels_done: int
+    score: float | None
+    error: str | None = None
+
+
+def failure_note(storage: str | Path, name: str, unit_id: str) -> Path:
+    """Where the last error of a failed cell (or job) of this sweep is kept."""
+    return sweep_dir(storage, name) / FAILURES_DIR / f"{unit_id}.txt"
+
+
+def cell_status(store: CellStore, error: str | None, driver_alive: bool) -> CellStatus:
+    done = [k for k in range(store.spec.levels + 1) if store.level_done(k)]
+    score = store.metrics(done[-1])[SCORE] if done else None
+    if store.finished():
+        state = "done"
+    elif error:
+        state = "failed"
+    elif store.has_spec():
+        state = "running" if driver_alive else "interrupted"
+    else:
+        state = "pending"
+    return CellStatus(store.spec, state, len(done), score, error)
+
+
+def cell_statuses(storage: str | Path, state: SweepState) -> list[CellStatus]:
+    lease = read_lease(storage, state.name)
+    alive = lease is not None and lease.alive()
+    out = []
+    for spec in state.specs:
+        note = failure_note(storage, state.name, spec.id)
+        error = note.read_text().strip() if note.exists() else None
+        out.append(cell_status(CellStore(storage, spec), error or None, alive))
+    return out
+
+
+def status_counts(statuses: list[CellStatus]) -> dict[str, int]:
+    counts = dict.fromkeys(STATES, 0)
+    for s in statuses:
+        counts[s.state] += 1
+    return counts
