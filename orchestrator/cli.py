@@ -263,6 +263,10 @@ def main() -> None:
     except LnsubError as e:
         print(f"lnsub: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # storage the user named: unreadable, full, not a folder
+        where = f": {e.filename}" if e.filename else ""
+        print(f"lnsub: error: {type(e).__name__}: {e.strerror or e}{where}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -120,9 +120,9 @@ def _check_options(workers_per_cell, gpus_per_worker, max_concurrent) -> None:
 def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, tracking_uri: str | None,
                  overrides: dict) -> SweepState:
     """The sweep to run: the stored plan (on --resume) or a new one from the grid, written before anything runs."""
-    state = load_state(root, check_name(name)) if name and exists(root, name) else None
-    if grid is None and state is None:
+    if grid is None and not (resume and name):
         raise LnsubError("--grid is required to start a sweep (with --resume, a known --name is enough)")
+    state = load_state(root, name) if grid is None or (name and exists(root, name)) else None
     p = make_plan(grid, **overrides) if grid is not None else None
     name = check_name(name or p.name)
     if state is None and exists(root, name):

@@ -43,7 +43,10 @@ def check_storage(storage: str | Path) -> Path:
     if "://" in storage and not storage.startswith("file://"):
         raise LnsubError(f"--storage {storage!r}: cloud URIs are not supported yet; use a path on a filesystem "
                          f"every node mounts (for example an EFS or NFS mount)")
-    return Path(storage.removeprefix("file://")).resolve()
+    path = Path(storage.removeprefix("file://")).resolve()
+    if path.exists() and not path.is_dir():
+        raise LnsubError(f"--storage {storage!r} is a file, not a folder")
+    return path
 
 
 def sweep_dir(storage: str | Path, name: str) -> Path:

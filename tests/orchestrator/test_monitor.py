@@ -1,0 +1,52 @@
+"""The sweep's monitor outlives any failure of a read, a render or a sync, and says what failed, once."""
+
+from __future__ import annotations
+
+import logging
+
+from orchestrator import sweep as sweep_module
+from orchestrator.sweep import Monitor
+from trainables.spec import make_spec
+from trainables.sweep_state import PlannedCell, SweepState, save_state, take_lease
+
+
+def a_monitor(tmp_path, render) -> Monitor:
+    spec = make_spec("ner", "syn-en", steps=4, levels=1, prune_fraction=0.2)
+    state = SweepState(name="m", grid_name="g", grid_source="g.yaml", grid={}, cells=[PlannedCell(spec.id, spec, 0.1)],
+                       skipped=[], tracking_uri="http://127.0.0.1:9", resources={})
+    save_state(tmp_path, state)
+    return Monitor(tmp_path, state, state.tracking_uri, render, take_lease(tmp_path, "m"))
+
+
+def test_every_failure_is_reported_once_with_its_type_and_the_monitor_goes_on(tmp_path, monkeypatch, caplog):
+    calls = {"render": 0, "sync": 0}
+
+    def render(statuses):
+        calls["render"] += 1
+        if calls["render"] <= 2:
+            raise PermissionError(13, "Permission denied", "cells/x/level_0/DONE")
+
+    def broken_sync(*args, **kwargs):
+        calls["sync"] += 1
+        raise KeyError("cells")  # a bug in sync, not an unreachable server
+
+    monkeypatch.setattr(sweep_module.tracking, "sync", broken_sync)
+    monitor = a_monitor(tmp_path, render)
+    with caplog.at_level(logging.WARNING, logger="orchestrator.sweep"):
+        for _ in range(4):
+            monitor.tick()
+    assert calls == {"render": 4, "sync": 4}  # every tick tried again
+    messages = [r.getMessage() for r in caplog.records]
+    progress = [m for m in messages if m.startswith("reading progress failed")]
+    sync = [m for m in messages if m.startswith("MLflow sync") and "failed" in m]
+    assert len(progress) == 1 and "PermissionError" in progress[0]  # once, with its type
+    assert len(sync) == 1 and "KeyError" in sync[0] and "unreachable" not in sync[0]
+    assert not monitor.synced
+
+
+def test_a_heartbeat_is_written_every_tick(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module.tracking, "sync", lambda *a, **k: {})
+    monitor = a_monitor(tmp_path, lambda statuses: None)
+    before = monitor.lease.heartbeat
+    monitor.tick()
+    assert monitor.lease.heartbeat >= before and monitor.synced

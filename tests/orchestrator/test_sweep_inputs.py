@@ -1,0 +1,68 @@
+"""Every command that reads a sweep: an unknown sweep, a damaged sweep.json, unusable storage or a name that
+leaves the storage folder is one line on stderr, exit status 2, and nothing written."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from orchestrator.cli import main
+from trainables.spec import make_spec
+from trainables.sweep_state import PlannedCell, SweepState, save_state
+
+READERS = [("status",), ("sync",), ("analyze",), ("similarity",), ("report",), ("transfer", "--level", "1"),
+           ("sweep", "--resume")]
+
+
+def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["lnsub", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def tree(folder) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def a_sweep(storage) -> None:
+    spec = make_spec("ner", "syn-en", steps=4, levels=1, prune_fraction=0.2)
+    save_state(storage, SweepState(name="s", grid_name="g", grid_source="g.yaml", grid={},
+                                   cells=[PlannedCell(spec.id, spec, 0.1)], skipped=[],
+                                   tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
+                                   resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
+
+
+def bad_storages(tmp_path):
+    """(case, storage, name, words the one line must hold)."""
+    damaged = tmp_path / "damaged"
+    a_sweep(damaged)
+    (damaged / "sweeps/s/sweep.json").write_text('{"name": "s", "cells": [')
+    wrong = tmp_path / "wrong"
+    a_sweep(wrong)
+    (wrong / "sweeps/s/sweep.json").write_text('{"name": "s"}')
+    known = tmp_path / "known"
+    a_sweep(known)
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    return [("unknown sweep", known, "other", "no sweep named 'other'"),
+            ("damaged json", damaged, "s", "damaged sweep file"),
+            ("wrong shape", wrong, "s", "not a sweep file"),
+            ("storage is a file", afile, "s", "is a file, not a folder"),
+            ("name leaves storage", known, "../known", "sweep name"),
+            ("absolute name", known, "/tmp/x", "sweep name")]
+
+
+@pytest.mark.parametrize("command", READERS, ids=lambda c: c[0])
+def test_sweep_readers_refuse_bad_input_in_one_line(tmp_path, monkeypatch, capsys, command):
+    cases = bad_storages(tmp_path)
+    before = tree(tmp_path)
+    for case, storage, name, words in cases:
+        code, out, err = run(monkeypatch, capsys, *command, "--name", name, "--storage", str(storage))
+        lines = err.strip().splitlines()
+        assert code == 2, (case, out, err)
+        assert len(lines) == 1 and lines[0].startswith("lnsub: error:") and words in lines[0], (case, err)
+        assert "Traceback" not in out + err
+    assert tree(tmp_path) == before  # nothing written anywhere
