@@ -37,6 +37,8 @@ def main() -> None:
     batches = [(torch.randint(5, vocab, (args.batch_size, args.length)), torch.randint(0, 7, (args.batch_size, args.length)))
                for _ in range(8)]
 
+    enforcer = pruning.MaskEnforcer(model, masks)  # what train_round uses
+
     def run(enforce: bool) -> float:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         start = time.perf_counter()
@@ -45,12 +47,12 @@ def main() -> None:
             loss = model(input_ids=x, labels=y).loss
             loss.backward()
             if enforce:
-                pruning.mask_gradients(model, masks)
+                enforcer.gradients()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
             if enforce:
-                pruning.apply_masks(model, masks)
+                enforcer.weights()
         return (time.perf_counter() - start) / args.steps
 
     run(True), run(False)  # warm-up

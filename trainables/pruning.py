@@ -139,6 +139,33 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
         p.mul_(mask.to(device=p.device, dtype=p.dtype))
 
 
+class MaskEnforcer:
+    """Keeps pruned weights at exactly zero during a round, at the cost of two fused multiplies a step.
+
+    Bound once to a model's parameters: the masks are cast to each parameter's dtype and
+    device up front, and every step multiplies all gradients (before clipping, so the norm
+    counts live weights only) and then all weights with one `torch._foreach_mul_` each,
+    instead of a Python loop of per-tensor casts.
+    """
+
+    def __init__(self, model: nn.Module, masks: Masks):
+        params = dict(model.named_parameters())
+        self.params = [params[name] for name in masks]
+        self.masks = [m.to(device=p.device, dtype=p.dtype) for m, p in zip(masks.values(), self.params)]
+
+    @torch.no_grad()
+    def weights(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+
+    @torch.no_grad()
+    def gradients(self) -> None:
+        pairs = [(p.grad, m) for p, m in zip(self.params, self.masks) if p.grad is not None]
+        if pairs:
+            grads, masks = zip(*pairs)
+            torch._foreach_mul_(list(grads), list(masks))
+
+
 def mask_gradients(model: nn.Module, masks: Masks) -> None:
     """Zero the gradients of pruned weights, so the optimizer's moments never move them."""
     params = dict(model.named_parameters())
