@@ -57,7 +57,7 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     from transformers import AutoModel, AutoTokenizer
 
     from orchestrator.tracking import try_log_analysis
-    from trainables.imp import model_path
+    from trainables.loading import model_path
 
     sweep = open_sweep(name, storage, tracking_uri, out)
     root, specs = sweep.root, sweep.specs
