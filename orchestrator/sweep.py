@@ -88,7 +88,7 @@ def cell_statuses(storage: str | Path, name: str, state: dict | None = None) -> 
             s = "done"
         elif error:
             s = "failed"
-        elif (store.root / "spec.json").exists():
+        elif store.has_spec():
             s = "running"
         else:
             s = "pending"
