@@ -74,7 +74,7 @@ def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[d
             n = next(iter(masks.values())).n_weights
             for lang, st in ready.items():
                 oneshot = st.baseline_dir("oneshot_pretrained", sparsity)
-                if (oneshot / "mask.npz").exists():
+                if st.has_baseline("oneshot_pretrained", sparsity):
                     _, m = jaccard_matrix({"ticket": masks[lang], "oneshot": read_packed(oneshot)}, by="total")["all"]
                     baselines.append({"task": task, "seed": seed, "level": level, "sparsity": sparsity,
                                       "language": lang, "random_closed_form": random_jaccard(density),

@@ -20,7 +20,7 @@ import torch
 from analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
 from analysis.figures import line_plot
 from analysis.tables import AnalysisResult, open_sweep, write_csv
-from trainables.imp import model_path
+from trainables.loading import model_path
 from trainables.masks import load_masks
 from trainables.pruning import apply_masks
 from trainables.spec import CellSpec

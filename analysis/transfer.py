@@ -84,8 +84,7 @@ def check_sources(storage: Path, jobs: list[TransferJob]) -> None:
             if not CellStore(storage, source).level_done(job.level):
                 missing.add(source.id)
         elif job.kind == "oneshot":
-            folder = CellStore(storage, job.target).baseline_dir("oneshot_pretrained", job.sparsity)
-            if not (folder / "mask.json").exists():
+            if not CellStore(storage, job.target).has_baseline("oneshot_pretrained", job.sparsity):
                 missing.add(f"{job.target.id} (one-shot θ0 baseline)")
     if missing:
         level = jobs[0].level

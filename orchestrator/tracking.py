@@ -103,7 +103,7 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
         store = CellStore(storage, spec)
         run = cells.get(spec.id)
         if run is None:
-            if not (store.root / "spec.json").exists():
+            if not store.has_spec():
                 continue  # not started: no run yet, so the UI lists what ran
             tags = {TAG_SWEEP: sweep, TAG_CELL: spec.id, TAG_ROLE: "cell", "mlflow.parentRunId": parent.info.run_id,
                     **{f"lnsub.{k}": str(getattr(spec, k)) for k in CELL_TAGS}}

@@ -5,26 +5,30 @@ pruned globally by magnitude so that (k+1) x fraction of the ORIGINAL prunable
 weights are zero; that mask is level k+1's. Level k+1 starts from θ0 ⊙ mask for
 every encoder tensor (embeddings, LayerNorms and biases rewound too) and from
 level k's trained task head, which carries over. Callable without Ray.
+
+A level is a guarded stage (open_lth): one whose DONE marker stands is not run
+again. Otherwise it runs rewind, train, evaluate, prune, commit, and leaves a
+LevelRecord (metrics.json) behind.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from trainables import metrics as M
 from trainables import pruning
-from trainables.atomic import write_json
+from trainables.loading import load_task, make_accelerator
 from trainables.masks import digest as mask_digest
-from trainables.masks import save_masks
-from trainables.spec import TESTBED_MODEL, CellSpec
-from trainables.store import CellStore
-from trainables.testbed.languages import is_synthetic
-from trainables.train import RoundData, eval_loader, train_round
+from trainables.spec import CellSpec
+from trainables.store import ONESHOT_PRETRAINED, ONESHOT_TRAINED, CellStore
+from trainables.tasks import Task
+from trainables.train import RoundData, RoundStats, eval_loader, train_round
 
 log = logging.getLogger(__name__)
 
@@ -44,59 +48,55 @@ class Hooks:
 
     level_start: Callable[[int, torch.nn.Module], None] | None = None  # model rewound, before training
     level_trained: Callable[[int, torch.nn.Module], None] | None = None  # after training, before pruning
-    level_done: Callable[[int, dict], None] | None = None
+    level_done: Callable[[int, dict], None] | None = None  # (level, LevelRecord.to_dict())
     after_step: Callable[[int, int], None] | None = None  # (level, step)
 
 
-def model_path(spec: CellSpec) -> str:
-    """The folder or hub id that `from_pretrained` gets for this cell."""
-    if spec.model == TESTBED_MODEL:
-        from trainables.testbed.tinybert import ensure_tiny_model
+@dataclass(frozen=True)
+class LevelRecord:
+    """What one level leaves behind: metrics.json, flat (see to_dict and trainables.metrics)."""
 
-        return str(ensure_tiny_model(spec.testbed_config()))
-    return spec.model
+    level: int
+    sparsity: float  # of the mask the level trained with
+    density: float
+    metric: str  # the task's validation metric ...
+    score: float  # ... and its value
+    task_metrics: dict[str, float]  # everything the task's evaluation reported
+    stats: RoundStats
+    workers: int
+    next_mask_rank_digests: list[str] | None  # None at the last level: no next mask
+    level_seconds: float = 0.0
 
-
-def data_root(spec: CellSpec) -> str | None:
-    if spec.data_dir is not None:
-        return spec.data_dir
-    if is_synthetic(spec.language):
-        from trainables.testbed.generate import ensure_testbed
-
-        return str(ensure_testbed(spec.testbed_config().testbed) / "data")
-    return None
-
-
-def load_round_data(spec: CellSpec, tokenizer, accelerator) -> RoundData:
-    from trainables.tasks import get_task
-
-    task = get_task(spec.task)
-    with accelerator.main_process_first():
-        ds = task.load(spec.language, data_dir=data_root(spec))
-        enc = task.preprocess(ds, tokenizer, spec.max_length, seed=spec.seed)
-    train, valid = enc["train"], enc["validation"]
-    if spec.train_size is not None and spec.train_size < len(train):
-        train = train.select(range(spec.train_size))
-    if spec.valid_size is not None and spec.valid_size < len(valid):
-        valid = valid.select(range(spec.valid_size))
-    return RoundData(train, valid, task.collator(tokenizer, train=True), task.collator(tokenizer, train=False))
+    def to_dict(self) -> dict:
+        s = self.stats
+        return {M.LEVEL: self.level, M.SPARSITY: self.sparsity, M.DENSITY: self.density, M.METRIC: self.metric,
+                M.SCORE: self.score, **self.task_metrics,
+                M.STEPS: s.steps, M.STEPS_TRAINED: s.steps_trained, M.TRAIN_LOSS: s.train_loss,
+                M.TRAIN_SECONDS: s.train_seconds, M.SECONDS_PER_STEP: s.seconds_per_step,
+                M.RESUMED_FROM_STEP: s.resumed_from, M.WORKERS: self.workers,
+                M.NEXT_MASK_RANK_DIGESTS: self.next_mask_rank_digests, M.LEVEL_SECONDS: self.level_seconds}
 
 
-def load_task(spec: CellSpec, accelerator):
-    """(task, round data, the pretrained model with a fresh head) for a cell's spec.
+@dataclass
+class Cell:
+    """What every level of one cell shares; `model` is the module the next level rewinds."""
 
-    The head (and a missing pooler) are drawn after set_seed(spec.seed), so every
-    run of the same spec, an IMP cell or a transfer job, starts from the same draw.
-    """
-    from transformers import set_seed
+    spec: CellSpec
+    store: CellStore
+    accelerator: object
+    task: Task
+    data: RoundData
+    model: torch.nn.Module
+    theta0: dict  # the pretrained encoder tensors
+    head0: dict  # the fresh task head level 0 starts from
+    tied: set[str]  # head names tied to encoder tensors (they follow the encoder)
+    params: list[pruning.Prunable]
+    hooks: Hooks = field(default_factory=Hooks)
+    checkpoint_every: int = 100
 
-    from trainables.tasks import get_task
-
-    task = get_task(spec.task)
-    path = model_path(spec)
-    data = load_round_data(spec, task.load_tokenizer(path), accelerator)
-    set_seed(spec.seed)
-    return task, data, task.load_model(path)
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
 def split_state(model) -> tuple[dict, dict, set[str]]:
@@ -122,7 +122,7 @@ def _broadcast_masks(masks: pruning.Masks, accelerator) -> pruning.Masks:
     """Rank 0's mask, on every rank, bit for bit."""
     if accelerator.num_processes == 1:
         return masks
-    from accelerate.utils import broadcast
+    from accelerate.utils import broadcast  # heavy: only a multi-process run gets here
 
     names = list(masks)
     flat = torch.cat([masks[n].flatten() for n in names]).to(torch.uint8).to(accelerator.device)
@@ -140,7 +140,7 @@ def _rank_digests(masks: pruning.Masks, accelerator) -> list[str]:
     digest = mask_digest(masks)
     if accelerator.num_processes == 1:
         return [digest]
-    from accelerate.utils import gather_object
+    from accelerate.utils import gather_object  # heavy: only a multi-process run gets here
 
     digests = gather_object([digest])
     if len(set(digests)) != 1:
@@ -152,105 +152,132 @@ def write_baselines(store: CellStore, spec: CellSpec, params, trained: dict, the
     """One-shot magnitude masks from the round-0 trained weights (only known then), and from θ0."""
     for level in range(1, spec.levels + 1):
         sparsity = spec.sparsities[level]
-        for kind, weights in (("oneshot_trained", trained), ("oneshot_pretrained", theta0)):
-            folder = store.baseline_dir(kind, sparsity)
-            if not (folder / "mask.json").exists():
-                save_masks(folder, pruning.one_shot_masks(weights, params, sparsity), kind=kind, sparsity=sparsity)
+        for kind, weights in ((ONESHOT_TRAINED, trained), (ONESHOT_PRETRAINED, theta0)):
+            if not store.has_baseline(kind, sparsity):
+                store.save_baseline(kind, sparsity, pruning.one_shot_masks(weights, params, sparsity))
 
 
-def make_accelerator(spec: CellSpec):
-    """Accelerate for this process; under Ray Train it joins the workers' process group.
-
-    On a machine without a GPU, Accelerate treats a multi-process launch (WORLD_SIZE > 1)
-    as distributed only when told to use the CPU.
-    """
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=spec.mixed_precision,
-                       gradient_accumulation_steps=spec.grad_accum)
-
+# --- the cell: a short loop over guarded levels ------------------------------------------------
 
 def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoint_every: int = 100,
              hooks: Hooks | None = None) -> CellResult:
     """Run (or finish) the IMP job of one cell; a finished cell returns at once."""
     started = time.perf_counter()
-    hooks = hooks or Hooks()
     store = CellStore(storage, spec)
     if store.finished():
         return CellResult(spec.id, store.all_metrics(), 0, store.root)
+    cell = open_cell(spec, store, accelerator or make_accelerator(spec), hooks or Hooks(), checkpoint_every)
+    # finished levels are checked first: one whose outputs are damaged loses its DONE and runs again
+    first = _broadcast_int(store.first_unfinished_level() if cell.main else 0, cell.accelerator)
+    steps_trained = 0
+    for level in range(first, spec.levels + 1):
+        record = run_level(cell, level)
+        steps_trained += record.stats.steps_trained if record else 0
+    seconds = time.perf_counter() - started
+    if cell.main:
+        # this call's wall time, set-up included: the cell's compute as the orchestrator sees it
+        store.write_timing(seconds, steps_trained, cell.accelerator.num_processes)
+        store.mark_finished()
+    cell.accelerator.wait_for_everyone()
+    return CellResult(spec.id, store.all_metrics(), steps_trained, store.root, seconds)
 
-    accelerator = accelerator or make_accelerator(spec)
-    main = accelerator.is_main_process
-    if main:
+
+def open_cell(spec: CellSpec, store: CellStore, accelerator, hooks: Hooks, checkpoint_every: int) -> Cell:
+    """The pretrained model with its fresh head, its θ0 and prunable set, and the cell's data."""
+    if accelerator.is_main_process:
         store.write_spec()
     task, data, model = load_task(spec, accelerator)
     theta0, head0, tied = split_state(model)
-    params = pruning.prunable_parameters(model)
-    first = store.first_unfinished_level() if main else 0
-    first = _broadcast_int(first, accelerator)
-    steps_trained = 0
-    for level in range(first, spec.levels + 1):
-        level_started = time.perf_counter()
-        if level == 0:
-            masks = pruning.dense_masks(params)
-            if main:
-                store.save_mask(0, masks, sparsity=0.0)
-            head = head0
-        else:
-            masks, head = store.load_mask(level), store.load_head(level - 1)
-        rewind(model, theta0, head, tied, masks)
-        if main and hooks.level_start:
-            hooks.level_start(level, model)
-        accelerator.wait_for_everyone()
-        after = (lambda s, lv=level: hooks.after_step(lv, s)) if hooks.after_step else None
-        stats = train_round(model, masks, data, spec, level, accelerator, store.checkpoint_dir(level),
-                            checkpoint_every, after)
-        steps_trained += stats["steps_trained"]
-        trained_model = stats.pop("model")
-        metrics = task.evaluate(trained_model, eval_loader(data, spec, accelerator), accelerator)
-        model = accelerator.unwrap_model(trained_model)
-        if main and hooks.level_trained:
-            hooks.level_trained(level, model)
-        trained, head_after, _ = split_state(model)
-        digests = None
-        if level < spec.levels:
-            new_masks = pruning.magnitude_prune(trained, masks, level + 1, spec.prune_fraction) if main else masks
-            new_masks = _broadcast_masks(new_masks, accelerator)
-            digests = _rank_digests(new_masks, accelerator)
-        if main:
-            if level == 0:
-                write_baselines(store, spec, params, trained, theta0)
-            if level < spec.levels:
-                store.save_mask(level + 1, new_masks, sparsity=spec.sparsities[level + 1])
-            store.save_head(level, head_after)
-            record = {"level": level, "sparsity": spec.sparsities[level], "density": pruning.density(masks),
-                      "metric": task.metric, "score": metrics[task.metric], **metrics,
-                      **{k: v for k, v in stats.items() if k != "resumed_from"},
-                      "resumed_from_step": stats["resumed_from"], "workers": accelerator.num_processes,
-                      "next_mask_rank_digests": digests,
-                      "level_seconds": time.perf_counter() - level_started}
-            store.save_metrics(level, record)
-            store.mark_level_done(level)
-            store.clear_checkpoints(level)
-            log.info("cell %s level %d (sparsity %.0f%%): %s %.4f", spec.id, level, 100 * record["sparsity"],
-                     task.metric, record["score"])
-            if hooks.level_done:
-                hooks.level_done(level, record)
-        accelerator.free_memory()
-        accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - started
-    if main:
-        # this call's wall time, set-up included: the cell's compute as the orchestrator sees it
-        write_json(store.root / "timing.json", {"seconds": seconds, "steps_trained": steps_trained,
-                                                "workers": accelerator.num_processes})
-        store.mark_finished()
-    accelerator.wait_for_everyone()
-    return CellResult(spec.id, store.all_metrics(), steps_trained, store.root, seconds)
+    return Cell(spec, store, accelerator, task, data, model, theta0, head0, tied,
+                pruning.prunable_parameters(model), hooks, checkpoint_every)
+
+
+def run_level(cell: Cell, level: int) -> LevelRecord | None:
+    """One IMP level, unless its DONE marker stands: rewind, train, evaluate, prune, commit."""
+    if _broadcast_int(int(cell.store.level_done(level)) if cell.main else 0, cell.accelerator):
+        return None
+    started = time.perf_counter()
+    masks = rewind_level(cell, level)
+    prepared, stats = train_level(cell, level, masks)
+    metrics = evaluate_level(cell, level, prepared)
+    trained, head, _ = split_state(cell.model)
+    next_masks, digests = prune_level(cell, level, masks, trained)
+    record = LevelRecord(level, cell.spec.sparsities[level], pruning.density(masks), cell.task.metric,
+                         metrics[cell.task.metric], metrics, stats, cell.accelerator.num_processes, digests)
+    if cell.main:
+        record = commit_level(cell, record, trained, head, next_masks, started)
+    cell.accelerator.free_memory()
+    cell.accelerator.wait_for_everyone()
+    return record
+
+
+def rewind_level(cell: Cell, level: int) -> pruning.Masks:
+    """Level k's mask (all ones at level 0), and the model set to θ0 ⊙ mask with level k-1's head."""
+    if level == 0:
+        masks = pruning.dense_masks(cell.params)
+        if cell.main:
+            cell.store.save_mask(0, masks, sparsity=0.0)
+        head = cell.head0
+    else:
+        masks, head = cell.store.load_mask(level), cell.store.load_head(level - 1)
+    rewind(cell.model, cell.theta0, head, cell.tied, masks)
+    if cell.main and cell.hooks.level_start:
+        cell.hooks.level_start(level, cell.model)
+    cell.accelerator.wait_for_everyone()
+    return masks
+
+
+def train_level(cell: Cell, level: int, masks: pruning.Masks) -> tuple[object, RoundStats]:
+    """One round of training (resumed from the level's newest whole checkpoint, if any)."""
+    after = cell.hooks.after_step
+    prepared, stats = train_round(cell.model, masks, cell.data, cell.spec, level, cell.accelerator,
+                                  cell.store.checkpoints(level), cell.checkpoint_every,
+                                  (lambda step: after(level, step)) if after else None)
+    cell.model = cell.accelerator.unwrap_model(prepared)  # what the next level rewinds
+    return prepared, stats
+
+
+def evaluate_level(cell: Cell, level: int, prepared) -> dict[str, float]:
+    """The task's validation metrics of the trained model."""
+    metrics = cell.task.evaluate(prepared, eval_loader(cell.data, cell.spec, cell.accelerator), cell.accelerator)
+    if cell.main and cell.hooks.level_trained:
+        cell.hooks.level_trained(level, cell.model)
+    return metrics
+
+
+def prune_level(cell: Cell, level: int, masks: pruning.Masks,
+                trained: dict) -> tuple[pruning.Masks | None, list[str] | None]:
+    """The next level's mask, pruned by rank 0 and broadcast, with every rank's digest of it (None at the end)."""
+    if level == cell.spec.levels:
+        return None, None
+    new_masks = pruning.magnitude_prune(trained, masks, level + 1, cell.spec.prune_fraction) if cell.main else masks
+    new_masks = _broadcast_masks(new_masks, cell.accelerator)
+    return new_masks, _rank_digests(new_masks, cell.accelerator)
+
+
+def commit_level(cell: Cell, record: LevelRecord, trained: dict, head: dict, next_masks: pruning.Masks | None,
+                 started: float) -> LevelRecord:
+    """On rank 0: baselines (level 0), the next mask, the head, metrics.json, then DONE; checkpoints go."""
+    store, spec, level = cell.store, cell.spec, record.level
+    if level == 0:
+        write_baselines(store, spec, cell.params, trained, cell.theta0)
+    if next_masks is not None:
+        store.save_mask(level + 1, next_masks, sparsity=spec.sparsities[level + 1])
+    store.save_head(level, head)
+    record = replace(record, level_seconds=time.perf_counter() - started)
+    store.save_metrics(level, record.to_dict())
+    store.mark_level_done(level)
+    store.clear_checkpoints(level)
+    log.info("cell %s level %d (sparsity %.0f%%): %s %.4f", spec.id, level, 100 * record.sparsity,
+             record.metric, record.score)
+    if cell.hooks.level_done:
+        cell.hooks.level_done(level, record.to_dict())
+    return record
 
 
 def _broadcast_int(value: int, accelerator) -> int:
     if accelerator.num_processes == 1:
         return value
-    from accelerate.utils import broadcast
+    from accelerate.utils import broadcast  # heavy: only a multi-process run gets here
 
     return int(broadcast(torch.tensor([value], device=accelerator.device), from_process=0).item())

@@ -78,12 +78,15 @@ def mask_meta(folder: str | Path) -> dict:
 
 
 def verify(folder: str | Path) -> dict:
-    """The mask's metadata, if the file exists and matches its checksum; else CorruptMask."""
+    """The mask's metadata, if the file exists and matches its checksum; else CorruptMask.
+
+    A transient read error (an OSError other than a missing file) propagates as itself.
+    """
     folder = Path(folder)
     try:
         meta = mask_meta(folder)
         ok = meta.get("format") == FORMAT and sha256_file(folder / MASK_FILE) == meta["sha256"]
-    except (OSError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:  # other OSErrors are the storage's, not the file's
         raise CorruptMask(f"{folder}: {e}") from e
     if not ok:
         raise CorruptMask(f"{folder / MASK_FILE} does not match its checksum")

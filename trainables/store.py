@@ -1,18 +1,33 @@
-"""A cell's folder, keyed by its id (open_lth's layout, with atomic writes and checksums).
+"""Where a cell's (and a transfer job's) files live: the one module that knows their names.
+
+open_lth's layout, keyed by the cell's id, with atomic writes and checksums:
 
     <storage>/cells/<cell id>/spec.json
     <storage>/cells/<cell id>/level_<k>/mask.npz, mask.json   the mask level k trains with
     <storage>/cells/<cell id>/level_<k>/head.safetensors       task head after training level k (carried over)
+    <storage>/cells/<cell id>/level_<k>/head.json               its names and checksum
     <storage>/cells/<cell id>/level_<k>/metrics.json           validation metrics of level k
     <storage>/cells/<cell id>/level_<k>/DONE                    written last
     <storage>/cells/<cell id>/level_<k>/checkpoint/step_<n>/   a round in progress (state.pt + meta.json)
+    <storage>/cells/<cell id>/level_<k>/quarantine/            damaged checkpoints, out of the resume's sight
     <storage>/cells/<cell id>/baselines/<kind>_s<sparsity>/    random and one-shot masks, same format
+    <storage>/cells/<cell id>/timing.json                       the last call's wall time
     <storage>/cells/<cell id>/DONE                              every level finished
+
+    <storage>/transfer/<job id>/job.json       a transfer job (its id is a hash of it)
+    <storage>/transfer/<job id>/checkpoint/    a job in progress; quarantine/ beside it
+    <storage>/transfer/<job id>/result.json    its validation metrics; DONE written last
+
+A file is distrusted (a level recomputed, a checkpoint quarantined) only on evidence
+of damage: a missing file, a bad format, a checksum or size that does not match. Any
+other OSError is a failure of the storage, not of the file: it propagates, the trial
+fails, and Ray Tune retries it with everything still in place.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
@@ -20,14 +35,78 @@ import torch
 
 from trainables import masks as maskio
 from trainables.atomic import DONE, atomic_path, is_done, mark_done, read_json, write_json
+from trainables.metrics import SECONDS, STEPS_TRAINED, WORKERS
 from trainables.spec import CellSpec
 
 log = logging.getLogger(__name__)
-HEAD_FILE, HEAD_META, METRICS = "head.safetensors", "head.json", "metrics.json"
+HEAD_FILE, HEAD_META, METRICS, SPEC, TIMING = "head.safetensors", "head.json", "metrics.json", "spec.json", "timing.json"
+CHECKPOINT_STATE, CHECKPOINT_META = "state.pt", "meta.json"
+# baseline masks (folders under baselines/): one-shot magnitude pruning of the round-0 trained weights, and of θ0
+ONESHOT_TRAINED, ONESHOT_PRETRAINED = "oneshot_trained", "oneshot_pretrained"
+KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest turns out damaged
+# What a damaged file raises when read back (a missing one, bad JSON, a bad pickle); never other OSErrors.
+DAMAGE = (FileNotFoundError, ValueError, KeyError, EOFError, pickle.UnpicklingError, maskio.CorruptMask)
 
 
 def cells_root(storage: str | Path) -> Path:
     return Path(storage) / "cells"
+
+
+class Checkpoints:
+    """A round's checkpoints, newest first on resume; a damaged one is moved to `quarantine` and skipped."""
+
+    def __init__(self, folder: Path, quarantine: Path):
+        self.folder, self.quarantine_dir = Path(folder), Path(quarantine)
+
+    def steps(self) -> list[Path]:
+        """Checkpoint folders, oldest first (the names sort by step)."""
+        return sorted(self.folder.glob("step_*"))
+
+    def save(self, step: int, state: dict) -> None:
+        """Write state.pt, then meta.json with its checksum; keep the newest KEEP_CHECKPOINTS."""
+        target = self.folder / f"step_{step:08d}"
+        with atomic_path(target / CHECKPOINT_STATE) as tmp:
+            torch.save(state, tmp)
+        write_json(target / CHECKPOINT_META, {"step": step, "sha256": maskio.sha256_file(target / CHECKPOINT_STATE)})
+        for old in self.steps()[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def read(self, candidate: Path) -> dict:
+        """One checkpoint, checked against its checksum and step; DAMAGE if it is not whole."""
+        meta = read_json(candidate / CHECKPOINT_META)
+        if maskio.sha256_file(candidate / CHECKPOINT_STATE) != meta["sha256"]:
+            raise ValueError("checksum mismatch")
+        try:
+            state = torch.load(candidate / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
+        except RuntimeError as e:  # torch's word for a file that is not a checkpoint (bad zip, bad record)
+            raise ValueError(f"not a checkpoint: {e}") from e
+        if state["step"] != meta["step"]:
+            raise ValueError("step mismatch")
+        return state
+
+    def load_newest(self) -> dict | None:
+        """The newest checkpoint that reads back whole; damaged ones are quarantined with a warning."""
+        for candidate in reversed(self.steps()):
+            try:
+                return self.read(candidate)
+            except DAMAGE as e:
+                log.warning("checkpoint %s is damaged (%s: %s); falling back to the one before",
+                            candidate, type(e).__name__, e)
+                self.quarantine(candidate)
+        return None
+
+    def quarantine(self, candidate: Path) -> Path:
+        """Move a damaged checkpoint where the resume never looks again (kept as evidence)."""
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        target, n = self.quarantine_dir / candidate.name, 0
+        while target.exists():  # the same step can be damaged again after a later resume
+            n += 1
+            target = self.quarantine_dir / f"{candidate.name}.{n}"
+        candidate.rename(target)
+        return target
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class CellStore:
@@ -37,22 +116,36 @@ class CellStore:
 
     # --- paths --------------------------------------------------------------------------
     def level_dir(self, level: int) -> Path:
+        """The folder of level k; its mask reads back with masks.load_masks / load_packed."""
         return self.root / f"level_{level}"
 
     def checkpoint_dir(self, level: int) -> Path:
         return self.level_dir(level) / "checkpoint"
 
+    def quarantine_dir(self, level: int) -> Path:
+        return self.level_dir(level) / "quarantine"
+
     def baseline_dir(self, kind: str, sparsity: float) -> Path:
         return self.root / "baselines" / f"{kind}_s{sparsity:.4f}"
 
+    def baseline_mask_path(self, kind: str, sparsity: float) -> Path:
+        """The folder to hand masks.load_masks / load_packed for a baseline mask."""
+        return self.baseline_dir(kind, sparsity)
+
+    def mask_files(self, level: int) -> list[Path]:
+        """Level k's mask files (data, then metadata), e.g. to copy them elsewhere."""
+        return [self.level_dir(level) / maskio.MASK_FILE, self.level_dir(level) / maskio.MASK_META]
+
+    def checkpoints(self, level: int) -> Checkpoints:
+        return Checkpoints(self.checkpoint_dir(level), self.quarantine_dir(level))
+
     # --- state --------------------------------------------------------------------------
     def has_spec(self) -> bool:
-        return (self.root / "spec.json").exists()
+        return (self.root / SPEC).exists()
 
     def write_spec(self) -> None:
-        path = self.root / "spec.json"
-        if not path.exists():
-            write_json(path, {"id": self.spec.id, "spec": self.spec.to_dict()})
+        if not self.has_spec():
+            write_json(self.root / SPEC, {"id": self.spec.id, "spec": self.spec.to_dict()})
 
     def finished(self) -> bool:
         return is_done(self.root)
@@ -69,15 +162,34 @@ class CellStore:
     def all_metrics(self) -> list[dict]:
         return [self.metrics(k) for k in range(self.spec.levels + 1) if self.level_done(k)]
 
+    def write_timing(self, seconds: float, steps_trained: int, workers: int) -> None:
+        write_json(self.root / TIMING, {SECONDS: seconds, STEPS_TRAINED: steps_trained, WORKERS: workers})
+
+    def timing(self) -> dict:
+        return read_json(self.root / TIMING)
+
     # --- masks and heads ------------------------------------------------------------------
+    def has_mask(self, level: int) -> bool:
+        """Whether level k's mask was written (its metadata comes last); see _mask_ok for whole."""
+        return (self.level_dir(level) / maskio.MASK_META).exists()
+
     def save_mask(self, level: int, m: dict[str, torch.Tensor], **extra) -> dict:
         return maskio.save_masks(self.level_dir(level), m, level=level, cell=self.spec.id, **extra)
 
     def load_mask(self, level: int) -> dict[str, torch.Tensor]:
         return maskio.load_masks(self.level_dir(level))
 
+    def has_baseline(self, kind: str, sparsity: float) -> bool:
+        return (self.baseline_dir(kind, sparsity) / maskio.MASK_META).exists()
+
+    def save_baseline(self, kind: str, sparsity: float, m: dict[str, torch.Tensor]) -> dict:
+        return maskio.save_masks(self.baseline_dir(kind, sparsity), m, kind=kind, sparsity=sparsity)
+
+    def baseline(self, kind: str, sparsity: float) -> dict[str, torch.Tensor]:
+        return maskio.load_masks(self.baseline_dir(kind, sparsity))
+
     def save_head(self, level: int, head: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # heavy: only a level's end needs it
 
         with atomic_path(self.level_dir(level) / HEAD_FILE) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(tmp))
@@ -85,7 +197,7 @@ class CellStore:
                    {"sha256": maskio.sha256_file(self.level_dir(level) / HEAD_FILE), "names": sorted(head)})
 
     def load_head(self, level: int) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # heavy: only a level's start needs it
 
         folder = self.level_dir(level)
         meta = read_json(folder / HEAD_META)
@@ -99,15 +211,18 @@ class CellStore:
     def mark_level_done(self, level: int) -> None:
         mark_done(self.level_dir(level))
 
+    def clear_checkpoints(self, level: int) -> None:
+        self.checkpoints(level).clear()
+
     # --- resume ---------------------------------------------------------------------------
     def _level_intact(self, level: int) -> bool:
-        """A finished level is trusted only if its mask, head and metrics read back whole."""
+        """A finished level is trusted unless its mask, head or metrics show damage (other OSErrors propagate)."""
         try:
             maskio.verify(self.level_dir(level))
             self.load_head(level)
             self.metrics(level)
             return True
-        except (OSError, ValueError, KeyError, maskio.CorruptMask) as e:
+        except DAMAGE as e:
             log.warning("cell %s level %d is damaged (%s); it will be recomputed", self.spec.id, level, e)
             return False
 
@@ -143,5 +258,28 @@ class CellStore:
             log.warning("cell %s: the mask of level %d is damaged (%s)", self.spec.id, level, e)
             return False
 
-    def clear_checkpoints(self, level: int) -> None:
-        shutil.rmtree(self.checkpoint_dir(level), ignore_errors=True)
+
+class JobStore:
+    """A transfer job's folder, keyed by the job's id."""
+
+    def __init__(self, storage: str | Path, job_id: str):
+        self.root = Path(storage) / "transfer" / job_id
+
+    def write_job(self, job: dict) -> None:
+        if not (self.root / "job.json").exists():
+            write_json(self.root / "job.json", job)
+
+    def finished(self) -> bool:
+        return is_done(self.root)
+
+    def result(self) -> dict:
+        return read_json(self.root / "result.json")
+
+    def save_result(self, record: dict) -> None:
+        """The result, then DONE, then the checkpoints go."""
+        write_json(self.root / "result.json", record)
+        mark_done(self.root)
+        self.checkpoints().clear()
+
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.root / "checkpoint", self.root / "quarantine")

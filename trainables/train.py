@@ -5,7 +5,8 @@ exactly zero: their gradients are zeroed before clipping (so AdamW's moments
 never move them) and the mask is reapplied after every optimizer step.
 Checkpoints carry model, optimizer, scheduler, every rank's RNG state and the
 step; the data order is a pure function of (seed, level, epoch), so resuming
-skips the batches already seen and continues exactly.
+skips the batches already seen and continues exactly. The store
+(trainables.store.Checkpoints) writes and reads them, and quarantines a damaged one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import hashlib
 import logging
 import math
 import random
-import shutil
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,14 +24,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainables.atomic import atomic_path, read_json, write_json
 from trainables.errors import LnsubError
-from trainables.masks import sha256_file
-from trainables.pruning import Masks, apply_masks, mask_gradients
+from trainables.pruning import Masks, MaskEnforcer
 from trainables.spec import CellSpec
+from trainables.store import Checkpoints
 
 log = logging.getLogger(__name__)
-KEEP_CHECKPOINTS = 2
 
 
 @dataclass
@@ -88,43 +87,16 @@ def _numpy_state() -> dict:
     return {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
 
 
-def save_checkpoint(folder: Path, step: int, model, optimizer, scheduler, accelerator) -> None:
-    """Every rank contributes its RNG state; rank 0 writes state.pt, then meta.json with its checksum."""
+def save_checkpoint(checkpoints: Checkpoints, step: int, model, optimizer, scheduler, accelerator) -> None:
+    """Every rank contributes its RNG state; rank 0 writes the checkpoint."""
     states = accelerator.gather(_rng_state().unsqueeze(0).to(accelerator.device)).cpu()
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8)
     if accelerator.is_main_process:
-        target = folder / f"step_{step:08d}"
-        state = {"step": step, "model": accelerator.unwrap_model(model).state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "torch_rng": states, "cuda_rng": cuda,
-                 "python_rng": list(random.getstate()[1]), "numpy_rng": _numpy_state()}
-        with atomic_path(target / "state.pt") as tmp:
-            torch.save(state, tmp)
-        write_json(target / "meta.json", {"step": step, "sha256": sha256_file(target / "state.pt")})
-        for old in sorted(folder.glob("step_*"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+        checkpoints.save(step, {"step": step, "model": accelerator.unwrap_model(model).state_dict(),
+                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "torch_rng": states, "cuda_rng": cuda,
+                                "python_rng": list(random.getstate()[1]), "numpy_rng": _numpy_state()})
     accelerator.wait_for_everyone()
-
-
-def load_checkpoint(folder: Path) -> dict | None:
-    """The newest checkpoint that reads back whole; damaged ones are set aside with a warning."""
-    for candidate in sorted(folder.glob("step_*"), reverse=True):
-        try:
-            meta = read_json(candidate / "meta.json")
-            if sha256_file(candidate / "state.pt") != meta["sha256"]:
-                raise ValueError("checksum mismatch")
-            state = torch.load(candidate / "state.pt", map_location="cpu", weights_only=True)
-            if state["step"] != meta["step"]:
-                raise ValueError("step mismatch")
-            return state
-        except Exception as e:  # noqa: BLE001 - any failure to read means: do not trust it
-            log.warning("checkpoint %s is damaged (%s: %s); falling back to the one before",
-                        candidate, type(e).__name__, e)
-            try:
-                candidate.rename(candidate.with_name(candidate.name + ".corrupt"))
-            except OSError:
-                pass
-    return None
 
 
 def _restore_rng(state: dict, rank: int) -> None:
@@ -138,10 +110,36 @@ def _restore_rng(state: dict, rank: int) -> None:
 
 # --- the round -----------------------------------------------------------------------------
 
-def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int, accelerator,
-                checkpoint_dir: Path, checkpoint_every: int, after_step: Callable[[int], None] | None = None) -> dict:
-    """Train `model` (already rewound and masked) for one round; return training stats."""
-    from accelerate.utils import set_seed
+@dataclass(frozen=True)
+class RoundStats:
+    """What one round of training did; its fields are keys of metrics.json (see trainables.metrics)."""
+
+    steps: int  # optimizer steps of the round
+    steps_trained: int  # performed by this call (steps - resumed_from when resumed)
+    resumed_from: int | None  # the checkpoint's step
+    train_loss: float | None  # mean over the last tenth of the round
+    train_seconds: float
+    seconds_per_step: float | None
+
+
+@dataclass
+class _Round:
+    """A round's moving parts, once prepared: what the step loop needs."""
+
+    model: object  # as prepared by Accelerate (wrapped under DDP)
+    unwrapped: torch.nn.Module
+    optimizer: object
+    scheduler: object
+    steps_per_epoch: int
+    total: int
+    step: int  # where training starts: 0, or the checkpoint's step
+    resumed_from: int | None
+
+
+def _prepare_round(model, data: RoundData, spec: CellSpec, level: int, accelerator,
+                   checkpoints: Checkpoints) -> _Round:
+    """A fresh AdamW and linear schedule, prepared; restored from the newest whole checkpoint if any."""
+    from accelerate.utils import set_seed  # heavy: imported when training starts, not with the package
 
     set_seed(hash_seed(spec.seed, "level", level) % 2**31, device_specific=True)  # + rank
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, eps=spec.adam_eps, weight_decay=spec.weight_decay)
@@ -153,56 +151,76 @@ def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-
-    step, resumed_from = 0, None
-    state = load_checkpoint(checkpoint_dir)
+    run = _Round(model, accelerator.unwrap_model(model), optimizer, scheduler, steps_per_epoch, total, 0, None)
+    state = checkpoints.load_newest()
     if state is not None:
-        unwrapped.load_state_dict(state["model"])
+        run.unwrapped.load_state_dict(state["model"])
         optimizer.optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state, accelerator.process_index)
-        step = resumed_from = state["step"]
-        log.info("cell %s level %d: resuming at step %d/%d", spec.id, level, step, total)
-        apply_masks(unwrapped, masks)
+        run.step = run.resumed_from = state["step"]
+        log.info("cell %s level %d: resuming at step %d/%d", spec.id, level, run.step, total)
+    return run
 
-    model.train()
-    losses: list[float] = []
+
+def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int, accelerator,
+                checkpoints: Checkpoints, checkpoint_every: int,
+                after_step: Callable[[int], None] | None = None) -> tuple[object, RoundStats]:
+    """Train `model` (already rewound and masked) for one round: (the model as prepared, its stats).
+
+    The returned model is Accelerate's (wrapped under DDP); accelerator.unwrap_model gives the module.
+    """
+    run = _prepare_round(model, data, spec, level, accelerator, checkpoints)
+    enforce = MaskEnforcer(run.unwrapped, masks)
+    if run.resumed_from is not None:
+        enforce.weights()
+    run.model.train()
+    report_every = max(1, run.total // 10)
+    losses: deque[torch.Tensor] = deque(maxlen=report_every)  # on the device: no host sync per step
     started, trained = time.perf_counter(), 0
-    report_every = max(1, total // 10)
-    while step < total:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+    while run.step < run.total:
+        epoch, done_in_epoch = divmod(run.step, run.steps_per_epoch)
         loader = train_loader(data, spec, level, epoch, accelerator)
         skip = done_in_epoch * spec.grad_accum
         if skip:
             loader = accelerator.skip_first_batches(loader, skip)
         accelerator.step = 0  # accumulation boundaries count from the start of each epoch
         for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    mask_gradients(unwrapped, masks)
-                    accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
+            loss = _micro_step(run, batch, enforce, spec, accelerator)
             if not accelerator.sync_gradients:
                 continue
-            apply_masks(unwrapped, masks)
-            scheduler.step()
-            step += 1
+            enforce.weights()
+            run.scheduler.step()
+            run.step += 1
             trained += 1
-            losses.append(loss.item())
-            if step % report_every == 0 or step == total:
-                log.info("cell %s level %d: step %d/%d, loss %.4f", spec.id, level, step, total,
-                         sum(losses[-report_every:]) / len(losses[-report_every:]))
+            losses.append(loss.detach())
+            if run.step % report_every == 0 or run.step == run.total:
+                log.info("cell %s level %d: step %d/%d, loss %.4f", spec.id, level, run.step, run.total,
+                         _mean(losses))
             if after_step is not None:
-                after_step(step)
-            if step < total and checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(checkpoint_dir, step, model, optimizer, scheduler, accelerator)
-            if step >= total:
+                after_step(run.step)
+            if run.step < run.total and checkpoint_every and run.step % checkpoint_every == 0:
+                save_checkpoint(checkpoints, run.step, run.model, run.optimizer, run.scheduler, accelerator)
+            if run.step >= run.total:
                 break
     seconds = time.perf_counter() - started
-    return {"model": model, "steps": total, "steps_trained": trained, "resumed_from": resumed_from,
-            "train_loss": sum(losses[-report_every:]) / max(1, len(losses[-report_every:])) if losses else None,
-            "train_seconds": seconds, "seconds_per_step": seconds / trained if trained else None}
+    return run.model, RoundStats(run.total, trained, run.resumed_from, _mean(losses) if losses else None,
+                                 seconds, seconds / trained if trained else None)
+
+
+def _micro_step(run: _Round, batch, enforce: MaskEnforcer, spec: CellSpec, accelerator) -> torch.Tensor:
+    """Forward and backward of one batch; at an accumulation boundary, masked, clipped and stepped."""
+    with accelerator.accumulate(run.model):
+        loss = run.model(**batch).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            enforce.gradients()
+            accelerator.clip_grad_norm_(run.model.parameters(), spec.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    return loss
+
+
+def _mean(losses) -> float:
+    """The mean of the recent losses: one host sync, at report time only."""
+    return torch.stack(list(losses)).double().mean().item()

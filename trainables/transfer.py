@@ -5,30 +5,28 @@ training), put a fresh task head on it, train on the target cell's data and
 evaluate on its validation split. Sources are a cell's IMP mask at a level
 (a language's ticket; the diagonal is the target's own), a random mask of the
 same sparsity, or the one-shot magnitude mask of θ0. Callable without Ray.
-
-    <storage>/transfer/<job id>/job.json       the job (its id is a hash of it)
-    <storage>/transfer/<job id>/checkpoint/    a job in progress
-    <storage>/transfer/<job id>/result.json    its validation metrics; DONE written last
+A job's files live under <storage>/transfer/<job id>/ (trainables.store.JobStore).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from trainables import metrics as M
 from trainables import pruning
-from trainables.atomic import is_done, mark_done, read_json, write_json
 from trainables.errors import LnsubError
 from trainables.ids import stable_id
-from trainables.masks import digest, load_masks
+from trainables.loading import load_task, make_accelerator
+from trainables.masks import digest
 from trainables.spec import CellSpec
-from trainables.store import CellStore
+from trainables.store import ONESHOT_PRETRAINED, CellStore, JobStore
+from trainables.train import eval_loader, hash_seed, train_round
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
@@ -71,22 +69,24 @@ class TransferJob:
         return spec
 
 
+def job_store(storage: str | Path, job: TransferJob) -> JobStore:
+    return JobStore(storage, job.id)
+
+
 def job_dir(storage: str | Path, job: TransferJob) -> Path:
-    return Path(storage) / "transfer" / job.id
+    return job_store(storage, job).root
 
 
 def finished(storage: str | Path, job: TransferJob) -> bool:
-    return is_done(job_dir(storage, job))
+    return job_store(storage, job).finished()
 
 
 def result(storage: str | Path, job: TransferJob) -> dict:
-    return read_json(job_dir(storage, job) / "result.json")
+    return job_store(storage, job).result()
 
 
 def random_seed(job: TransferJob) -> int:
     """The random mask depends on the target's seed and the sparsity only: one per row and seed."""
-    from trainables.train import hash_seed
-
     return hash_seed("random-mask", job.target.seed, f"{job.sparsity:.6f}") >> 24  # its first 4 of 7 bytes
 
 
@@ -100,14 +100,15 @@ def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Pru
     if job.kind == "ticket":
         source = CellSpec.from_dict(job.source_cell)
         store = CellStore(storage, source)
-        if not (store.level_dir(job.level) / "mask.json").exists():
+        if not store.has_mask(job.level):
             raise LnsubError(f"source cell {source.id} has no mask at level {job.level} yet")
-        loaded = load_masks(store.level_dir(job.level))
+        loaded = store.load_mask(job.level)
     elif job.kind == "oneshot":
-        folder = CellStore(storage, target).baseline_dir("oneshot_pretrained", job.sparsity)
-        if not (folder / "mask.json").exists():
-            raise LnsubError(f"no one-shot θ0 mask at sparsity {job.sparsity:.0%} in {folder}")
-        loaded = load_masks(folder)
+        store = CellStore(storage, target)
+        if not store.has_baseline(ONESHOT_PRETRAINED, job.sparsity):
+            raise LnsubError(f"no one-shot θ0 mask at sparsity {job.sparsity:.0%} in "
+                             f"{store.baseline_mask_path(ONESHOT_PRETRAINED, job.sparsity)}")
+        loaded = store.baseline(ONESHOT_PRETRAINED, job.sparsity)
     elif job.kind == "random":
         return pruning.random_masks(params, job.sparsity, seed=random_seed(job))
     else:
@@ -124,35 +125,29 @@ def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Pru
 def run_transfer_job(job: TransferJob, storage: str | Path, *, checkpoint_every: int = 100,
                      after_step=None) -> dict:
     """Train the source's sub-network on the target; idempotent (a finished job returns its result)."""
-    from trainables.imp import load_task, make_accelerator
-    from trainables.train import eval_loader, train_round
-
-    folder = job_dir(storage, job)
-    if is_done(folder):
-        return read_json(folder / "result.json")
+    store = job_store(storage, job)
+    if store.finished():
+        return store.result()
     started = time.perf_counter()
     spec = job.training_spec()
     accelerator = make_accelerator(spec)
-    if accelerator.is_main_process and not (folder / "job.json").exists():
-        write_json(folder / "job.json", {"id": job.id, "job": job.to_dict()})
+    if accelerator.is_main_process:
+        store.write_job({"id": job.id, "job": job.to_dict()})
     task, data, model = load_task(spec, accelerator)  # a fresh head: the target cell's own dense start
     params = pruning.prunable_parameters(model)
     masks = source_masks(job, storage, params)
     pruning.apply_masks(model, masks)  # θ0 ⊙ mask; train_round keeps the pruned weights at zero
-    stats = train_round(model, masks, data, spec, job.level, accelerator, folder / "checkpoint",
-                        checkpoint_every, after_step)
-    trained = stats.pop("model")
+    trained, stats = train_round(model, masks, data, spec, job.level, accelerator, store.checkpoints(),
+                                 checkpoint_every, after_step)
     metrics = task.evaluate(trained, eval_loader(data, spec, accelerator), accelerator)
-    record = {"job": job.id, "kind": job.kind, "source": job.source, "task": spec.task,
-              "target": spec.language, "seed": spec.seed, "level": job.level, "sparsity": job.sparsity,
-              "density": pruning.density(masks), "mask_sha256": digest(masks),
-              "metric": task.metric, "score": metrics[task.metric], **metrics,
-              "steps": stats["steps"], "steps_trained": stats["steps_trained"],
-              "resumed_from_step": stats["resumed_from"], "seconds": time.perf_counter() - started}
+    record = {M.JOB: job.id, M.KIND: job.kind, M.SOURCE: job.source, M.TASK: spec.task,
+              M.TARGET: spec.language, M.SEED: spec.seed, M.LEVEL: job.level, M.SPARSITY: job.sparsity,
+              M.DENSITY: pruning.density(masks), M.MASK_SHA256: digest(masks),
+              M.METRIC: task.metric, M.SCORE: metrics[task.metric], **metrics,
+              M.STEPS: stats.steps, M.STEPS_TRAINED: stats.steps_trained,
+              M.RESUMED_FROM_STEP: stats.resumed_from, M.SECONDS: time.perf_counter() - started}
     if accelerator.is_main_process:
-        write_json(folder / "result.json", record)
-        mark_done(folder)
-        shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+        store.save_result(record)
         log.info("transfer %s -> %s/%s: %s %.4f", job.source, spec.task, spec.language, task.metric, record["score"])
     accelerator.wait_for_everyone()
     return record

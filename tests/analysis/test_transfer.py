@@ -98,7 +98,7 @@ def test_plan_and_jobs_apply_exactly_the_source_mask(mini_sweep):
     assert oneshot["mask_sha256"] == _sha(load_masks(theta0_mask))
     random_job = by[(RANDOM, "syn-ar")]
     rnd = jobs_io.run_transfer_job(random_job, storage)
-    from trainables.imp import model_path
+    from trainables.loading import model_path
     from trainables.tasks import get_task
 
     params = pruning.prunable_parameters(get_task("ner").load_model(model_path(random_job.target)))

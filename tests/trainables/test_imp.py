@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.imp import Hooks, model_path, run_cell, split_state
+from trainables.imp import Hooks, run_cell, split_state
+from trainables.loading import model_path
 from trainables.masks import load_masks, mask_meta
 from trainables.spec import make_spec
 from trainables.store import CellStore
@@ -175,21 +176,128 @@ def test_damaged_mask_of_an_unfinished_level_is_recomputed(reference_run, tmp_pa
 def test_a_damaged_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     from accelerate import Accelerator
 
-    from trainables.train import load_checkpoint, save_checkpoint
+    from trainables.store import Checkpoints
+    from trainables.train import save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     accelerator = Accelerator(cpu=True)
+    checkpoints = Checkpoints(tmp_path / "checkpoint", tmp_path / "quarantine")
     for step in (2, 4):
-        save_checkpoint(tmp_path, step, model, optimizer, scheduler, accelerator)
-    (tmp_path / "step_00000004" / "state.pt").write_bytes(b"not a checkpoint")
+        save_checkpoint(checkpoints, step, model, optimizer, scheduler, accelerator)
+    (checkpoints.folder / "step_00000004" / "state.pt").write_bytes(b"not a checkpoint")
     with caplog.at_level("WARNING"):
-        state = load_checkpoint(tmp_path)
+        state = checkpoints.load_newest()
     assert state["step"] == 2 and any("damaged" in r.message for r in caplog.records)
-    assert (tmp_path / "step_00000004.corrupt").exists()
-    (tmp_path / "step_00000002" / "meta.json").write_text("{")
-    assert load_checkpoint(tmp_path) is None
+    assert (tmp_path / "quarantine" / "step_00000004").exists()
+    assert [p.name for p in checkpoints.steps()] == ["step_00000002"]  # out of the resume's sight
+    (checkpoints.folder / "step_00000002" / "meta.json").write_text("{")
+    assert checkpoints.load_newest() is None
+
+
+# --- faults: damage is redone, a failing disk is not ------------------------------------------------
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(level: int, step: int):
+    def after_step(lv: int, s: int) -> None:
+        if (lv, s) == (level, step):
+            raise Interrupted
+    return Hooks(after_step=after_step)
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, tiny_model):
+    """A 1-level cell stopped at step 7 of level 1, with checkpoints at steps 3 and 6."""
+    spec = spec_for(levels=1)
+    storage = tmp_path_factory.mktemp("interrupted")
+    with pytest.raises(Interrupted):
+        run_cell(spec, storage, checkpoint_every=3, hooks=_interrupt_at(1, 7))
+    steps = [p.name for p in CellStore(storage, spec).checkpoints(1).steps()]
+    assert steps == ["step_00000003", "step_00000006"]
+    return spec, storage
+
+
+def _eio_reads(monkeypatch, under: Path, counter: list) -> None:
+    """Every checksum read of a file under `under` fails as a flaky disk does (EIO)."""
+    import errno
+
+    from trainables import masks as maskio
+
+    real = maskio.sha256_file
+
+    def flaky(path):
+        if Path(path).resolve().is_relative_to(Path(under).resolve()):
+            counter.append(path)
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real(path)
+
+    monkeypatch.setattr(maskio, "sha256_file", flaky)
+
+
+def _tree(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in Path(root).rglob("*") if p.is_file()}
+
+
+def test_an_io_error_on_a_finished_level_fails_the_call_and_redoes_nothing(reference_run, tmp_path, monkeypatch):
+    spec, ref_storage, _, _, _ = reference_run
+    storage = tmp_path / "copy"
+    shutil.copytree(ref_storage, storage)
+    store = CellStore(storage, spec)
+    (store.root / "DONE").unlink()  # as if killed during level 3: resume checks levels 0-2 first
+    (store.level_dir(3) / "DONE").unlink()
+    before = _tree(storage)
+    reads: list = []
+    _eio_reads(monkeypatch, store.level_dir(2), reads)  # level 2's files: the first that resume reads back
+    with pytest.raises(OSError) as raised:
+        run_cell(spec, storage)
+    assert raised.value.errno == 5 and reads  # the fault fired, and is what the caller sees
+    after = _tree(storage)
+    assert {p: t for p, t in after.items() if p.name != "spec.json"} == {
+        p: t for p, t in before.items() if p.name != "spec.json"}  # no DONE removed, nothing rewritten
+    monkeypatch.undo()
+    assert run_cell(spec, storage).steps_trained == spec.steps  # only level 3 was left to run
+
+
+def test_an_io_error_on_a_checkpoint_fails_the_call_and_keeps_it(interrupted_run, tmp_path, monkeypatch):
+    spec, src = interrupted_run
+    storage = tmp_path / "copy"
+    shutil.copytree(src, storage)
+    store = CellStore(storage, spec)
+    reads: list = []
+    _eio_reads(monkeypatch, store.checkpoint_dir(1), reads)
+    with pytest.raises(OSError) as raised:
+        run_cell(spec, storage, checkpoint_every=3)
+    assert raised.value.errno == 5 and reads
+    assert [p.name for p in store.checkpoints(1).steps()] == ["step_00000003", "step_00000006"]
+    assert not store.quarantine_dir(1).exists() and store.level_done(0) and not store.level_done(1)
+    monkeypatch.undo()
+    run_cell(spec, storage, checkpoint_every=3)
+    assert store.metrics(1)["resumed_from_step"] == 6  # the checkpoint it could not read was still good
+
+
+def test_a_corrupt_checkpoint_is_quarantined_and_resume_uses_the_one_before(interrupted_run, tmp_path, monkeypatch):
+    from trainables.store import Checkpoints
+
+    spec, src = interrupted_run
+    storage = tmp_path / "copy"
+    shutil.copytree(src, storage)
+    store = CellStore(storage, spec)
+    state = store.checkpoint_dir(1) / "step_00000006" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])  # truncated, as by a crash mid-copy
+    moved, seen = [], {}
+    real = Checkpoints.quarantine
+    monkeypatch.setattr(Checkpoints, "quarantine", lambda self, c: moved.append(real(self, c)) or moved[-1])
+    hooks = Hooks(after_step=lambda level, step: seen.setdefault(
+        (level, step), [p.name for p in store.checkpoints(level).steps()]))
+    run_cell(spec, storage, checkpoint_every=3, hooks=hooks)
+    assert moved == [store.quarantine_dir(1) / "step_00000006"] and (moved[0] / "state.pt").exists()
+    assert seen[(1, 4)] == ["step_00000003"]  # the resume glob no longer sees the damaged one
+    assert store.metrics(1)["resumed_from_step"] == 3
+    assert store.finished() and moved[0].exists()  # kept as evidence after the level finished
 
 
 @pytest.mark.parametrize("task", ["mlm", "xnli"])

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import LnsubError
+from trainables.testbed.generate import data_dir as testbed_data_dir
+from trainables.testbed.generate import ensure_testbed
 from trainables.testbed.languages import is_synthetic, real_language
 
 SPLITS = ("train", "validation")
@@ -62,7 +64,6 @@ class Task:
         if data_dir is not None:
             return Path(data_dir) / self.name / language
         if is_synthetic(language):
-            from trainables.testbed.generate import data_dir as testbed_data_dir, ensure_testbed
             return testbed_data_dir(ensure_testbed(), self.name, language)
         return None
 

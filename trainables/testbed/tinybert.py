@@ -19,6 +19,7 @@ import torch
 
 from trainables.atomic import atomic_dir, is_done, read_json
 from trainables.ids import canonical, stable_id
+from trainables.tasks.mlm import group_texts, premask
 from trainables.testbed.generate import TestbedConfig, cache_root, ensure_testbed
 
 SCHEMA = 1
@@ -70,9 +71,7 @@ def _texts(testbed: Path, language: str, split: str) -> list[str]:
 
 
 def _blocks(tokenizer, texts: list[str], block_size: int):
-    from datasets import Dataset
-
-    from trainables.tasks.mlm import group_texts
+    from datasets import Dataset  # heavy: only pretraining the tiny model needs it
 
     return group_texts(Dataset.from_dict({"text": texts}), tokenizer, block_size)
 
@@ -83,8 +82,6 @@ def masked_accuracy(model, tokenizer, texts: list[str], block_size: int, train_t
     The unigram baseline always predicts the language's most frequent training
     token; its accuracy is that token's share of the masked targets.
     """
-    from trainables.tasks.mlm import premask
-
     valid = premask(_blocks(tokenizer, texts, block_size), tokenizer)
     counts = Counter(t for ids in tokenizer(train_texts, add_special_tokens=False)["input_ids"] for t in ids)
     top_token = counts.most_common(1)[0][0]
