@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import typing
 
 import typer
 from rich.console import Console
@@ -276,13 +277,27 @@ def report(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: st
     console.print(f"report: [bold]{path}[/bold]  (open it in a browser: file://{path})")
 
 
+def _fail(message: str) -> typing.NoReturn:
+    print(f"lnsub: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
+    sys.exit(2)
+
+
 def main() -> None:
-    """Entry point: a user-facing error is one line on stderr and exit status 2."""
+    """Entry point: a user-facing error (bad input or environment) is one line on stderr and exit status 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except LnsubError as e:
-        print(f"lnsub: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
+    except typer.TyperException as e:  # a usage error: unknown option, a value of the wrong type...
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `lnsub`: the help, as before
+            print(e.format_message())
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        _fail(e.format_message() + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""))
+    except typer.Abort:
+        print("lnsub: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

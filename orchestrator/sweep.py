@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -21,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.grid import validate_name
 from trainables.atomic import read_json, write_json
 from trainables.errors import LnsubError
 from trainables.spec import TESTBED_MODEL, CellSpec
@@ -28,7 +28,6 @@ from trainables.store import CellStore
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "./lnsub-runs"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def sweep_dir(storage: str | Path, name: str) -> Path:
@@ -36,9 +35,7 @@ def sweep_dir(storage: str | Path, name: str) -> Path:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
-        raise LnsubError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 100)")
-    return name
+    return validate_name(name, "--name")
 
 
 def check_storage(storage: str) -> Path:
