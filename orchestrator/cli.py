@@ -128,8 +128,11 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
 
     from rich.live import Live
 
+    from orchestrator.grid import validate_name
     from orchestrator.sweep import run_sweep, status_counts
 
+    if name is not None:  # before anything else: an empty --name must not fall back to the grid's name
+        validate_name(name, "--name")
     if grid is None and not (resume and name):
         grid = "smoke"
     live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
