@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import typing
 
 import typer
 from rich.console import Console
@@ -21,7 +22,7 @@ from orchestrator import analyses, tracking
 from orchestrator.grid import plan as make_plan
 from orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
 from trainables.errors import LnsubError
-from trainables.sweep_state import check_storage, load_state, status_counts
+from trainables.sweep_state import check_name, check_storage, load_state, status_counts
 from trainables.testbed.generate import TestbedConfig
 from trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
@@ -125,6 +126,8 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
           address: str = typer.Option(None, "--address", help="Ray cluster to use ('auto' on a cluster node); "
                                                                "default: a private local instance.")) -> None:
     """Run the grid as a Ray Tune sweep: one trial per cell, fault tolerant, resumable, tracked in MLflow."""
+    if name is not None:  # before anything else: an empty --name must not fall back to the grid's name
+        check_name(name, "--name")
     if grid is None and not (resume and name):
         grid = "smoke"
     live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
@@ -256,17 +259,29 @@ def report(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: st
     console.print(f"report: [bold]{path}[/bold]  (open it in a browser: file://{path})")
 
 
+def _fail(message: str) -> typing.NoReturn:
+    print(f"lnsub: error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
+    sys.exit(2)
+
+
 def main() -> None:
-    """Entry point: a user-facing error is one line on stderr and exit status 2."""
+    """Entry point: a user-facing error (bad input or environment) is one line on stderr and exit status 2."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except LnsubError as e:
-        print(f"lnsub: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e))
     except OSError as e:  # storage the user named: unreadable, full, not a folder
-        where = f": {e.filename}" if e.filename else ""
-        print(f"lnsub: error: {type(e).__name__}: {e.strerror or e}{where}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{type(e).__name__}: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+    except typer.TyperException as e:  # a usage error: unknown option, a value of the wrong type...
+        if type(e).__name__ == "NoArgsIsHelpError":  # plain `lnsub`: the help, as before
+            print(e.format_message())
+            sys.exit(2)
+        ctx = getattr(e, "ctx", None)
+        _fail(e.format_message() + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""))
+    except typer.Abort:
+        print("lnsub: aborted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

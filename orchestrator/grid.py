@@ -8,7 +8,7 @@ problem is one line naming the file and the field.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources as importlib_resources
@@ -17,24 +17,26 @@ from pathlib import Path
 import yaml
 
 from trainables.errors import LnsubError
-from trainables.spec import CellSpec, make_spec
+from trainables.ids import FieldError, coerce, field_types
+from trainables.spec import CellSpec, make_spec, resolve_values
 from trainables.tasks import TASKS
 from trainables.tasks.base import PAPER_LANGUAGES
+from trainables.sweep_state import check_name
 from trainables.testbed.languages import TWINS
 
 SHIPPED = ("smoke", "full-synthetic", "full")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
              "description"}
 REQUIRED = ("model", "languages", "tasks", "levels", "prune_fraction")
-RESOURCE_KEYS = {"workers_per_cell": int, "cpus_per_worker": (int, float), "gpus_per_worker": (int, float)}
 GRID_LEVEL_FIELDS = {"model", "task", "language", "seed", "levels", "prune_fraction"}  # not overridable per task
+MAX_GRID_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class Resources:
     workers_per_cell: int = 1
-    cpus_per_worker: float = 1
-    gpus_per_worker: float = 0
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ def grid_path(grid: str) -> Path:
     if grid in SHIPPED:
         return Path(str(importlib_resources.files("orchestrator") / "grids" / f"{grid}.yaml"))
     path = Path(grid)
+    if path.is_dir():
+        raise LnsubError(f"grid {grid!r} is a directory; give a YAML file or a shipped grid ({', '.join(SHIPPED)})")
     if not path.is_file():
         raise LnsubError(f"grid {grid!r} is neither a shipped grid ({', '.join(SHIPPED)}) nor a readable file")
     return path
@@ -90,45 +94,55 @@ def _check_type(source: str, where: str, value, expected) -> None:
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         names = " or ".join(k.__name__ for k in kinds)
-        _fail(source, where, f"must be {names}, got {type(value).__name__} {value!r}")
+        got = "null" if value is None else type(value).__name__
+        _fail(source, where, f"must be {names}, got {got} {value!r}")
 
 
-def _spec_field_types() -> dict[str, tuple]:
-    hints = typing.get_type_hints(CellSpec)
-    out = {}
-    for f in dataclasses.fields(CellSpec):
-        args = typing.get_args(hints[f.name]) or (hints[f.name],)
-        kinds = tuple(a for a in args if a is not type(None))
-        if float in kinds:
-            kinds = kinds + (int,)  # 1 is a fine float
-        out[f.name] = (kinds, type(None) in args)
-    return out
+def _check_number(source: str, where: str, value, minimum: float) -> None:
+    _check_type(source, where, value, (int, float))
+    if not math.isfinite(value):
+        _fail(source, where, f"must be a finite number, got {value}")
+    if value < minimum:
+        _fail(source, where, f"must be >= {minimum}, got {value}")
+
+
+def _read_text(path: Path, source: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise LnsubError(f"{source}: cannot read: {e.strerror}") from e
+    if len(raw) > MAX_GRID_BYTES:
+        raise LnsubError(f"{source}: {len(raw):,} bytes is not a grid (a grid is a small YAML file)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LnsubError(f"{source}: not UTF-8 text (byte {e.start}); save the grid as UTF-8 YAML") from None
+    if "\x00" in text:
+        raise LnsubError(f"{source}: a binary file, not YAML text")
+    return text
 
 
 def load_grid(grid: str) -> tuple[dict, str]:
     path = grid_path(grid)
     source = str(path)
+    text = _read_text(path, source)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise LnsubError(f"{source}: cannot read: {e.strerror}") from e
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
-        raise LnsubError(f"{source}: {where}: malformed YAML ({getattr(e, 'problem', None) or e})") from e
+        why = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise LnsubError(f"{source}: {where}: malformed YAML ({why})") from None
+    except RecursionError:
+        raise LnsubError(f"{source}: YAML nested too deeply") from None
+    if data is None:
+        raise LnsubError(f"{source}: the grid is empty (see orchestrator/grids/smoke.yaml for the shape)")
     if not isinstance(data, dict):
         raise LnsubError(f"{source}: the grid must be a YAML mapping, got {type(data).__name__}")
     return data, source
 
 
-def validate_grid(data: dict, source: str) -> None:
-    unknown = set(data) - TOP_LEVEL
-    if unknown:
-        _fail(source, sorted(unknown)[0], f"unknown field (known: {', '.join(sorted(TOP_LEVEL))})")
-    for key in REQUIRED:
-        if key not in data:
-            _fail(source, key, "missing required field")
-    _check_type(source, "model", data["model"], str)
+def _check_languages(data: dict, source: str) -> None:
     _check_type(source, "languages", data["languages"], list)
     if not data["languages"]:
         _fail(source, "languages", "must list at least one language")
@@ -141,64 +155,94 @@ def validate_grid(data: dict, source: str) -> None:
     if len(set(data["languages"])) != len(data["languages"]):
         dup = next(x for x in data["languages"] if data["languages"].count(x) > 1)
         _fail(source, "languages", f"duplicate cells: {dup!r} is listed twice")
+
+
+def _check_seeds(data: dict, source: str) -> None:
+    seeds = data.get("seeds", [0])
+    _check_type(source, "seeds", seeds, list)
+    canonical = []
+    for i, seed in enumerate(seeds):
+        try:
+            canonical.append(CellSpec.coerce({"seed": seed})["seed"])
+        except FieldError as e:
+            _fail(source, f"seeds[{i}]", e.why)
+    if len(set(canonical)) != len(canonical):
+        _fail(source, "seeds", "duplicate cells: a seed is listed twice")
+
+
+def _check_tasks(data: dict, source: str) -> None:
+    """Each task's overrides pass the very checks make_spec applies (CellSpec.from_values), named by grid path."""
     _check_type(source, "tasks", data["tasks"], dict)
     if not data["tasks"]:
         _fail(source, "tasks", "must list at least one task")
-    types = _spec_field_types()
     for task, overrides in data["tasks"].items():
         if task not in TASKS:
             _fail(source, f"tasks.{task}", f"unknown task (known: {', '.join(TASKS)})")
         overrides = {} if overrides is None else overrides
         _check_type(source, f"tasks.{task}", overrides, dict)
-        for key, value in overrides.items():
-            where = f"tasks.{task}.{key}"
-            if key not in types or key in GRID_LEVEL_FIELDS:
-                _fail(source, where, "unknown or grid-level field")
-            kinds, nullable = types[key]
-            if value is None and nullable:
-                continue
-            _check_type(source, where, value, kinds)
-    seeds = data.get("seeds", [0])
-    _check_type(source, "seeds", seeds, list)
-    for i, s in enumerate(seeds):
-        _check_type(source, f"seeds[{i}]", s, int)
-    if len(set(seeds)) != len(seeds):
-        _fail(source, "seeds", "duplicate cells: a seed is listed twice")
-    _check_type(source, "levels", data["levels"], int)
-    if data["levels"] < 0:
-        _fail(source, "levels", f"must be >= 0, got {data['levels']}")
-    _check_type(source, "prune_fraction", data["prune_fraction"], (float, int))
-    if not 0 < data["prune_fraction"] < 1:
-        _fail(source, "prune_fraction", f"must lie in (0, 1), got {data['prune_fraction']}")
-    if data["levels"] * data["prune_fraction"] >= 1 - 1e-9:
-        _fail(source, "levels", f"levels x prune_fraction = {data['levels'] * data['prune_fraction']:g}: "
-                                f"the final sparsity must stay below 1")
+        for key in overrides:
+            if key in GRID_LEVEL_FIELDS or key not in field_types(CellSpec):
+                _fail(source, f"tasks.{task}.{key}", "unknown or grid-level field")
+        grid_level = {"model": data["model"], "levels": data["levels"], "prune_fraction": data["prune_fraction"]}
+        try:
+            CellSpec.from_values(task=task, language=data["languages"][0], **grid_level,
+                                 **resolve_values(task, overrides))
+        except FieldError as e:
+            field = e.field.split("/")[0]
+            _fail(source, field if field in GRID_LEVEL_FIELDS else f"tasks.{task}.{e.field}", e.why)
+
+
+def _check_resources_and_cost(data: dict, source: str) -> None:
     res = data.get("resources", {})
     _check_type(source, "resources", res, dict)
     for key, value in res.items():
-        if key not in RESOURCE_KEYS:
-            _fail(source, f"resources.{key}", f"unknown field (known: {', '.join(RESOURCE_KEYS)})")
-        _check_type(source, f"resources.{key}", value, RESOURCE_KEYS[key])
-        if value < 0 or (key == "workers_per_cell" and value < 1):
-            _fail(source, f"resources.{key}", f"must be {'>= 1' if key == 'workers_per_cell' else '>= 0'}, got {value}")
+        if key not in field_types(Resources):
+            _fail(source, f"resources.{key}", f"unknown field (known: {', '.join(field_types(Resources))})")
+        try:
+            value = coerce(Resources, {key: value})[key]
+        except FieldError as e:
+            _fail(source, f"resources.{key}", e.why)
+        _check_number(source, f"resources.{key}", value, 1 if key == "workers_per_cell" else 0)
     cost = data.get("cost_hours", {})
     _check_type(source, "cost_hours", cost, dict)
     for task, hours in cost.items():
         if task not in TASKS:
             _fail(source, f"cost_hours.{task}", "unknown task")
-        _check_type(source, f"cost_hours.{task}", hours, (int, float))
-        if hours < 0:
-            _fail(source, f"cost_hours.{task}", f"must be >= 0, got {hours}")
+        _check_number(source, f"cost_hours.{task}", hours, 0)
+
+
+def validate_grid(data: dict, source: str) -> None:
+    unknown = set(data) - TOP_LEVEL
+    if unknown:
+        _fail(source, sorted(unknown, key=str)[0], f"unknown field (known: {', '.join(sorted(TOP_LEVEL))})")
+    for key in REQUIRED:
+        if key not in data:
+            _fail(source, key, "missing required field")
     if "name" in data:
-        _check_type(source, "name", data["name"], str)
+        check_name(data["name"], f"{source}: name")
+    _check_type(source, "model", data["model"], str)
+    _check_languages(data, source)
+    _check_seeds(data, source)
+    _check_tasks(data, source)
+    _check_resources_and_cost(data, source)
+
+
+def _resources(grid_resources: dict, overrides: dict) -> Resources:
+    """The grid's resources with the command line's overrides (checked like the grid's), in canonical types."""
+    for key, value in overrides.items():
+        if value is not None and (not math.isfinite(value) or value < (1 if key == "workers_per_cell" else 0)):
+            raise LnsubError(f"--{key.replace('_', '-')} must be {'>= 1' if key == 'workers_per_cell' else '>= 0'} "
+                             f"and finite, got {value}")
+    res = {**grid_resources, **{k: v for k, v in overrides.items() if v is not None}}
+    return Resources(**coerce(Resources, res, "resources."))
 
 
 def plan(grid: str, **resource_overrides) -> Plan:
     """Validate a grid and expand it into cells; unavailable (task, language) pairs are listed, not errors."""
     data, source = load_grid(grid)
     validate_grid(data, source)
-    res = {**data.get("resources", {}), **{k: v for k, v in resource_overrides.items() if v is not None}}
-    resources = Resources(**res)
+    name = data.get("name") or check_name(Path(source).stem, f"{source}: name (from the file name; add name:)")
+    resources = _resources(data.get("resources", {}), resource_overrides)
     cells, skipped = [], []
     for task, overrides in data["tasks"].items():
         overrides = overrides or {}
@@ -210,7 +254,7 @@ def plan(grid: str, **resource_overrides) -> Plan:
             for seed in data.get("seeds", [0]):
                 try:
                     spec = make_spec(task, language, model=data["model"], seed=seed, levels=data["levels"],
-                                     prune_fraction=float(data["prune_fraction"]), **overrides)
+                                     prune_fraction=data["prune_fraction"], **overrides)
                 except LnsubError as e:
                     raise LnsubError(f"{source}: tasks.{task}: {e}") from None
                 cost = float(data.get("cost_hours", {}).get(task, 1.0))
@@ -219,5 +263,4 @@ def plan(grid: str, **resource_overrides) -> Plan:
     cells.sort(key=lambda c: (-c.cost_hours, c.spec.task, c.spec.language, c.spec.seed))
     if len({c.spec.id for c in cells}) != len(cells):
         raise LnsubError(f"{source}: duplicate cells")
-    name = data.get("name") or Path(source).stem
     return Plan(name=name, source=source, cells=cells, skipped=skipped, resources=resources, grid=data)

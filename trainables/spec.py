@@ -3,18 +3,26 @@
 The id hashes the canonical spec with every default resolved and a schema
 version, so the same cell always lands in the same folder, MLflow run and Ray
 trial, and changing a default changes the id (open_lth reuses stale results
-there; we do not).
+there; we do not). Every way into a spec (make_spec, from_dict, a grid) goes
+through `CellSpec.from_values`: values take their field's canonical type
+(trainables.ids.coerce) and pass `validate`, so a cell has one id however its
+numbers are spelt, and a grid refuses exactly what make_spec refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from trainables.errors import LnsubError
-from trainables.ids import canonical, stable_id
+from trainables.ids import FieldError, canonical, coerce, field_types, stable_id
+from trainables.tasks import get_task
+from trainables.testbed.generate import TestbedConfig
+from trainables.testbed.tinybert import TinyBertConfig
 
-SCHEMA = 1
+# 2: values are canonical by field type (epochs 3 -> 3.0), so ids differ from schema 1's
+SCHEMA = 2
 TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
 
 # METHOD.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
@@ -66,57 +74,81 @@ class CellSpec:
         return canonical(self)
 
     @classmethod
+    def coerce(cls, values: dict, where: str = "") -> dict:
+        """`values` in canonical form: float fields hold floats, int fields ints (3.0 -> 3, 3.5 refused)."""
+        return coerce(cls, values, where)
+
+    @classmethod
+    def from_values(cls, **values) -> "CellSpec":
+        """A validated spec from field values however their numbers are spelt: the one way specs are built."""
+        where = f"cell {values.get('task')}/{values.get('language')}: "
+        spec = cls(**cls.coerce(values, where))
+        validate(spec)
+        return spec
+
+    @classmethod
     def from_dict(cls, d: dict) -> "CellSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise LnsubError(f"unknown cell field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return cls.from_values(**d)
 
     def testbed_config(self):
-        from trainables.testbed.generate import TestbedConfig
-        from trainables.testbed.tinybert import TinyBertConfig
-
         return TinyBertConfig(testbed=TestbedConfig(seed=self.testbed_seed, noise=self.testbed_noise,
                                                     anchor_fraction=self.testbed_anchor_fraction))
 
 
-def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides) -> CellSpec:
-    """A validated spec with METHOD.md's defaults for the task, overrides applied, everything resolved."""
-    from trainables.tasks import get_task
-
-    t = get_task(task)
-    reason = t.missing_reason(language)
-    if reason:
-        raise LnsubError(f"cell {task}/{language} does not exist: {reason}")
+def resolve_values(task: str, overrides: dict) -> dict:
+    """METHOD.md's defaults for the task with `overrides` applied; a given steps (or epochs) replaces the other."""
     values = {**PAPER_DEFAULTS.get(task, {}), **overrides}
     if values.get("steps") is not None and "epochs" not in overrides:
         values.pop("epochs", None)
     if values.get("epochs") is not None and "steps" not in overrides:
         values.pop("steps", None)
-    spec = CellSpec(model=model, task=task, language=language, **values)
-    validate(spec)
+    return values
+
+
+def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides) -> CellSpec:
+    """A validated spec with METHOD.md's defaults for the task, overrides applied, everything resolved."""
+    t = get_task(task)
+    reason = t.missing_reason(language)
+    if reason:
+        raise LnsubError(f"cell {task}/{language} does not exist: {reason}")
+    spec = CellSpec.from_values(model=model, task=task, language=language, **resolve_values(task, overrides))
     if spec.model == TESTBED_MODEL:
         spec = dataclasses.replace(spec, model_revision=spec.testbed_config().id)
     return spec
 
 
-def validate(spec: CellSpec) -> None:
-    def bad(field: str, why: str):
-        raise LnsubError(f"cell {spec.task}/{spec.language}: {field} {why}")
+POSITIVE = ("steps", "epochs", "lr", "batch_size", "max_length", "grad_accum", "max_grad_norm", "adam_eps",
+            "train_size", "valid_size")
+NON_NEGATIVE = ("seed", "levels", "weight_decay", "warmup_steps", "testbed_seed")
+BELOW_ONE = ("testbed_noise", "testbed_anchor_fraction")  # in [0, 1)
 
+
+def validate(spec: CellSpec) -> None:
+    """Refuse a spec that cannot run (FieldError naming the field); grids are checked by this same function."""
+    def bad(field: str, why: str):
+        raise FieldError(field, why, where=f"cell {spec.task}/{spec.language}: ")
+
+    for name, (kinds, _) in field_types(CellSpec).items():
+        value = getattr(spec, name)
+        if float in kinds and value is not None and not math.isfinite(value):
+            bad(name, f"must be a finite number, got {value}")
     if (spec.steps is None) == (spec.epochs is None):
         bad("steps/epochs", "must give exactly one of the two")
-    if spec.steps is not None and spec.steps <= 0:
-        bad("steps", f"must be positive, got {spec.steps}")
-    if spec.epochs is not None and spec.epochs <= 0:
-        bad("epochs", f"must be positive, got {spec.epochs}")
+    for name in POSITIVE:
+        if getattr(spec, name) is not None and getattr(spec, name) <= 0:
+            bad(name, f"{name} must be positive, got {getattr(spec, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(spec, name) < 0:
+            bad(name, f"{name} must be >= 0, got {getattr(spec, name)}")
+    for name in BELOW_ONE:
+        if not 0 <= getattr(spec, name) < 1:
+            bad(name, f"must lie in [0, 1), got {getattr(spec, name)}")
     if not 0 < spec.prune_fraction < 1:
         bad("prune_fraction", f"must lie in (0, 1), got {spec.prune_fraction}")
-    if spec.levels < 0 or spec.levels * spec.prune_fraction >= 1 + 1e-9:
-        bad("levels", f"x prune_fraction must stay below 1 (got {spec.levels} x {spec.prune_fraction})")
-    for name in ("lr", "batch_size", "max_length", "grad_accum"):
-        if getattr(spec, name) <= 0:
-            bad(name, f"must be positive, got {getattr(spec, name)}")
+    if spec.levels >= 1 / spec.prune_fraction + 1 or round(spec.levels * spec.prune_fraction, 9) >= 1:
+        bad("levels", f"levels x prune_fraction (the final sparsity) must stay below 1, "
+                      f"got {spec.levels} x {spec.prune_fraction:g}")
+    if not spec.model:
+        bad("model", "must name a model (a hub id, a local folder or testbed)")
     if spec.mixed_precision not in ("no", "bf16", "fp16"):
         bad("mixed_precision", f"must be no, bf16 or fp16, got {spec.mixed_precision!r}")

@@ -31,10 +31,11 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STATES = ("done", "running", "interrupted", "failed", "pending")
 
 
-def check_name(name: str) -> str:
-    """A sweep name is a single folder name: it can never leave the storage folder."""
-    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
-        raise LnsubError(f"sweep name {name!r}: use letters, digits, '.', '_' or '-' (at most 100, no '..')")
+def check_name(name: str, where: str = "sweep name") -> str:
+    """A sweep's name becomes a folder under <storage>/sweeps: one plain path component, never '..' or a path."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise LnsubError(f"{where} {name!r}: use letters, digits, '.', '_' or '-' (at most 100, starting with a "
+                         f"letter or digit, no '..')")
     return name
 
 

@@ -130,3 +130,43 @@ def test_plan_command_prints_the_cost(monkeypatch, capsys):
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
     assert "skipped ner/hi" in out and "1,966.5 h" in out
+
+
+def test_smoke_grid_first_cell_id_is_pinned():
+    # a change here is a change of every stored cell's identity: bump SCHEMA in trainables/spec.py with it
+    assert plan("smoke").cells[0].spec.id == "mlm-syn-ar-4b561636e0fb2691"
+
+
+def test_grid_numbers_spelt_differently_plan_the_same_cells(tmp_path):
+    a = _grid(tmp_path, tasks={"ner": {"epochs": 3, "lr": 1.0e-3}}, seeds=[0, 1])
+    ids_a = [c.spec.id for c in plan(str(a)).cells]
+    b = _grid(tmp_path, tasks={"ner": {"epochs": 3.0, "lr": 0.001}}, seeds=[0.0, 1.0], levels=3.0)
+    assert [c.spec.id for c in plan(str(b)).cells] == ids_a
+
+
+SAME_REFUSAL = [
+    ({"levels": 10, "prune_fraction": 0.1}, "levels"),
+    ({"levels": 5, "prune_fraction": 0.2}, "levels"),
+    ({"prune_fraction": float("nan")}, "prune_fraction"),
+    ({"levels": 2.5}, "levels"),
+    ({"steps": 0}, "tasks.ner.steps"),
+    ({"lr": float("inf")}, "tasks.ner.lr"),
+    ({"steps": True}, "tasks.ner.steps"),
+    ({"max_grad_norm": -1.0}, "tasks.ner.max_grad_norm"),
+]
+
+
+@pytest.mark.parametrize("values,where", SAME_REFUSAL, ids=[w + str(v) for v, w in SAME_REFUSAL])
+def test_grid_and_make_spec_refuse_alike(tmp_path, values, where):
+    from trainables.errors import LnsubError
+    from trainables.ids import FieldError
+    from trainables.spec import make_spec
+
+    grid_level = {k: v for k, v in values.items() if k in ("levels", "prune_fraction")}
+    task_level = {"steps": 5, **{k: v for k, v in values.items() if k not in grid_level}}
+    with pytest.raises(FieldError) as direct:
+        make_spec("ner", "syn-en", **{**task_level, **grid_level})
+    path = _grid(tmp_path, tasks={"ner": task_level}, **grid_level)
+    with pytest.raises(LnsubError) as via_grid:
+        plan(str(path))
+    assert str(via_grid.value) == f"{path}: {where}: {direct.value.why}"

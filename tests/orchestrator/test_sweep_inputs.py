@@ -51,8 +51,8 @@ def bad_storages(tmp_path):
             ("damaged json", damaged, "s", "damaged sweep file"),
             ("wrong shape", wrong, "s", "not a sweep file"),
             ("storage is a file", afile, "s", "is a file, not a folder"),
-            ("name leaves storage", known, "../known", "sweep name"),
-            ("absolute name", known, "/tmp/x", "sweep name")]
+            ("name leaves storage", known, "../known", "'../known': use letters"),
+            ("absolute name", known, "/tmp/x", "'/tmp/x': use letters")]
 
 
 @pytest.mark.parametrize("command", READERS, ids=lambda c: c[0])

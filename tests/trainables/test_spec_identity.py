@@ -1,0 +1,92 @@
+"""A cell has one id however its numbers are spelt, and make_spec refuses what cannot run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from trainables.errors import LnsubError
+from trainables.spec import CellSpec, make_spec
+
+# Literal ids: a change of identity (a new default, a new field, another canonical form) must fail here
+# loudly and come with a SCHEMA bump in trainables/spec.py, since stored cells are found by these ids.
+PINNED = [
+    (("ner", "syn-en"), {"steps": 20, "lr": 1.0e-3, "batch_size": 32, "max_length": 32, "levels": 3},
+     "ner-syn-en-838b5814a9713197"),
+    (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-b2b51362384f97b0"),
+    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-c7dbe5f67bfa3564"),
+]
+
+
+@pytest.mark.parametrize("cell,overrides,expected", PINNED, ids=[p[2] for p in PINNED])
+def test_pinned_ids(cell, overrides, expected):
+    assert make_spec(*cell, **overrides).id == expected
+
+
+SPELLINGS = [
+    ({"epochs": 3, "lr": 1.0e-3}, {"epochs": 3.0, "lr": 0.001}),
+    ({"steps": 20, "seed": 0}, {"steps": 20.0, "seed": 0.0}),
+    ({"steps": 20, "weight_decay": 0.0, "levels": 3}, {"steps": np.int64(20), "weight_decay": -0.0,
+                                                       "levels": np.int32(3)}),
+    ({"steps": 20, "max_grad_norm": 1}, {"steps": 20, "max_grad_norm": 1.0}),
+]
+
+
+@pytest.mark.parametrize("a,b", SPELLINGS)
+def test_one_id_however_numbers_are_spelt(a, b):
+    sa, sb = make_spec("ner", "syn-en", **a), make_spec("ner", "syn-en", **b)
+    assert sa.id == sb.id and sa == sb
+    assert json.dumps(sa.to_dict()) == json.dumps(sb.to_dict())
+
+
+def test_values_take_their_field_type():
+    spec = make_spec("ner", "syn-en", epochs=3, steps=None, levels=3.0, train_size=100.0, lr=1)
+    assert type(spec.epochs) is float and type(spec.levels) is int and type(spec.train_size) is int
+    assert type(spec.lr) is float and type(spec.prune_fraction) is float
+
+
+def test_from_dict_canonicalises_and_round_trips():
+    spec = make_spec("ner", "syn-en", epochs=3)
+    again = CellSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and again.id == spec.id
+    loose = {**spec.to_dict(), "epochs": 3, "seed": 0.0}
+    assert CellSpec.from_dict(loose).id == spec.id
+    with pytest.raises(LnsubError, match="unknown field"):
+        CellSpec.from_dict({**spec.to_dict(), "colour": "blue"})
+
+
+REFUSED = [
+    ({"steps": 3.5}, "steps: must be int or null, got float 3.5"),
+    ({"levels": True}, "levels: must be int, got bool True"),
+    ({"lr": True}, "lr: must be float, got bool True"),
+    ({"seed": False}, "seed: must be int, got bool False"),
+    ({"lr": "1e-3"}, "lr: must be float, got str '1e-3'"),
+    ({"lr": math.nan}, "lr: must be a finite number, got nan"),
+    ({"epochs": math.inf, "steps": None}, "epochs: must be a finite number, got inf"),
+    ({"prune_fraction": math.nan}, "prune_fraction: must be a finite number"),
+    ({"levels": math.inf}, "levels: must be int, got float inf"),
+    ({"levels": 10, "prune_fraction": 0.1}, "levels: levels x prune_fraction (the final sparsity) must stay below 1"),
+    ({"levels": 5, "prune_fraction": 0.2}, "levels: levels x prune_fraction"),
+    ({"levels": 3, "prune_fraction": 0.34}, "levels: levels x prune_fraction"),
+    ({"levels": 10 ** 400}, "levels: levels x prune_fraction"),
+    ({"levels": -1}, "levels: levels must be >= 0"),
+    ({"steps": 0}, "steps: steps must be positive, got 0"),
+    ({"steps": 5, "epochs": 1}, "steps/epochs: must give exactly one of the two"),
+    ({"testbed_noise": 1.0}, "testbed_noise: must lie in [0, 1)"),
+    ({"learning_rate": 1e-3}, "learning_rate: unknown field"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", REFUSED, ids=[m for _, m in REFUSED])
+def test_refused_values(overrides, message):
+    with pytest.raises(LnsubError) as e:
+        make_spec("ner", "syn-en", **overrides)
+    assert str(e.value).startswith("cell ner/syn-en: ") and message in str(e.value), str(e.value)
+
+
+def test_nine_levels_of_ten_percent_are_fine():
+    assert make_spec("ner", "syn-en", levels=9, prune_fraction=0.1).sparsities[-1] == pytest.approx(0.9)
+    assert make_spec("ner", "syn-en", levels=3, prune_fraction=0.33).levels == 3
