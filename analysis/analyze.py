@@ -20,7 +20,8 @@ from analysis.overlap import (GROUPINGS, cluster_order, heatmap_png, jaccard_mat
                               random_jaccard_empirical, read_packed, winning_ticket)
 from analysis.tables import AnalysisResult, open_sweep, write_csv
 from trainables.spec import CellSpec
-from trainables.store import CellStore
+from trainables.metrics import LEVEL, SCORE, SPARSITY
+from trainables.store import ONESHOT_PRETRAINED, CellStore
 from trainables.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,8 @@ def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[d
             # how much of it the pretrained magnitudes alone explain: each mask against θ0's one-shot mask
             n = next(iter(masks.values())).n_weights
             for lang, st in ready.items():
-                oneshot = st.baseline_dir("oneshot_pretrained", sparsity)
-                if st.has_baseline("oneshot_pretrained", sparsity):
+                if st.has_baseline(ONESHOT_PRETRAINED, sparsity):
+                    oneshot = st.baseline_mask_path(ONESHOT_PRETRAINED, sparsity)
                     _, m = jaccard_matrix({"ticket": masks[lang], "oneshot": read_packed(oneshot)}, by="total")["all"]
                     baselines.append({"task": task, "seed": seed, "level": level, "sparsity": sparsity,
                                       "language": lang, "random_closed_form": random_jaccard(density),
@@ -91,9 +92,9 @@ def winning_tickets(root: Path, specs: list[CellSpec]) -> list[dict]:
         common = min(len(m) for m in metrics)
         if common == 0:
             continue
-        levels = [{"level": k, "sparsity": metrics[0][k]["sparsity"],
-                   "score": statistics.fmean(m[k]["score"] for m in metrics)} for k in range(common)]
-        dense = [m[0]["score"] for m in metrics]
+        levels = [{LEVEL: k, SPARSITY: metrics[0][k][SPARSITY],
+                   SCORE: statistics.fmean(m[k][SCORE] for m in metrics)} for k in range(common)]
+        dense = [m[0][SCORE] for m in metrics]
         greater = get_task(task).greater_is_better
         tolerance = TICKET_TOLERANCE * abs(dense[0]) if len(dense) < 2 else None
         ticket = winning_ticket(levels, dense, greater, tolerance)

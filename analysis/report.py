@@ -21,6 +21,7 @@ import numpy as np
 from analysis.figures import line_plot
 from analysis.tables import AnalysisResult, Sweep, open_sweep, read_csv
 from trainables.atomic import write_text
+from trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
 from trainables.store import CellStore
 from trainables.sweep_state import cell_statuses, status_counts
 from trainables.tasks import get_task
@@ -58,7 +59,7 @@ def grid_section(sweep: Sweep) -> str:
     languages = sorted({s.language for s in specs})
     tasks = sorted({s.task for s in specs})
     seeds = sorted({s.seed for s in specs})
-    compute = sum(r.get("level_seconds", 0.0) for s in specs for r in CellStore(sweep.root, s).all_metrics())
+    compute = sum(r.get(LEVEL_SECONDS, 0.0) for s in specs for r in CellStore(sweep.root, s).all_metrics())
     out = [f"<p>Grid <b>{html.escape(sweep.state.grid_name)}</b> on model <code>{html.escape(specs[0].model)}"
            f"</code>: {len(tasks)} task(s) ({', '.join(tasks)}), {len(languages)} language(s), "
            f"seeds {', '.join(map(str, seeds))}, levels 0-{max(s.levels for s in specs)} "
@@ -83,7 +84,7 @@ def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
     by_task = defaultdict(lambda: defaultdict(list))
     for s in sweep.specs:
         for r in CellStore(sweep.root, s).all_metrics():
-            by_task[s.task][s.language].append((r["sparsity"], r["score"]))
+            by_task[s.task][s.language].append((r[SPARSITY], r[SCORE]))
     for task, langs in sorted(by_task.items()):
         series = {}
         for lang, points in sorted(langs.items()):

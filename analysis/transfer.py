@@ -1,4 +1,4 @@
-"""`lnsub transfer`: how well one language's sub-network trains another's task (METHOD.md, transfer matrix).
+"""`lnsub transfer`: how well one language's sub-network trains another's task (docs/method.md, transfer matrix).
 
 For a sweep and an IMP level, one job per (source mask, target language) within a
 task, per seed: every language's ticket (the diagonal is the target's own), a

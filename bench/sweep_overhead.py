@@ -14,7 +14,6 @@ The tiny model is pretrained first (cached), so neither figure includes it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -22,6 +21,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from orchestrator.grid import plan
+from orchestrator.jobs import prepare_testbed
+from trainables.metrics import SECONDS
+from trainables.store import CellStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,12 +36,12 @@ def lnsub(args: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
-def levels_done(storage: Path) -> int:
-    return len(list((storage / "cells").glob("*/level_*/DONE")))
+def levels_done(storage: Path, specs) -> int:
+    return sum(CellStore(storage, s).level_done(k) for s in specs for k in range(s.levels + 1))
 
 
-def compute_seconds(storage: Path) -> float:
-    return sum(json.loads(p.read_text())["seconds"] for p in (storage / "cells").glob("*/timing.json"))
+def compute_seconds(storage: Path, specs) -> float:
+    return sum(CellStore(storage, s).timing()[SECONDS] for s in specs)
 
 
 def main() -> None:
@@ -46,11 +50,9 @@ def main() -> None:
     parser.add_argument("--max-concurrent", default="1")
     args = parser.parse_args()
 
-    from orchestrator.grid import plan
-    from orchestrator.sweep import prepare_testbed
-
     cells = plan(args.grid).cells
-    prepare_testbed([c.spec for c in cells])
+    specs = [c.spec for c in cells]
+    prepare_testbed(specs)
     total_levels = sum(c.spec.levels + 1 for c in cells)
     work = Path(tempfile.mkdtemp(prefix="lnsub-bench-sweep-"))
     common = ["--grid", args.grid, "--max-concurrent", args.max_concurrent]
@@ -58,13 +60,13 @@ def main() -> None:
     start = time.perf_counter()
     rc = lnsub(["sweep", *common, "--storage", str(work / "a")], work).wait()
     wall = time.perf_counter() - start
-    compute = compute_seconds(work / "a")
+    compute = compute_seconds(work / "a", specs)
     assert rc == 0, f"sweep failed with {rc}"
 
     storage = work / "b"
     start = time.perf_counter()
     driver = lnsub(["sweep", *common, "--name", "k", "--storage", str(storage)], work)
-    while levels_done(storage) < total_levels // 3 and driver.poll() is None:
+    while levels_done(storage, specs) < total_levels // 3 and driver.poll() is None:
         time.sleep(0.1)
     driver.send_signal(signal.SIGKILL)
     driver.wait()

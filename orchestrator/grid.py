@@ -1,7 +1,7 @@
 """Grid files -> a validated plan of cells (STYLE.md: plan, then launch).
 
 A grid is YAML: a model, languages, tasks (each with hyperparameter overrides
-of METHOD.md's defaults), seeds, the pruning schedule, resources per cell and
+of docs/method.md's defaults), seeds, the pruning schedule, resources per cell and
 the expected cost per cell. Everything is checked before anything starts; a
 problem is one line naming the file and the field.
 """

@@ -19,15 +19,15 @@ import os
 import time
 from pathlib import Path
 
+from trainables import metrics as M
 from trainables.spec import CellSpec
 from trainables.store import CellStore
 
 log = logging.getLogger(__name__)
 
-# metric names: their one home
-LEVEL_METRICS = ("sparsity", "density", "score", "perplexity", "loss", "accuracy", "f1", "precision", "recall",
-                 "train_loss", "level_seconds", "seconds_per_step")
-MARKER_METRIC = "sparsity"  # a level is logged when this metric has its step
+# what a level logs (names from trainables.metrics, their one home)
+LEVEL_METRICS = (M.SPARSITY, M.DENSITY, M.SCORE, *M.TASK_METRICS, M.TRAIN_LOSS, M.LEVEL_SECONDS, M.SECONDS_PER_STEP)
+MARKER_METRIC = M.SPARSITY  # a level is logged when this metric has its step
 TAG_SWEEP, TAG_CELL, TAG_ROLE = "lnsub.sweep", "lnsub.cell_id", "lnsub.role"
 CELL_TAGS = ("model", "task", "language", "seed")
 
@@ -113,12 +113,11 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
         run_id = run.info.run_id
         logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
         for record in store.all_metrics():
-            level = record["level"]
+            level = record[M.LEVEL]
             if level in logged:
                 continue
-            level_dir = store.level_dir(level)
-            for name in ("mask.npz", "mask.json"):
-                client.log_artifact(run_id, str(level_dir / name), artifact_path=f"masks/level_{level}")
+            for path in store.mask_files(level):
+                client.log_artifact(run_id, str(path), artifact_path=f"masks/level_{level}")
             now = int(time.time() * 1000)
             metrics = [Metric(k, float(record[k]), now, level) for k in LEVEL_METRICS
                        if isinstance(record.get(k), (int, float))]

@@ -1,4 +1,4 @@
-"""run_cell: iterative magnitude pruning with rewinding to the pretrained weights (METHOD.md).
+"""run_cell: iterative magnitude pruning with rewinding to the pretrained weights (docs/method.md).
 
 Level 0 trains the dense model. After training level k, the trained weights are
 pruned globally by magnitude so that (k+1) x fraction of the ORIGINAL prunable

@@ -1,4 +1,4 @@
-"""Which weights are prunable, global magnitude pruning, masks and their baselines (METHOD.md, IMP).
+"""Which weights are prunable, global magnitude pruning, masks and their baselines (docs/method.md, IMP).
 
 Prunable weights are found from the model's architecture: in each encoder layer
 the query, key, value, attention-output, intermediate and output weight matrices,

@@ -25,7 +25,7 @@ from trainables.testbed.tinybert import TinyBertConfig
 SCHEMA = 2
 TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
 
-# METHOD.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
+# docs/method.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
 PAPER_DEFAULTS: dict[str, dict] = {
     "ner": {"lr": 2e-5, "batch_size": 32, "max_length": 128, "epochs": 3.0, "train_size": 20_000,
             "valid_size": 10_000},
@@ -96,7 +96,7 @@ class CellSpec:
 
 
 def resolve_values(task: str, overrides: dict) -> dict:
-    """METHOD.md's defaults for the task with `overrides` applied; a given steps (or epochs) replaces the other."""
+    """docs/method.md's defaults for the task with `overrides` applied; a given steps (or epochs) replaces the other."""
     values = {**PAPER_DEFAULTS.get(task, {}), **overrides}
     if values.get("steps") is not None and "epochs" not in overrides:
         values.pop("epochs", None)
@@ -106,7 +106,7 @@ def resolve_values(task: str, overrides: dict) -> dict:
 
 
 def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides) -> CellSpec:
-    """A validated spec with METHOD.md's defaults for the task, overrides applied, everything resolved."""
+    """A validated spec with docs/method.md's defaults for the task, overrides applied, everything resolved."""
     t = get_task(task)
     reason = t.missing_reason(language)
     if reason:

@@ -1,6 +1,6 @@
 """One round of IMP training with Accelerate: masked, checkpointed, resumable.
 
-A fresh AdamW and linear schedule each round (METHOD.md). Pruned weights stay
+A fresh AdamW and linear schedule each round (docs/method.md). Pruned weights stay
 exactly zero: their gradients are zeroed before clipping (so AdamW's moments
 never move them) and the mask is reapplied after every optimizer step.
 Checkpoints carry model, optimizer, scheduler, every rank's RNG state and the

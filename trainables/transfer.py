@@ -1,4 +1,4 @@
-"""One transfer job (METHOD.md, transfer matrix): a source's mask, trained on a target's task.
+"""One transfer job (docs/method.md, transfer matrix): a source's mask, trained on a target's task.
 
 Load θ0, apply the source mask permanently (pruned weights stay zero through
 training), put a fresh task head on it, train on the target cell's data and
@@ -31,7 +31,7 @@ from trainables.train import eval_loader, hash_seed, train_round
 log = logging.getLogger(__name__)
 SCHEMA = 1
 SOURCE_KINDS = ("ticket", "random", "oneshot")
-# METHOD.md: sub-network training of MLM runs 20k steps where discovery ran 10k; NER and XNLI keep their epochs.
+# docs/method.md: sub-network training of MLM runs 20k steps where discovery ran 10k; NER and XNLI keep their epochs.
 STEPS_FACTOR = {"mlm": 2.0}
 
 
@@ -61,7 +61,7 @@ class TransferJob:
         return cls(**d)
 
     def training_spec(self) -> CellSpec:
-        """The target's schedule, with METHOD.md's sub-network-training length."""
+        """The target's schedule, with docs/method.md's sub-network-training length."""
         spec = self.target
         factor = STEPS_FACTOR.get(spec.task, 1.0)
         if spec.steps is not None and factor != 1.0:

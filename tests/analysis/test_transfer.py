@@ -1,4 +1,4 @@
-"""Transfer jobs and the transfer matrix: the applied mask is exactly the source's, the arithmetic is METHOD.md's."""
+"""Transfer jobs and the transfer matrix: the applied mask is exactly the source's, the arithmetic is docs/method.md's."""
 
 from __future__ import annotations
 

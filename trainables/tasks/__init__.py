@@ -1,4 +1,4 @@
-"""The task registry: name -> Task (see METHOD.md, 'Data')."""
+"""The task registry: name -> Task (see docs/method.md, 'Data')."""
 
 from __future__ import annotations
 

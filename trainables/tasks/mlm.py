@@ -1,4 +1,4 @@
-"""Masked language modelling on Wikipedia text (METHOD.md: 512-token blocks, 15% masking, 80/10/10)."""
+"""Masked language modelling on Wikipedia text (docs/method.md: 512-token blocks, 15% masking, 80/10/10)."""
 
 from __future__ import annotations
 
