@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.figures import line_plot, new_figure, save_png
-from analysis.overlap import (GROUPINGS, cluster_order, heatmap_png, jaccard_matrix, random_jaccard,
+from lnsub.analysis.figures import line_plot, new_figure, save_png
+from lnsub.analysis.overlap import (GROUPINGS, cluster_order, heatmap_png, jaccard_matrix, random_jaccard,
                               random_jaccard_empirical, read_packed, winning_ticket)
-from analysis.tables import AnalysisResult, open_sweep, write_csv
-from trainables.spec import CellSpec
-from trainables.metrics import LEVEL, SCORE, SPARSITY
-from trainables.store import ONESHOT_PRETRAINED, CellStore
-from trainables.tasks import get_task
+from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
+from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore
+from lnsub.trainables.tasks import get_task
 
 log = logging.getLogger(__name__)
 TICKET_TOLERANCE = 0.01  # with one seed: within 1% of the dense score counts as "within one std"

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
-from analysis.figures import new_figure, save_png
-from trainables.masks import load_packed
-from trainables.pruning import ARCHITECTURES, COMPONENTS
+from lnsub.analysis.figures import new_figure, save_png
+from lnsub.trainables.masks import load_packed
+from lnsub.trainables.pruning import ARCHITECTURES, COMPONENTS
 
 GROUPINGS = ("total", "layer", "component")
 _WORD_BLOCK = 1 << 15  # 64-bit words per AND+popcount step: 256 KB, stays in cache

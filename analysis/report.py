@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.figures import line_plot
-from analysis.tables import AnalysisResult, Sweep, open_sweep, read_csv
-from trainables.atomic import write_text
-from trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
-from trainables.store import CellStore
-from trainables.sweep_state import cell_statuses, status_counts
-from trainables.tasks import get_task
+from lnsub.analysis.figures import line_plot
+from lnsub.analysis.tables import AnalysisResult, Sweep, open_sweep, read_csv
+from lnsub.trainables.atomic import write_text
+from lnsub.trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.sweep_state import cell_statuses, status_counts
+from lnsub.trainables.tasks import get_task
 
 SECTIONS = (("grid", "The grid and what ran"), ("tickets", "Winning tickets"),
             ("overlap", "Overlap of sub-networks across languages"), ("transfer", "Transfer matrices"),

@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
-from analysis.figures import line_plot
-from analysis.tables import AnalysisResult, open_sweep, write_csv
-from trainables.loading import model_path
-from trainables.masks import load_masks
-from trainables.pruning import apply_masks
-from trainables.spec import CellSpec
-from trainables.store import CellStore
-from trainables.tasks import get_task
-from trainables.testbed.generate import ensure_testbed
-from trainables.testbed.languages import is_synthetic
+from lnsub.analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
+from lnsub.analysis.figures import line_plot
+from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
+from lnsub.trainables.loading import model_path
+from lnsub.trainables.masks import load_masks
+from lnsub.trainables.pruning import apply_masks
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.tasks import get_task
+from lnsub.trainables.testbed.generate import ensure_testbed
+from lnsub.trainables.testbed.languages import is_synthetic
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainables.atomic import write_text
-from trainables.spec import CellSpec
-from trainables.sweep_state import SweepState, check_storage, load_state, sweep_dir
+from lnsub.trainables.atomic import write_text
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.sweep_state import SweepState, check_storage, load_state, sweep_dir
 
 
 @dataclass

@@ -23,17 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.analyze import TICKET_TOLERANCE, cells_by_task_seed
-from analysis.figures import delta_heatmap
-from analysis.tables import AnalysisResult, Sweep, open_sweep, write_csv
-from trainables import transfer as jobs_io
-from trainables.errors import LnsubError
-from trainables.ids import stable_id
-from trainables.spec import CellSpec
-from trainables.store import CellStore
-from trainables.sweep_state import sweep_dir
-from trainables.tasks import get_task
-from trainables.transfer import TransferJob
+from lnsub.analysis.analyze import TICKET_TOLERANCE, cells_by_task_seed
+from lnsub.analysis.figures import delta_heatmap
+from lnsub.analysis.tables import AnalysisResult, Sweep, open_sweep, write_csv
+from lnsub.trainables import transfer as jobs_io
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.ids import stable_id
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.sweep_state import sweep_dir
+from lnsub.trainables.tasks import get_task
+from lnsub.trainables.transfer import TransferJob
 
 log = logging.getLogger(__name__)
 RANDOM, ONESHOT = "random", "one-shot θ0"

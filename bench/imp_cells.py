@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from trainables.imp import run_cell
-from trainables.masks import mask_meta
-from trainables.spec import make_spec
-from trainables.store import CellStore
+from lnsub.trainables.imp import run_cell
+from lnsub.trainables.masks import mask_meta
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.store import CellStore
 
 
 def main() -> None:

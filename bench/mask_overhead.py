@@ -24,8 +24,8 @@ def main() -> None:
     import transformers
     from transformers import AutoModelForTokenClassification
 
-    from trainables import pruning
-    from trainables.testbed.tinybert import ensure_tiny_model
+    from lnsub.trainables import pruning
+    from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 
     transformers.logging.set_verbosity_error()
     path = ensure_tiny_model()

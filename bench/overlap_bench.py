@@ -41,7 +41,7 @@ def _reset_peak() -> None:
 
 
 def _packed(folders, threads):
-    from analysis.overlap import jaccard_matrix, read_packed
+    from lnsub.analysis.overlap import jaccard_matrix, read_packed
 
     t0 = time.perf_counter()
     masks = {f.name: read_packed(f) for f in folders}
@@ -59,8 +59,8 @@ def _packed(folders, threads):
 def _float32(folders, threads):
     import torch
 
-    from analysis.overlap import component_of
-    from trainables.masks import iter_masks
+    from lnsub.analysis.overlap import component_of
+    from lnsub.trainables.masks import iter_masks
 
     torch.set_num_threads(threads)
     names = list(SHAPES)
@@ -93,7 +93,7 @@ def _float32(folders, threads):
 
 def _child(variant, folders, threads, queue):
     import torch  # noqa: F401  imports first, so the RSS growth is the work's alone
-    import analysis.overlap  # noqa: F401
+    import lnsub.analysis.overlap  # noqa: F401
 
     _reset_peak()
     before = _peak_rss_mib()
@@ -120,7 +120,7 @@ def _run(variant, folders, threads):
 def _make_masks(root: Path, n_masks: int, density: float, level: int) -> list[Path]:
     import torch
 
-    from trainables.masks import save_masks
+    from lnsub.trainables.masks import save_masks
 
     folders = []
     for k in range(n_masks):

@@ -22,16 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator.grid import plan
-from orchestrator.jobs import prepare_testbed
-from trainables.metrics import SECONDS
-from trainables.store import CellStore
+from lnsub.orchestrator.grid import plan
+from lnsub.orchestrator.jobs import prepare_testbed
+from lnsub.trainables.metrics import SECONDS
+from lnsub.trainables.store import CellStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def lnsub(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "lnsub.orchestrator.cli", *args], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

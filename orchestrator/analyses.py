@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-from analysis import transfer as transfer_analysis
-from analysis.analyze import analyze as overlap_analysis
-from analysis.report import report as report_analysis
-from analysis.similarity_job import similarity as similarity_analysis
-from analysis.tables import AnalysisResult
-from orchestrator.jobs import Batch, Placement, prepare_testbed, run_jobs
-from orchestrator.tracking import try_log_analysis
-from trainables import transfer as jobs_io
-from trainables.sweep_state import FAILURES_DIR
+from lnsub.analysis import transfer as transfer_analysis
+from lnsub.analysis.analyze import analyze as overlap_analysis
+from lnsub.analysis.report import report as report_analysis
+from lnsub.analysis.similarity_job import similarity as similarity_analysis
+from lnsub.analysis.tables import AnalysisResult
+from lnsub.orchestrator.jobs import Batch, Placement, prepare_testbed, run_jobs
+from lnsub.orchestrator.tracking import try_log_analysis
+from lnsub.trainables import transfer as jobs_io
+from lnsub.trainables.sweep_state import FAILURES_DIR
 
 
 def log(result: AnalysisResult) -> AnalysisResult:

@@ -18,13 +18,13 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator import analyses, tracking
-from orchestrator.grid import plan as make_plan
-from orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
-from trainables.errors import LnsubError
-from trainables.sweep_state import check_name, check_storage, load_state, status_counts
-from trainables.testbed.generate import TestbedConfig
-from trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
+from lnsub.orchestrator import analyses, tracking
+from lnsub.orchestrator.grid import plan as make_plan
+from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.sweep_state import check_name, check_storage, load_state, status_counts
+from lnsub.trainables.testbed.generate import TestbedConfig
+from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Language-neutral sub-networks: lottery-ticket sweeps over languages x tasks x sparsity.")

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from trainables.errors import LnsubError
-from trainables.ids import FieldError, coerce, field_types
-from trainables.spec import CellSpec, make_spec, resolve_values
-from trainables.tasks import TASKS
-from trainables.tasks.base import PAPER_LANGUAGES
-from trainables.sweep_state import check_name
-from trainables.testbed.languages import TWINS
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.ids import FieldError, coerce, field_types
+from lnsub.trainables.spec import CellSpec, make_spec, resolve_values
+from lnsub.trainables.tasks import TASKS
+from lnsub.trainables.tasks.base import PAPER_LANGUAGES
+from lnsub.trainables.sweep_state import check_name
+from lnsub.trainables.testbed.languages import TWINS
 
 SHIPPED = ("smoke", "full-synthetic", "full")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
@@ -76,7 +76,7 @@ class Plan:
 def grid_path(grid: str) -> Path:
     """A shipped grid by name, or a path to a YAML file."""
     if grid in SHIPPED:
-        return Path(str(importlib_resources.files("orchestrator") / "grids" / f"{grid}.yaml"))
+        return Path(str(importlib_resources.files("lnsub.orchestrator") / "grids" / f"{grid}.yaml"))
     path = Path(grid)
     if path.is_dir():
         raise LnsubError(f"grid {grid!r} is a directory; give a YAML file or a shipped grid ({', '.join(SHIPPED)})")

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import ray_backend
-from trainables.atomic import read_json, write_json
-from trainables.spec import TESTBED_MODEL, CellSpec
-from trainables.sweep_state import _pid_alive
-from trainables.testbed.generate import ensure_testbed
-from trainables.testbed.tinybert import ensure_tiny_model
+from lnsub.orchestrator import ray_backend
+from lnsub.trainables.atomic import read_json, write_json
+from lnsub.trainables.spec import TESTBED_MODEL, CellSpec
+from lnsub.trainables.sweep_state import _pid_alive
+from lnsub.trainables.testbed.generate import ensure_testbed
+from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 
 log = logging.getLogger(__name__)
 

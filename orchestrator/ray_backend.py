@@ -21,12 +21,12 @@ from pathlib import Path
 import psutil
 import torch
 
-from trainables import faults
-from trainables.imp import CellResult, Hooks, run_cell
-from trainables.metrics import LEVEL, SCORE, SPARSITY
-from trainables.spec import CellSpec
-from trainables.store import CellStore
-from trainables.transfer import TransferJob, run_transfer_job
+from lnsub.trainables import faults
+from lnsub.trainables.imp import CellResult, Hooks, run_cell
+from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.transfer import TransferJob, run_transfer_job
 
 log = logging.getLogger(__name__)
 

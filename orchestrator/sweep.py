@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import tracking
-from orchestrator.grid import Plan, Resources
-from orchestrator.grid import plan as make_plan
-from orchestrator.jobs import Batch, Placement, prepare_testbed, run_jobs
-from trainables.errors import LnsubError
-from trainables.metrics import LEVEL_SECONDS
-from trainables.store import CellStore
-from trainables.sweep_state import (FAILURES_DIR, CellStatus, PlannedCell, SweepState, cell_statuses, check_name,
+from lnsub.orchestrator import tracking
+from lnsub.orchestrator.grid import Plan, Resources
+from lnsub.orchestrator.grid import plan as make_plan
+from lnsub.orchestrator.jobs import Batch, Placement, prepare_testbed, run_jobs
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.metrics import LEVEL_SECONDS
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.sweep_state import (FAILURES_DIR, CellStatus, PlannedCell, SweepState, cell_statuses, check_name,
                                     check_storage, exists, load_state, release_lease, renew_lease, save_state,
                                     sweep_dir, take_lease)
 

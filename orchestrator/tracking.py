@@ -19,9 +19,9 @@ import os
 import time
 from pathlib import Path
 
-from trainables import metrics as M
-from trainables.spec import CellSpec
-from trainables.store import CellStore
+from lnsub.trainables import metrics as M
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import CellStore
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ def fault_plan(tmp_path, monkeypatch):
 
     Set before Ray starts, so local workers inherit it (and ray_backend hands it to every node).
     """
-    from trainables import faults
+    from lnsub.trainables import faults
 
     path = tmp_path / "faults.json"
     monkeypatch.setenv(faults.ENV, str(path))
@@ -56,21 +56,21 @@ def waiter():
 
 @pytest.fixture(scope="session")
 def testbed_dir() -> Path:
-    from trainables.testbed.generate import ensure_testbed
+    from lnsub.trainables.testbed.generate import ensure_testbed
 
     return ensure_testbed()
 
 
 @pytest.fixture(scope="session")
 def tiny_model(testbed_dir) -> Path:
-    from trainables.testbed.tinybert import ensure_tiny_model
+    from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 
     return ensure_tiny_model()
 
 
 def lnsub(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """The `lnsub` command line in a subprocess, as a user runs it (stdout and stderr together)."""
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "lnsub.orchestrator.cli", *args], cwd=cwd, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 

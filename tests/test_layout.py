@@ -97,6 +97,17 @@ def test_no_import_cycles():
     assert not cycles, f"import cycles: {cycles}"
 
 
+def test_project_imports_go_through_the_lnsub_namespace():
+    """`from lnsub.trainables ...`, never `from trainables ...`: the packages are installed as lnsub.*."""
+    bare = []
+    for path in [*modules().values(), *sorted((ROOT / "tests").rglob("*.py")), *sorted((ROOT / "bench").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            bare += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in PACKAGES]
+    assert not bare, "imports outside the lnsub namespace:\n" + "\n".join(bare)
+
+
 def test_project_imports_sit_at_module_top():
     hidden = [f"{path.relative_to(ROOT)}:{line} imports {target}"
               for path in modules().values() for target, line, at_top in imports(path) if not at_top]

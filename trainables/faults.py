@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.atomic import write_json
+from lnsub.trainables.atomic import write_json
 
 ENV = "LNSUB_FAULTS"
 ACTIONS = ("crash", "pause")

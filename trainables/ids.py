@@ -18,7 +18,7 @@ import numbers
 import typing
 from typing import Any
 
-from trainables.errors import LnsubError
+from lnsub.trainables.errors import LnsubError
 
 
 class FieldError(LnsubError):

@@ -21,14 +21,14 @@ from typing import Callable
 
 import torch
 
-from trainables import metrics as M
-from trainables import pruning
-from trainables.loading import load_task, make_accelerator
-from trainables.masks import digest as mask_digest
-from trainables.spec import CellSpec
-from trainables.store import ONESHOT_PRETRAINED, ONESHOT_TRAINED, CellStore
-from trainables.tasks import Task
-from trainables.train import RoundData, RoundStats, eval_loader, train_round
+from lnsub.trainables import metrics as M
+from lnsub.trainables import pruning
+from lnsub.trainables.loading import load_task, make_accelerator
+from lnsub.trainables.masks import digest as mask_digest
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import ONESHOT_PRETRAINED, ONESHOT_TRAINED, CellStore
+from lnsub.trainables.tasks import Task
+from lnsub.trainables.train import RoundData, RoundStats, eval_loader, train_round
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from trainables.spec import TESTBED_MODEL, CellSpec
-from trainables.tasks import get_task
-from trainables.testbed.generate import ensure_testbed
-from trainables.testbed.languages import is_synthetic
-from trainables.testbed.tinybert import ensure_tiny_model
-from trainables.train import RoundData
+from lnsub.trainables.spec import TESTBED_MODEL, CellSpec
+from lnsub.trainables.tasks import get_task
+from lnsub.trainables.testbed.generate import ensure_testbed
+from lnsub.trainables.testbed.languages import is_synthetic
+from lnsub.trainables.testbed.tinybert import ensure_tiny_model
+from lnsub.trainables.train import RoundData
 
 
 def model_path(spec: CellSpec) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.atomic import read_json, write_bytes, write_json
+from lnsub.trainables.atomic import read_json, write_bytes, write_json
 
 FORMAT = "lnsub-mask/2"
 MASK_FILE, MASK_META = "mask.npz", "mask.json"

@@ -15,11 +15,11 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from trainables.errors import LnsubError
-from trainables.ids import FieldError, canonical, coerce, field_types, stable_id
-from trainables.tasks import get_task
-from trainables.testbed.generate import TestbedConfig
-from trainables.testbed.tinybert import TinyBertConfig
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.ids import FieldError, canonical, coerce, field_types, stable_id
+from lnsub.trainables.tasks import get_task
+from lnsub.trainables.testbed.generate import TestbedConfig
+from lnsub.trainables.testbed.tinybert import TinyBertConfig
 
 # 2: values are canonical by field type (epochs 3 -> 3.0), so ids differ from schema 1's
 SCHEMA = 2

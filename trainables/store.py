@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from trainables import masks as maskio
-from trainables.atomic import DONE, atomic_path, is_done, mark_done, read_json, write_json
-from trainables.metrics import SECONDS, STEPS_TRAINED, WORKERS
-from trainables.spec import CellSpec
+from lnsub.trainables import masks as maskio
+from lnsub.trainables.atomic import DONE, atomic_path, is_done, mark_done, read_json, write_json
+from lnsub.trainables.metrics import SECONDS, STEPS_TRAINED, WORKERS
+from lnsub.trainables.spec import CellSpec
 
 log = logging.getLogger(__name__)
 HEAD_FILE, HEAD_META, METRICS, SPEC, TIMING = "head.safetensors", "head.json", "metrics.json", "spec.json", "timing.json"

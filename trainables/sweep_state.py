@@ -18,11 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainables.atomic import read_json, write_json
-from trainables.errors import LnsubError
-from trainables.metrics import SCORE
-from trainables.spec import CellSpec
-from trainables.store import CellStore
+from lnsub.trainables.atomic import read_json, write_json
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.metrics import SCORE
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import CellStore
 
 VERSION = 2  # version 1 (no "version" key) had the same fields and is read as is
 STATE_FILE, LEASE_FILE, FAILURES_DIR = "sweep.json", "lease.json", "failures"

@@ -23,10 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainables.errors import LnsubError
-from trainables.pruning import Masks, MaskEnforcer
-from trainables.spec import CellSpec
-from trainables.store import Checkpoints
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.pruning import Masks, MaskEnforcer
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import Checkpoints
 
 log = logging.getLogger(__name__)
 

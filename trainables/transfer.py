@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from trainables import metrics as M
-from trainables import pruning
-from trainables.errors import LnsubError
-from trainables.ids import stable_id
-from trainables.loading import load_task, make_accelerator
-from trainables.masks import digest
-from trainables.spec import CellSpec
-from trainables.store import ONESHOT_PRETRAINED, CellStore, JobStore
-from trainables.train import eval_loader, hash_seed, train_round
+from lnsub.trainables import metrics as M
+from lnsub.trainables import pruning
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.ids import stable_id
+from lnsub.trainables.loading import load_task, make_accelerator
+from lnsub.trainables.masks import digest
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore, JobStore
+from lnsub.trainables.train import eval_loader, hash_seed, train_round
 
 log = logging.getLogger(__name__)
 SCHEMA = 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.imp import run_cell
-from trainables.spec import make_spec
-from trainables.sweep_state import PlannedCell, SweepState, save_state
+from lnsub.trainables.imp import run_cell
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
 
 FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 8, "train_size": 300,
         "valid_size": 64}

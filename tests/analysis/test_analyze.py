@@ -6,11 +6,11 @@ import csv
 
 import pytest
 
-from analysis.report import SECTIONS
-from orchestrator import tracking
-from orchestrator.analyses import analyze, report, similarity
-from trainables.masks import load_masks
-from trainables.store import CellStore
+from lnsub.analysis.report import SECTIONS
+from lnsub.orchestrator import tracking
+from lnsub.orchestrator.analyses import analyze, report, similarity
+from lnsub.trainables.masks import load_masks
+from lnsub.trainables.store import CellStore
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import jaccard_score
 
-from analysis import overlap
-from trainables.masks import save_masks
+from lnsub.analysis import overlap
+from lnsub.trainables.masks import save_masks
 
 # 2 layers x 6 matrices + pooler, sizes that are not multiples of 8, so groups start mid-byte
 SUFFIXES = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.similarity import (
+from lnsub.analysis.similarity import (
     cka_by_layer,
     layer_representations,
     linear_cka,

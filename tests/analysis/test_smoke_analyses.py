@@ -13,12 +13,12 @@ import pytest
 import json
 import os
 
-from analysis.transfer import plan_jobs
-from orchestrator import tracking
-from orchestrator.analyses import transfer
-from trainables import faults
-from trainables import transfer as jobs_io
-from trainables.sweep_state import load_state
+from lnsub.analysis.transfer import plan_jobs
+from lnsub.orchestrator import tracking
+from lnsub.orchestrator.analyses import transfer
+from lnsub.trainables import faults
+from lnsub.trainables import transfer as jobs_io
+from lnsub.trainables.sweep_state import load_state
 
 pytestmark = pytest.mark.slow
 LEVEL = 3  # the smoke grid's deepest level: 30% sparsity

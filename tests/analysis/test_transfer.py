@@ -7,15 +7,15 @@ import statistics
 
 import pytest
 
-from analysis.transfer import ONESHOT, RANDOM, check_sources, plan_jobs, transfer_tables
-from trainables import pruning
-from trainables import transfer as jobs_io
-from trainables.atomic import mark_done, write_json
-from trainables.errors import LnsubError
-from trainables.masks import load_masks, pack
-from trainables.spec import make_spec
-from trainables.store import CellStore
-from trainables.transfer import TransferJob
+from lnsub.analysis.transfer import ONESHOT, RANDOM, check_sources, plan_jobs, transfer_tables
+from lnsub.trainables import pruning
+from lnsub.trainables import transfer as jobs_io
+from lnsub.trainables.atomic import mark_done, write_json
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.masks import load_masks, pack
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.transfer import TransferJob
 
 
 def _sha(masks) -> str:
@@ -98,8 +98,8 @@ def test_plan_and_jobs_apply_exactly_the_source_mask(mini_sweep):
     assert oneshot["mask_sha256"] == _sha(load_masks(theta0_mask))
     random_job = by[(RANDOM, "syn-ar")]
     rnd = jobs_io.run_transfer_job(random_job, storage)
-    from trainables.loading import model_path
-    from trainables.tasks import get_task
+    from lnsub.trainables.loading import model_path
+    from lnsub.trainables.tasks import get_task
 
     params = pruning.prunable_parameters(get_task("ner").load_model(model_path(random_job.target)))
     total = pruning.prunable_count(params)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import main
-from orchestrator.grid import grid_path
+from lnsub.orchestrator.cli import main
+from lnsub.orchestrator.grid import grid_path
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_a_user_meets_a_bad_encoding_as_one_line(tmp_path, case):
     content, message = next((c, m) for name, c, m in BAD_GRIDS if name == case)
     path = tmp_path / "grid.yaml"
     path.write_bytes(content)
-    result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", "--grid", str(path), "--storage",
+    result = subprocess.run([sys.executable, "-m", "lnsub.orchestrator.cli", "sweep", "--grid", str(path), "--storage",
                              str(tmp_path / "runs")], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     _check(result, message, tmp_path / "runs")

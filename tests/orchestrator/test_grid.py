@@ -7,8 +7,8 @@ import sys
 import pytest
 import yaml
 
-from orchestrator.cli import main
-from orchestrator.grid import grid_path, plan
+from lnsub.orchestrator.cli import main
+from lnsub.orchestrator.grid import grid_path, plan
 
 GOOD = yaml.safe_load(grid_path("smoke").read_text())
 
@@ -158,9 +158,9 @@ SAME_REFUSAL = [
 
 @pytest.mark.parametrize("values,where", SAME_REFUSAL, ids=[w + str(v) for v, w in SAME_REFUSAL])
 def test_grid_and_make_spec_refuse_alike(tmp_path, values, where):
-    from trainables.errors import LnsubError
-    from trainables.ids import FieldError
-    from trainables.spec import make_spec
+    from lnsub.trainables.errors import LnsubError
+    from lnsub.trainables.ids import FieldError
+    from lnsub.trainables.spec import make_spec
 
     grid_level = {k: v for k, v in values.items() if k in ("levels", "prune_fraction")}
     task_level = {"steps": 5, **{k: v for k, v in values.items() if k not in grid_level}}

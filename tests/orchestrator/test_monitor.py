@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from orchestrator import sweep as sweep_module
-from orchestrator.sweep import Monitor
-from trainables.spec import make_spec
-from trainables.sweep_state import PlannedCell, SweepState, save_state, take_lease
+from lnsub.orchestrator import sweep as sweep_module
+from lnsub.orchestrator.sweep import Monitor
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state, take_lease
 
 
 def a_monitor(tmp_path, render) -> Monitor:
@@ -32,7 +32,7 @@ def test_every_failure_is_reported_once_with_its_type_and_the_monitor_goes_on(tm
 
     monkeypatch.setattr(sweep_module.tracking, "sync", broken_sync)
     monitor = a_monitor(tmp_path, render)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.sweep"):
+    with caplog.at_level(logging.WARNING, logger="lnsub.orchestrator.sweep"):
         for _ in range(4):
             monitor.tick()
     assert calls == {"render": 4, "sync": 4}  # every tick tried again

@@ -10,10 +10,10 @@ import tempfile
 
 import pytest
 
-from trainables import faults
-from trainables.masks import load_masks, pack
-from trainables.spec import make_spec
-from trainables.store import CellStore
+from lnsub.trainables import faults
+from lnsub.trainables.masks import load_masks, pack
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.store import CellStore
 
 FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 12, "train_size": 400,
         "valid_size": 96}
@@ -22,7 +22,7 @@ FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 12
 @pytest.fixture(scope="module")
 def ray_local(tmp_path_factory):
     """A private Ray whose workers read the fault plan in `faults.json` of the yielded folder."""
-    from orchestrator import ray_backend
+    from lnsub.orchestrator import ray_backend
 
     folder = tmp_path_factory.mktemp("faults")
     os.environ[faults.ENV] = str(folder / "faults.json")
@@ -37,7 +37,7 @@ def ray_local(tmp_path_factory):
 
 @pytest.mark.slow
 def test_two_workers_hold_identical_masks_close_to_one_worker(tmp_path, tiny_model, ray_local):
-    from orchestrator.ray_backend import run_cell_on_workers
+    from lnsub.orchestrator.ray_backend import run_cell_on_workers
 
     spec = make_spec("ner", "syn-en", **FAST)
     one = run_cell_on_workers(spec, tmp_path / "one", workers=1, checkpoint_every=4)

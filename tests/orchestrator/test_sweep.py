@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import tracking
-from orchestrator.grid import plan
-from orchestrator.sweep import run_sweep
-from trainables.store import CellStore
-from trainables.sweep_state import load_state
+from lnsub.orchestrator import tracking
+from lnsub.orchestrator.grid import plan
+from lnsub.orchestrator.sweep import run_sweep
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.sweep_state import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def tiny_grid(tmp_path: Path, languages=("syn-en", "syn-ar"), tasks=("ner",), st
 
 
 def lnsub(*args, cwd, **kw):
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "lnsub.orchestrator.cli", *args], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 

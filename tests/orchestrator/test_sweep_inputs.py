@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from orchestrator.cli import main
-from trainables.spec import make_spec
-from trainables.sweep_state import PlannedCell, SweepState, save_state
+from lnsub.orchestrator.cli import main
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
 
 READERS = [("status",), ("sync",), ("analyze",), ("similarity",), ("report",), ("transfer", "--level", "1"),
            ("sweep", "--resume")]

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.imp import Hooks, run_cell, split_state
-from trainables.loading import model_path
-from trainables.masks import load_masks, mask_meta
-from trainables.spec import make_spec
-from trainables.store import CellStore
+from lnsub.trainables.imp import Hooks, run_cell, split_state
+from lnsub.trainables.loading import model_path
+from lnsub.trainables.masks import load_masks, mask_meta
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.store import CellStore
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 3, "steps": 12, "train_size": 400,
@@ -75,7 +75,7 @@ def test_pruned_weights_are_exactly_zero_after_training(reference_run):
 def test_each_round_starts_from_theta0_times_mask_and_carries_the_head(reference_run):
     from transformers import set_seed
 
-    from trainables.tasks import get_task
+    from lnsub.trainables.tasks import get_task
 
     spec, storage, _, starts, _ = reference_run
     store = CellStore(storage, spec)
@@ -118,8 +118,8 @@ def test_baseline_masks_are_written_in_the_same_format(reference_run):
 
 CHILD = """
 import sys, time
-from trainables.spec import CellSpec
-from trainables.imp import Hooks, run_cell
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.imp import Hooks, run_cell
 import json
 spec = CellSpec.from_dict(json.loads(sys.argv[1]))
 run_cell(spec, sys.argv[2], checkpoint_every=3, hooks=Hooks(after_step=lambda level, step: time.sleep(0.15)))
@@ -176,8 +176,8 @@ def test_damaged_mask_of_an_unfinished_level_is_recomputed(reference_run, tmp_pa
 def test_a_damaged_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     from accelerate import Accelerator
 
-    from trainables.store import Checkpoints
-    from trainables.train import save_checkpoint
+    from lnsub.trainables.store import Checkpoints
+    from lnsub.trainables.train import save_checkpoint
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -225,7 +225,7 @@ def _eio_reads(monkeypatch, under: Path, counter: list) -> None:
     """Every checksum read of a file under `under` fails as a flaky disk does (EIO)."""
     import errno
 
-    from trainables import masks as maskio
+    from lnsub.trainables import masks as maskio
 
     real = maskio.sha256_file
 
@@ -280,7 +280,7 @@ def test_an_io_error_on_a_checkpoint_fails_the_call_and_keeps_it(interrupted_run
 
 
 def test_a_corrupt_checkpoint_is_quarantined_and_resume_uses_the_one_before(interrupted_run, tmp_path, monkeypatch):
-    from trainables.store import Checkpoints
+    from lnsub.trainables.store import Checkpoints
 
     spec, src = interrupted_run
     storage = tmp_path / "copy"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import masks as maskio
+from lnsub.trainables import masks as maskio
 
 
 def _random_masks(seed=0):
@@ -71,7 +71,7 @@ def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path):
     import os
     import stat
 
-    from trainables.atomic import atomic_dir, write_text
+    from lnsub.trainables.atomic import atomic_dir, write_text
 
     umask = os.umask(0o022)
     os.umask(umask)

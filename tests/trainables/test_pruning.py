@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils import prune
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
-from trainables import pruning
+from lnsub.trainables import pruning
 
 
 def _small_bert(cls=BertForTokenClassification, seed=0):

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from trainables.errors import LnsubError
-from trainables.spec import CellSpec, make_spec
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.spec import CellSpec, make_spec
 
 # Literal ids: a change of identity (a new default, a new field, another canonical form) must fail here
 # loudly and come with a SCHEMA bump in trainables/spec.py, since stored cells are found by these ids.

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from trainables.errors import LnsubError
-from trainables.spec import make_spec
-from trainables.store import CellStore
-from trainables.sweep_state import (LEASE_TTL, VERSION, Lease, PlannedCell, SweepState, cell_statuses, check_name,
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.spec import make_spec
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.sweep_state import (LEASE_TTL, VERSION, Lease, PlannedCell, SweepState, cell_statuses, check_name,
                                     load_state, read_lease, release_lease, renew_lease, save_state, state_path,
                                     take_lease)
 

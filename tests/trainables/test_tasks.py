@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from trainables.errors import LnsubError
-from trainables.tasks import TASKS, get_task
-from trainables.tasks.ner import WIKIANN_LABELS, align_labels
-from trainables.tasks.xnli import XNLI_LABELS
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.tasks import TASKS, get_task
+from lnsub.trainables.tasks.ner import WIKIANN_LABELS, align_labels
+from lnsub.trainables.tasks.xnli import XNLI_LABELS
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "jo", "##hn", "smith", "lives", "in", "par", "##is",
          "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "##s"]
@@ -129,7 +129,7 @@ def test_offline_hub_dataset_and_model_give_one_line():
 
 
 def test_cli_reports_bad_input_in_one_line():
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "testbed", "--noise", "1.5"],
+    out = subprocess.run([sys.executable, "-m", "lnsub.orchestrator.cli", "testbed", "--noise", "1.5"],
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["lnsub: error: --anchor-fraction and --noise must lie in [0, 1)"]

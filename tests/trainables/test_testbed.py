@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from trainables.testbed import grammar
-from trainables.testbed.generate import (WIKIANN_TAGS, TestbedConfig, ensure_testbed, nli_examples,
+from lnsub.trainables.testbed import grammar
+from lnsub.trainables.testbed.generate import (WIKIANN_TAGS, TestbedConfig, ensure_testbed, nli_examples,
                                          ner_rows, xnli_rows)
-from trainables.testbed.languages import TWINS
+from lnsub.trainables.testbed.languages import TWINS
 
 SMALL = TestbedConfig(languages=("syn-en", "syn-ur", "syn-ar"), mlm_docs=(5, 2), ner_examples=(20, 5),
                       xnli_examples=(30, 5), parallel_sentences=7)

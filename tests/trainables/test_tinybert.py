@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from trainables.testbed.languages import TWINS
-from trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
+from lnsub.trainables.testbed.languages import TWINS
+from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 
 def test_pretraining_beats_the_unigram_baseline_in_every_language(tiny_model):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from trainables.errors import LnsubError
-from trainables.tasks.base import Task
-from trainables.tasks.mlm import MLM
-from trainables.tasks.ner import NER
-from trainables.tasks.xnli import XNLI
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.tasks.base import Task
+from lnsub.trainables.tasks.mlm import MLM
+from lnsub.trainables.tasks.ner import NER
+from lnsub.trainables.tasks.xnli import XNLI
 
 TASKS: dict[str, Task] = {t.name: t for t in (MLM(), NER(), XNLI())}
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.errors import LnsubError
-from trainables.testbed.generate import data_dir as testbed_data_dir
-from trainables.testbed.generate import ensure_testbed
-from trainables.testbed.languages import is_synthetic, real_language
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.testbed.generate import data_dir as testbed_data_dir
+from lnsub.trainables.testbed.generate import ensure_testbed
+from lnsub.trainables.testbed.languages import is_synthetic, real_language
 
 SPLITS = ("train", "validation")
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables.tasks.base import PAPER_LANGUAGES, Task, gather, model_device
+from lnsub.trainables.tasks.base import PAPER_LANGUAGES, Task, gather, model_device
 
 MLM_PROBABILITY = 0.15
 EVAL_MASK_SEED = 1234  # validation masks are drawn once, the same for every level and cell

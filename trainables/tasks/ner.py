@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables.tasks.base import Task, gather, model_device
+from lnsub.trainables.tasks.base import Task, gather, model_device
 
 WIKIANN_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")  # hub label ids
 IGNORE = -100

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainables.tasks.base import Task, gather, model_device
+from lnsub.trainables.tasks.base import Task, gather, model_device
 
 XNLI_LABELS = ("entailment", "neutral", "contradiction")  # hub label ids
 

@@ -14,10 +14,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.atomic import atomic_dir, is_done, write_json
-from trainables.ids import canonical, stable_id
-from trainables.testbed import grammar
-from trainables.testbed.languages import TWINS, Twin
+from lnsub.trainables.atomic import atomic_dir, is_done, write_json
+from lnsub.trainables.ids import canonical, stable_id
+from lnsub.trainables.testbed import grammar
+from lnsub.trainables.testbed.languages import TWINS, Twin
 
 SCHEMA = 1
 SPLITS = ("train", "validation")

@@ -12,7 +12,7 @@ import hashlib
 import random
 from dataclasses import dataclass, replace
 
-from trainables.testbed.languages import ANCHOR_LETTERS, Twin
+from lnsub.trainables.testbed.languages import ANCHOR_LETTERS, Twin
 
 NOUN_CLASSES = ("animal", "food", "tool", "vehicle", "building")
 NOUNS_PER_CLASS = 8

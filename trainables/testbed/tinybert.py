@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from trainables.atomic import atomic_dir, is_done, read_json
-from trainables.ids import canonical, stable_id
-from trainables.tasks.mlm import group_texts, premask
-from trainables.testbed.generate import TestbedConfig, cache_root, ensure_testbed
+from lnsub.trainables.atomic import atomic_dir, is_done, read_json
+from lnsub.trainables.ids import canonical, stable_id
+from lnsub.trainables.tasks.mlm import group_texts, premask
+from lnsub.trainables.testbed.generate import TestbedConfig, cache_root, ensure_testbed
 
 SCHEMA = 1
 PRETRAIN_REPORT = "pretrain.json"
