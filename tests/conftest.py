@@ -86,3 +86,11 @@ def smoke_sweep(tmp_path_factory, tiny_model) -> tuple[Path, subprocess.Complete
 def lnsub_cli():
     """`lnsub(*args, cwd=..., timeout=...)` for tests in any folder (a conftest is not importable by name)."""
     return lnsub
+
+
+@pytest.fixture(scope="session")
+def hub_data(tmp_path_factory) -> Path:
+    """Local copies of wikimedia/wikipedia, WikiANN and XNLI in the hub's layout and schema (tests/hub_fixtures.py)."""
+    from hub_fixtures import write_hub_fixtures
+
+    return write_hub_fixtures(tmp_path_factory.mktemp("hub-data"))
