@@ -33,16 +33,12 @@ def data_root(spec: CellSpec) -> str | None:
 
 
 def load_round_data(spec: CellSpec, tokenizer, accelerator) -> RoundData:
-    """The cell's tokenised train and validation splits (cut to the spec's sizes) and their collators."""
+    """The cell's tokenised train and validation splits (selected to the spec's sizes before tokenising)."""
     task = get_task(spec.task)
-    with accelerator.main_process_first():
-        ds = task.load(spec.language, data_dir=data_root(spec))
-        enc = task.preprocess(ds, tokenizer, spec.max_length, seed=spec.seed)
+    with accelerator.main_process_first():  # the main process tokenises; the others read its cache
+        enc = task.prepare(spec.language, data_root(spec), tokenizer, spec.max_length, seed=spec.seed,
+                           sizes=(spec.train_size, spec.valid_size), valid_documents=spec.valid_documents)
     train, valid = enc["train"], enc["validation"]
-    if spec.train_size is not None and spec.train_size < len(train):
-        train = train.select(range(spec.train_size))
-    if spec.valid_size is not None and spec.valid_size < len(valid):
-        valid = valid.select(range(spec.valid_size))
     return RoundData(train, valid, task.collator(tokenizer, train=True), task.collator(tokenizer, train=False))
 
 

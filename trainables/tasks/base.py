@@ -1,10 +1,11 @@
 """What every task shares: where its data comes from, how a model is loaded, the split sizes.
 
 Real runs load from the Hugging Face Hub (`load_dataset(source, language)`,
-`from_pretrained(name)`). The same code also reads a local folder holding
-`train` and `validation` files (.jsonl, .json or .parquet) in the hub dataset's
-own schema, cast to the hub's features so label ids agree; the synthetic twins
-(`syn-*`) resolve to the generated testbed that way.
+`from_pretrained(name)`). The same code also reads a local folder,
+DIR/<task>/<language>/, holding `train` and `validation` files (.jsonl, .json or
+.parquet; MLM on Wikipedia: `train` only) in the hub dataset's own schema, cast to
+the hub's features so label ids agree; the synthetic twins (`syn-*`) resolve to
+the generated testbed that way.
 """
 
 from __future__ import annotations
@@ -67,41 +68,63 @@ class Task:
             return testbed_data_dir(ensure_testbed(), self.name, language)
         return None
 
-    def load(self, language: str, data_dir: str | os.PathLike | None = None,
-             sizes: tuple[int | None, int | None] = (None, None)):
-        """The train and validation splits as a DatasetDict in the hub schema."""
-        import datasets
+    def local_files(self, local: Path, language: str, splits: tuple[str, ...] = SPLITS) -> dict[str, Path]:
+        """{split: file} in a local folder; one clear line for a missing split."""
+        files = {}
+        for split in splits:
+            found = sorted(p for p in local.glob(f"{split}.*") if p.suffix in LOCAL_SUFFIXES)
+            if not found:
+                raise LnsubError(f"no {split} file for {self.name}/{language} in {local} "
+                                 f"(expected {split}.jsonl, .json or .parquet in the {self.hub_dataset} schema)")
+            files[split] = found[0]
+        return files
 
+    def hub_error(self, language: str, error: Exception, splits: tuple[str, ...] = SPLITS) -> LnsubError:
+        return LnsubError(
+            f"cannot load dataset {self.hub_dataset} ({self.hub_config(language)}): {_offline_hint()} or the "
+            f"dataset is missing ({type(error).__name__}); copy {'/'.join(splits)} files in its schema to "
+            f"DIR/{self.name}/{language}/ and pass --data-dir DIR")
+
+    def check_language(self, language: str) -> None:
         if not self.has_language(language):
             raise LnsubError(f"task {self.name} has no language {language!r} ({self.missing_reason(language)})")
+
+    def load(self, language: str, data_dir: str | os.PathLike | None = None,
+             sizes: tuple[int | None, int | None] = (None, None)):
+        """The train and validation splits as a DatasetDict in the hub schema, each cut to its size."""
+        import datasets  # heavy: imported when data is read
+
+        self.check_language(language)
         local = self.local_dir(language, data_dir)
         if local is not None:
-            files = {}
-            for split in SPLITS:
-                found = sorted(p for p in local.glob(f"{split}.*") if p.suffix in LOCAL_SUFFIXES)
-                if not found:
-                    raise LnsubError(f"no {split} file for {self.name}/{language} in {local} "
-                                     f"(expected {split}.jsonl, .json or .parquet in the {self.hub_dataset} schema)")
-                files[split] = found[0]
-            builder = LOCAL_SUFFIXES[files["train"].suffix]
+            files = self.local_files(local, language)
             try:
-                ds = datasets.load_dataset(builder, data_files={k: str(v) for k, v in files.items()},
-                                           features=self.features())
+                ds = datasets.load_dataset(LOCAL_SUFFIXES[files["train"].suffix],
+                                           data_files={k: str(v) for k, v in files.items()}, features=self.features())
             except Exception as e:  # malformed file: say which one
                 raise LnsubError(f"cannot read {self.name}/{language} from {local}: {str(e).splitlines()[0]}") from e
         else:
             try:
                 ds = datasets.load_dataset(self.hub_dataset, self.hub_config(language))
             except Exception as e:
-                raise LnsubError(
-                    f"cannot load dataset {self.hub_dataset} ({self.hub_config(language)}): {_offline_hint()} or "
-                    f"the dataset is missing ({type(e).__name__}); copy train/validation files in its schema to "
-                    f"DIR/{self.name}/{language}/ and pass --data-dir DIR") from e
+                raise self.hub_error(language, e) from e
             ds = datasets.DatasetDict({s: ds[s] for s in SPLITS})
         for split, n in zip(SPLITS, sizes):
             if n is not None and n < len(ds[split]):
                 ds[split] = ds[split].select(range(n))
         return ds
+
+    def prepare(self, language: str, data_dir: str | os.PathLike | None, tokenizer, max_length: int,
+                seed: int = 0, sizes: tuple[int | None, int | None] = (None, None),
+                valid_documents: float | None = None):
+        """Tokenised train/validation splits of at most `sizes` examples, ready for `collator`.
+
+        Examples are selected before tokenising: one raw example is one tokenised example here
+        (MLM, whose blocks span documents, overrides this).
+        """
+        if valid_documents is not None:
+            raise LnsubError(f"task {self.name} has its own validation split; valid_documents is for mlm")
+        return self.preprocess(self.load(language, data_dir, sizes), tokenizer, max_length, seed)
 
     # --- model ------------------------------------------------------------------------
     def model_kwargs(self) -> dict[str, Any]:
