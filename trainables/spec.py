@@ -19,10 +19,13 @@ from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import FieldError, canonical, coerce, field_types, stable_id
 from lnsub.trainables.tasks import get_task
 from lnsub.trainables.testbed.generate import TestbedConfig
+from lnsub.trainables.testbed.languages import is_synthetic
 from lnsub.trainables.testbed.tinybert import TinyBertConfig
 
 # 2: values are canonical by field type (epochs 3 -> 3.0), so ids differ from schema 1's
-SCHEMA = 2
+# 3: valid_documents (MLM's validation carved from Wikipedia's only split); MLM blocks run across documents
+#    and validation masks are drawn per block from the seed, so MLM results differ from schema 2's
+SCHEMA = 3
 TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
 
 # docs/method.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
@@ -31,8 +34,11 @@ PAPER_DEFAULTS: dict[str, dict] = {
             "valid_size": 10_000},
     "xnli": {"lr": 5e-5, "batch_size": 32, "max_length": 128, "epochs": 3.0},
     "mlm": {"lr": 5e-5, "batch_size": 16, "max_length": 512, "steps": 10_000, "train_size": 1_600_000,
-            "valid_size": 30_000},
+            "valid_size": 30_000, "valid_documents": 0.02},
 }
+# wikimedia/wikipedia has a single train split: MLM validation blocks come from the 2% of its documents
+# that sha256(id) holds out (tasks/mlm.py), disjoint from training. 30k of 1.6M blocks is about 2%, so
+# both splits fill after reading about the same documents. The testbed ships a validation split.
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class CellSpec:
     train_size: int | None = None  # examples after preprocessing (MLM: blocks); None = all
     valid_size: int | None = None
     data_dir: str | None = None  # local copies in the hub schema; None = the Hub (or the testbed for syn-*)
+    valid_documents: float | None = None  # MLM: share of train documents held out as validation; None = own split
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
     testbed_seed: int = 0  # the synthetic testbed and tiny model, when model or language is synthetic
     testbed_noise: float = 0.0
@@ -111,7 +118,10 @@ def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides)
     reason = t.missing_reason(language)
     if reason:
         raise LnsubError(f"cell {task}/{language} does not exist: {reason}")
-    spec = CellSpec.from_values(model=model, task=task, language=language, **resolve_values(task, overrides))
+    values = resolve_values(task, overrides)
+    if is_synthetic(language) and "valid_documents" not in overrides:
+        values.pop("valid_documents", None)  # the testbed ships a validation split: use it as is
+    spec = CellSpec.from_values(model=model, task=task, language=language, **values)
     if spec.model == TESTBED_MODEL:
         spec = dataclasses.replace(spec, model_revision=spec.testbed_config().id)
     return spec
@@ -150,5 +160,8 @@ def validate(spec: CellSpec) -> None:
                       f"got {spec.levels} x {spec.prune_fraction:g}")
     if not spec.model:
         bad("model", "must name a model (a hub id, a local folder or testbed)")
+    if spec.valid_documents is not None and (spec.task != "mlm" or not 0 < spec.valid_documents < 1):
+        bad("valid_documents", f"only mlm carves a validation split, from a share in (0, 1) of its documents; "
+                               f"got {spec.valid_documents} for {spec.task}")
     if spec.mixed_precision not in ("no", "bf16", "fp16"):
         bad("mixed_precision", f"must be no, bf16 or fp16, got {spec.mixed_precision!r}")

@@ -1,16 +1,39 @@
-"""Masked language modelling on Wikipedia text (docs/method.md: 512-token blocks, 15% masking, 80/10/10)."""
+"""Masked language modelling on Wikipedia text (docs/method.md: 512-token blocks, 15% masking, 80/10/10).
+
+wikimedia/wikipedia has a single split, train. A cell's validation blocks come from the
+documents that `held_out` picks by a hash of their id (spec.valid_documents): disjoint from
+training, the same in every cell, and found without reading the dump to its end. A source
+with its own validation split (the synthetic testbed) is used as is. Documents are read in
+the dump's order (the Hub is streamed) and tokenised only until a split has its blocks, so
+a cell never tokenises text it does not use. Validation masks are drawn once, block i's
+from a generator seeded by (seed, i) alone: the same in every process, level and cell.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from lnsub.trainables.tasks.base import PAPER_LANGUAGES, Task, gather, model_device
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.tasks.base import LOCAL_SUFFIXES, PAPER_LANGUAGES, SPLITS, Task, gather, model_device
 
 MLM_PROBABILITY = 0.15
 EVAL_MASK_SEED = 1234  # validation masks are drawn once, the same for every level and cell
+DOC_CHUNK = 64  # documents tokenised per tokenizer call: at most DOC_CHUNK - 1 are read beyond a split's need
+BLOCKS_VERSION = 1  # part of the blocks' cache key: bump when the same source gives other blocks
+
+
+def held_out(doc_id: str, fraction: float) -> bool:
+    """Whether a document is in the carved validation split: sha256 of its id, as a number in [0, 1), < fraction."""
+    digest = hashlib.sha256(str(doc_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
 def _blocks(batch, tokenizer, block_size: int):
@@ -25,24 +48,104 @@ def _blocks(batch, tokenizer, block_size: int):
 
 
 def group_texts(ds, tokenizer, block_size: int):
-    """Tokenised blocks; the remainder of each map batch is dropped, as in run_mlm."""
+    """Tokenised blocks of a whole text dataset; the remainder of each map batch is dropped, as in run_mlm.
+
+    The tiny testbed model is pretrained on these; cells read `stream_blocks`.
+    """
     return ds.map(_blocks, batched=True, batch_size=1000, remove_columns=ds.column_names,
                   fn_kwargs={"tokenizer": tokenizer, "block_size": block_size})
 
 
+def tokenize_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """The one place documents are tokenised (a test counts the documents passing here)."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def stream_blocks(texts, tokenizer, block_size: int, limit: int | None):
+    """[CLS] body [SEP] blocks cut from consecutive documents (a block may span two), at most `limit`.
+
+    Documents are pulled from the iterator `texts` DOC_CHUNK at a time and only while blocks are missing.
+    """
+    body, made, buffer = block_size - 2, 0, []
+    texts = iter(texts)
+    while limit is None or made < limit:
+        chunk = list(itertools.islice(texts, DOC_CHUNK))
+        if not chunk:
+            return
+        for ids in tokenize_texts(tokenizer, chunk):
+            buffer.extend(ids)
+        start = 0
+        while len(buffer) - start >= body and (limit is None or made < limit):
+            yield {"input_ids": [tokenizer.cls_token_id, *buffer[start:start + body], tokenizer.sep_token_id],
+                   "attention_mask": [1] * block_size, "special_tokens_mask": [1] + [0] * body + [1]}
+            start += body
+            made += 1
+        del buffer[:start]
+
+
+def block_generator(seed: int, index: int) -> torch.Generator:
+    """The generator block `index` draws its validation mask from: a function of (seed, index) only."""
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def mask_tokens(ids, special, vocab_size: int, mask_id: int, generator: torch.Generator):
+    """15% of the non-special tokens as targets, 80% of them [MASK], 10% a random token, 10% kept."""
+    labels = ids.clone()
+    probability = torch.full(ids.shape, MLM_PROBABILITY).masked_fill_(special.bool(), 0.0)
+    masked = torch.bernoulli(probability, generator=generator).bool()
+    labels[~masked] = -100
+    replaced = torch.bernoulli(torch.full(ids.shape, 0.8), generator=generator).bool() & masked
+    randomised = torch.bernoulli(torch.full(ids.shape, 0.5), generator=generator).bool() & masked & ~replaced
+    words = torch.randint(vocab_size, ids.shape, generator=generator)
+    return torch.where(randomised, words, ids.masked_fill(replaced, mask_id)), labels
+
+
 def premask(ds, tokenizer, seed: int = EVAL_MASK_SEED):
-    """Fix the validation masks once (80/10/10 via the transformers collator), independent of batching."""
-    from transformers import DataCollatorForLanguageModeling
+    """Fix the validation masks once, block by block, whatever the batching and the global RNG state."""
+    vocab_size, mask_id = len(tokenizer), tokenizer.mask_token_id
 
     def mask(batch, indices):
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=MLM_PROBABILITY,
-                                                   seed=seed + indices[0])
-        inputs = torch.tensor(batch["input_ids"])
-        special = torch.tensor(batch["special_tokens_mask"])
-        masked, labels = collator.torch_mask_tokens(inputs.clone(), special_tokens_mask=special)
-        return {"input_ids": masked.tolist(), "labels": labels.tolist()}
+        rows = [mask_tokens(torch.tensor(ids), torch.tensor(special), vocab_size, mask_id, block_generator(seed, i))
+                for ids, special, i in zip(batch["input_ids"], batch["special_tokens_mask"], indices)]
+        return {"input_ids": [r[0].tolist() for r in rows], "labels": [r[1].tolist() for r in rows]}
 
     return ds.map(mask, batched=True, batch_size=256, with_indices=True).remove_columns("special_tokens_mask")
+
+
+def _documents(source: tuple, carve: tuple | None, features):
+    """The texts of a source split's documents in order (streamed); `carve` = (fraction, held out or not)."""
+    import datasets  # heavy: imported when data is read
+
+    if source[0] == "hub":
+        docs = datasets.load_dataset(source[1], source[2], split=source[3], streaming=True)
+    else:
+        docs = datasets.load_dataset(LOCAL_SUFFIXES[Path(source[1]).suffix], data_files={"train": source[1]},
+                                     split="train", streaming=True, features=features)
+    for doc in docs:
+        if carve is None or held_out(doc["id"], carve[0]) == carve[1]:
+            yield doc["text"]
+
+
+def _generate(source: tuple, carve: tuple | None, features, tokenizer, block_size: int, limit: int | None):
+    yield from stream_blocks(_documents(source, carve, features), tokenizer, block_size, limit)
+
+
+def _fingerprint(source: tuple, carve, tokenizer, block_size: int, limit: int | None) -> str:
+    from datasets.fingerprint import Hasher  # heavy: imported when data is read
+
+    stamp = list(source)
+    if source[0] == "local":  # a local copy that changes gets new blocks
+        st = os.stat(source[1])
+        stamp += [st.st_size, st.st_mtime_ns]
+    key = json.dumps([BLOCKS_VERSION, stamp, carve, Hasher.hash(tokenizer), block_size, limit])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return error
 
 
 @dataclass(frozen=True)
@@ -65,12 +168,46 @@ class MLM(Task):
         return Features({"id": Value("string"), "url": Value("string"), "title": Value("string"),
                          "text": Value("string")})
 
-    def preprocess(self, ds, tokenizer, max_length: int, seed: int = 0):
-        from datasets import DatasetDict
+    def prepare(self, language: str, data_dir: str | os.PathLike | None, tokenizer, max_length: int,
+                seed: int = 0, sizes: tuple[int | None, int | None] = (None, None),
+                valid_documents: float | None = None):
+        """Blocks of at most `sizes` (train, validation); validation carved from train when valid_documents is set."""
+        from datasets import DatasetDict  # heavy: imported when data is read
 
-        train = group_texts(ds["train"], tokenizer, max_length)
-        valid = premask(group_texts(ds["validation"], tokenizer, max_length), tokenizer, EVAL_MASK_SEED + seed)
-        return DatasetDict(train=train, validation=valid)
+        self.check_language(language)
+        splits = ("train",) if valid_documents is not None else SPLITS
+        local = self.local_dir(language, data_dir)
+        files = self.local_files(local, language, splits) if local is not None else None
+        out = {}
+        for split, limit in zip(SPLITS, sizes):
+            source_split = "train" if valid_documents is not None else split
+            source = (("local", str(files[source_split].resolve())) if files is not None
+                      else ("hub", self.hub_dataset, self.hub_config(language), source_split))
+            carve = None if valid_documents is None else (valid_documents, split == "validation")
+            out[split] = self._blocks(language, source, carve, tokenizer, max_length, limit, splits)
+        out["validation"] = premask(out["validation"], tokenizer, EVAL_MASK_SEED + seed)
+        return DatasetDict(out)
+
+    def _blocks(self, language: str, source: tuple, carve, tokenizer, block_size: int, limit: int | None,
+                splits: tuple[str, ...]):
+        """One split's blocks, written once to the datasets cache (other processes of the cell read it back)."""
+        from datasets import Dataset, Features, Sequence, Value  # heavy: imported when data is read
+
+        features = Features({k: Sequence(Value("int64")) for k in ("input_ids", "attention_mask",
+                                                                   "special_tokens_mask")})
+        try:
+            return Dataset.from_generator(
+                _generate, features=features, fingerprint=_fingerprint(source, carve, tokenizer, block_size, limit),
+                gen_kwargs={"source": source, "carve": carve, "features": self.features(), "tokenizer": tokenizer,
+                            "block_size": block_size, "limit": limit})
+        except Exception as e:
+            cause = _root_cause(e)
+            if isinstance(cause, LnsubError):
+                raise cause from e
+            if source[0] == "hub":
+                raise self.hub_error(language, cause, splits) from e
+            raise LnsubError(f"cannot read {self.name}/{language} from {source[1]}: "
+                             f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from e
 
     def collator(self, tokenizer, train: bool):
         from transformers import DataCollatorForLanguageModeling, default_data_collator
