@@ -71,6 +71,10 @@ def testbed(
 NameOpt = typer.Option(None, "--name", help="The sweep's name (default: the grid's name).")
 StorageOpt = typer.Option(DEFAULT_STORAGE, "--storage", help="Where cells, sweeps and the default MLflow store live.")
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite inside --storage).")
+DataDirOpt = typer.Option(None, "--data-dir", help="Local copies of the datasets, DIR/<task>/<language>/<split>.jsonl "
+                                                    "(or .json, .parquet) in the hub's schema, for every real-language "
+                                                    "cell (over a grid's data_dir; part of the cell ids). "
+                                                    "Default: the Hugging Face Hub.")
 
 
 def _fmt_hours(h: float) -> str:
@@ -80,9 +84,10 @@ def _fmt_hours(h: float) -> str:
 @app.command()
 def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke, full-synthetic, full) or a YAML path."),
          workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
-         gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker.")) -> None:
+         gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
+         data_dir: str = DataDirOpt) -> None:
     """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
-    p = make_plan(grid, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
+    p = make_plan(grid, data_dir=data_dir, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
     r = p.resources
     table = Table(title=f"grid {p.name}: {len(p.cells)} cells ({p.source})")
     for col in ("cell id", "task", "language", "seed", "levels", "sparsity", "expected"):
@@ -94,6 +99,8 @@ def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke
     console.print(table)
     for sk in p.skipped:
         console.print(f"skipped {sk.task}/{sk.language}: {sk.reason}")
+    for folder in sorted({c.spec.data_dir for c in p.cells if c.spec.data_dir}):
+        console.print(f"data: {folder}")
     console.print(f"each cell asks for {r.workers_per_cell} worker(s) x ({r.cpus_per_worker:g} CPU, "
                   f"{r.gpus_per_worker:g} GPU)")
     for task, (n, hours) in sorted(p.cost_by_task().items()):
@@ -124,7 +131,8 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
           checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1,
                                                help="Optimizer steps between a round's checkpoints."),
           address: str = typer.Option(None, "--address", help="Ray cluster to use ('auto' on a cluster node); "
-                                                               "default: a private local instance.")) -> None:
+                                                               "default: a private local instance."),
+          data_dir: str = DataDirOpt) -> None:
     """Run the grid as a Ray Tune sweep: one trial per cell, fault tolerant, resumable, tracked in MLflow."""
     if name is not None:  # before anything else: an empty --name must not fall back to the grid's name
         check_name(name, "--name")
@@ -144,7 +152,7 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
         result = run_sweep(grid, name=name, storage=storage, tracking_uri=tracking_uri,
                            workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker,
                            max_concurrent=max_concurrent, resume=resume, address=address, render=render,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every, data_dir=data_dir)
     console.print(_progress_table(result.statuses))
     counts = status_counts(result.statuses)
     console.print(f"sweep [bold]{result.name}[/bold] finished in {result.seconds:.0f} s "

@@ -22,7 +22,7 @@ from lnsub.trainables.spec import CellSpec, make_spec, resolve_values
 from lnsub.trainables.tasks import TASKS
 from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 from lnsub.trainables.sweep_state import check_name
-from lnsub.trainables.testbed.languages import TWINS
+from lnsub.trainables.testbed.languages import TWINS, is_synthetic
 
 SHIPPED = ("smoke", "full-synthetic", "full")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
@@ -237,8 +237,23 @@ def _resources(grid_resources: dict, overrides: dict) -> Resources:
     return Resources(**coerce(Resources, res, "resources."))
 
 
-def plan(grid: str, **resource_overrides) -> Plan:
-    """Validate a grid and expand it into cells; unavailable (task, language) pairs are listed, not errors."""
+def check_data_dir(data_dir: str | None) -> str | None:
+    """--data-dir as an absolute path (cells run in other folders and on other nodes), or None."""
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise LnsubError(f"--data-dir {data_dir!r} is not a folder (expected DIR/<task>/<language>/<split>.jsonl)")
+    return str(path.resolve())
+
+
+def plan(grid: str, data_dir: str | None = None, **resource_overrides) -> Plan:
+    """Validate a grid and expand it into cells; unavailable (task, language) pairs are listed, not errors.
+
+    `data_dir` (the command line's --data-dir) becomes every real-language cell's data_dir, over any
+    the grid gives, so it is part of those cells' specs and ids; synthetic twins read the testbed.
+    """
+    data_dir = check_data_dir(data_dir)
     data, source = load_grid(grid)
     validate_grid(data, source)
     name = data.get("name") or check_name(Path(source).stem, f"{source}: name (from the file name; add name:)")
@@ -251,10 +266,11 @@ def plan(grid: str, **resource_overrides) -> Plan:
             if reason:
                 skipped.append(Skipped(task, language, reason))
                 continue
+            local = {"data_dir": data_dir} if data_dir is not None and not is_synthetic(language) else {}
             for seed in data.get("seeds", [0]):
                 try:
                     spec = make_spec(task, language, model=data["model"], seed=seed, levels=data["levels"],
-                                     prune_fraction=data["prune_fraction"], **overrides)
+                                     prune_fraction=data["prune_fraction"], **{**overrides, **local})
                 except LnsubError as e:
                     raise LnsubError(f"{source}: tasks.{task}: {e}") from None
                 cost = float(data.get("cost_hours", {}).get(task, 1.0))

@@ -118,12 +118,15 @@ def _check_options(workers_per_cell, gpus_per_worker, max_concurrent) -> None:
 
 
 def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, tracking_uri: str | None,
-                 overrides: dict) -> SweepState:
+                 overrides: dict, data_dir: str | None = None) -> SweepState:
     """The sweep to run: the stored plan (on --resume) or a new one from the grid, written before anything runs."""
     if grid is None and not (resume and name):
         raise LnsubError("--grid is required to start a sweep (with --resume, a known --name is enough)")
+    if grid is None and data_dir is not None:
+        raise LnsubError("--data-dir is read when a grid is planned; a resumed sweep keeps its cells' data "
+                         "(give --grid as well, or leave --data-dir out)")
     state = load_state(root, name) if grid is None or (name and exists(root, name)) else None
-    p = make_plan(grid, **overrides) if grid is not None else None
+    p = make_plan(grid, data_dir=data_dir, **overrides) if grid is not None else None
     name = check_name(name or p.name)
     if state is None and exists(root, name):
         state = load_state(root, name)
@@ -143,13 +146,14 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
               tracking_uri: str | None = None, workers_per_cell: int | None = None,
               gpus_per_worker: float | None = None, max_concurrent: int | None = None, resume: bool = False,
               address: str | None = None, max_failures: int = 3, sync_interval: float = 10.0,
-              render=None, checkpoint_every: int = 100, final_sync_wait: float = 30.0) -> SweepResult:
+              render=None, checkpoint_every: int = 100, final_sync_wait: float = 30.0,
+              data_dir: str | None = None) -> SweepResult:
     """Plan, launch (or resume) and finish a sweep; the whole call is idempotent per cell and level."""
     started = time.perf_counter()
     _check_options(workers_per_cell, gpus_per_worker, max_concurrent)
     root = check_storage(storage)
     overrides = {"workers_per_cell": workers_per_cell, "gpus_per_worker": gpus_per_worker}
-    state = open_or_plan(root, grid, name, resume, tracking_uri, overrides)
+    state = open_or_plan(root, grid, name, resume, tracking_uri, overrides, data_dir)
     tracking_uri = state.tracking(tracking_uri)
     # a resume runs the stored plan; resource options may change (a bigger cluster, say)
     res = Resources(**{**state.resources, **{k: v for k, v in overrides.items() if v is not None}})

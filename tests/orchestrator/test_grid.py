@@ -170,3 +170,37 @@ def test_grid_and_make_spec_refuse_alike(tmp_path, values, where):
     with pytest.raises(LnsubError) as via_grid:
         plan(str(path))
     assert str(via_grid.value) == f"{path}: {where}: {direct.value.why}"
+
+
+REAL = {"model": "bert-base-multilingual-cased", "languages": ["en", "fa", "sw", "syn-en"],
+        "tasks": {"mlm": {"steps": 5}, "ner": {"steps": 5, "data_dir": "/elsewhere"}, "xnli": {"steps": 5}}}
+
+
+def test_plan_with_data_dir_puts_it_in_every_real_cells_spec(tmp_path, monkeypatch, capsys, hub_data):
+    """Defect (d): the loaders' message promises --data-dir DIR; `plan` (and `sweep`) take it."""
+    grid = _grid(tmp_path, **REAL)
+    monkeypatch.setattr(sys, "argv", ["lnsub", "plan", "--grid", str(grid), "--data-dir", str(hub_data)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    assert "data: " in capsys.readouterr().out
+    cells = plan(str(grid), data_dir=str(hub_data)).cells
+    real = [c.spec for c in cells if not c.spec.language.startswith("syn-")]
+    assert {(s.task, s.language) for s in real} == {("mlm", "en"), ("mlm", "fa"), ("mlm", "sw"), ("ner", "en"),
+                                                     ("ner", "fa"), ("xnli", "en"), ("xnli", "sw")}
+    assert all(s.data_dir == str(hub_data.resolve()) for s in real)  # the command line over the grid's /elsewhere
+    twins = {c.spec.task: c.spec.data_dir for c in cells if c.spec.language.startswith("syn-")}
+    assert twins == {"mlm": None, "ner": "/elsewhere", "xnli": None}  # twins keep what the grid says
+    without = {c.spec.id for c in plan(str(grid)).cells}
+    assert not {s.id for s in real} & without  # where the data comes from is part of the id
+    assert {c.spec.data_dir for c in plan(str(grid)).cells if c.spec.task == "ner"} == {"/elsewhere"}
+
+
+def test_bad_data_dir_is_one_line(tmp_path, monkeypatch, capsys):
+    grid = _grid(tmp_path, **REAL)
+    code, err = _run_cli(monkeypatch, capsys, "sweep", "--grid", str(grid), "--storage", str(tmp_path / "s"),
+                         "--data-dir", str(tmp_path / "nope"))
+    assert code == 2 and "--data-dir" in err and "is not a folder" in err and len(err.strip().splitlines()) == 1
+    code, err = _run_cli(monkeypatch, capsys, "sweep", "--name", "x", "--resume", "--storage", str(tmp_path / "s"),
+                         "--data-dir", str(tmp_path))
+    assert code == 2 and "resumed sweep keeps its cells' data" in err
