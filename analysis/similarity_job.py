@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -20,26 +21,94 @@ import torch
 from lnsub.analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
 from lnsub.analysis.figures import line_plot
 from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
+from lnsub.trainables.atomic import write_json
+from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.loading import model_path
 from lnsub.trainables.masks import load_masks
 from lnsub.trainables.pruning import apply_masks
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
 from lnsub.trainables.tasks import get_task
+from lnsub.trainables.tasks.base import LOCAL_SUFFIXES
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.languages import is_synthetic
 
 log = logging.getLogger(__name__)
 
+WMT14 = ("wmt/wmt14", "fr-en", "test")  # hub id, config, split: 3,003 en-fr sentence pairs
+WMT14_LANGUAGES = {"en", "fr"}
 
-def parallel_sentences(spec: CellSpec, languages: list[str], n: int) -> dict[str, list[str]]:
-    """Exact translations: the testbed's parallel file, or XNLI's validation premises (parallel by design)."""
+
+@dataclass
+class Parallel:
+    """Sentences aligned by position across languages, where they came from, and the languages left out."""
+
+    texts: dict[str, list[str]]  # language -> sentences; row i of every language is one sentence
+    source: str
+    skipped: dict[str, str] = field(default_factory=dict)  # language -> why it has no parallel sentences
+
+
+def parallel_sentences(spec: CellSpec, languages: list[str], n: int) -> Parallel:
+    """Exact translations, at most n per language, no sentence twice: the testbed's parallel file, WMT14's
+    en-fr test set when the languages are exactly en and fr, or else XNLI's validation premises."""
     if all(is_synthetic(lang) for lang in languages):
         path = ensure_testbed(spec.testbed_config().testbed) / "data" / "parallel" / "validation.jsonl"
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
-        return {lang: [r[lang] for r in rows] for lang in languages}
+        return Parallel({lang: [r[lang] for r in rows] for lang in languages}, "testbed parallel file")
+    if set(languages) == WMT14_LANGUAGES:
+        pairs = wmt14_pairs(spec.data_dir)
+        return Parallel({lang: distinct_rows({k: [p[k] for p in pairs] for k in languages})[lang][:n]
+                         for lang in languages}, f"{WMT14[0]} {WMT14[1]} {WMT14[2]}")
     xnli = get_task("xnli")
-    return {lang: list(xnli.load(lang, data_dir=spec.data_dir)["validation"]["premise"][:n]) for lang in languages}
+    skipped = {lang: f"no parallel sentences: {xnli.missing_reason(lang)}" for lang in languages
+               if not xnli.has_language(lang)}
+    premises = {lang: list(xnli.load(lang, data_dir=spec.data_dir)["validation"]["premise"])
+                for lang in languages if lang not in skipped}
+    texts = {lang: rows[:n] for lang, rows in distinct_rows(premises).items()}
+    return Parallel(texts, f"{xnli.hub_dataset} validation premises", skipped)
+
+
+def distinct_rows(texts: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The rows, in order, less every row whose sentence any language has already had.
+
+    XNLI lists each premise once per hypothesis, three times in a row: retrieval over the raw
+    rows would find each translation among three identical candidates (a perfect encoder
+    scores about 1/3). The same rows go in every language, so the alignment stands.
+    """
+    lengths = {lang: len(rows) for lang, rows in texts.items()}
+    if len(set(lengths.values())) > 1:
+        raise LnsubError(f"parallel sentences must have as many rows in every language, got {lengths}")
+    seen: dict[str, set] = {lang: set() for lang in texts}
+    keep = []
+    for i in range(next(iter(lengths.values()), 0)):
+        if not any(texts[lang][i] in seen[lang] for lang in texts):
+            keep.append(i)
+            for lang in texts:
+                seen[lang].add(texts[lang][i])
+    return {lang: [rows[i] for i in keep] for lang, rows in texts.items()}
+
+
+def wmt14_pairs(data_dir: str | None) -> list[dict[str, str]]:
+    """WMT14 en-fr test pairs ({"en": ..., "fr": ...}): from DATA_DIR/wmt14/fr-en/test.{jsonl,json,parquet}
+    in the hub schema (a `translation` column) when a data dir is given, else from the Hub."""
+    import datasets  # heavy: imported when the analysis runs
+
+    hub_id, config, split = WMT14
+    if data_dir is not None:
+        local = Path(data_dir) / "wmt14" / config
+        found = sorted(p for p in local.glob(f"{split}.*") if p.suffix in LOCAL_SUFFIXES)
+        if not found:
+            raise LnsubError(f"no {split} file for {hub_id} in {local} (expected {split}.jsonl, .json or "
+                             f".parquet with a translation column of {{en, fr}} pairs)")
+        ds = datasets.load_dataset(LOCAL_SUFFIXES[found[0].suffix], data_files={split: str(found[0])})[split]
+    else:
+        try:
+            ds = datasets.load_dataset(hub_id, config, split=split)
+        except Exception as e:
+            raise LnsubError(f"cannot load {hub_id} ({config}, {split}): the Hub is unreachable or the dataset "
+                             f"is missing ({type(e).__name__}); copy {split}.jsonl in its schema to "
+                             f"DIR/wmt14/{config}/ and pass --data-dir DIR") from e
+    return list(ds["translation"])
 
 
 def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
@@ -51,42 +120,67 @@ def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
 
 def similarity(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
                level: int | None = None, sentences: int = 200) -> AnalysisResult:
-    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval) and the curves."""
+    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval), parallel.json (the
+    sentences' source, and each language left out with the reason) and the curves."""
     from transformers import AutoModel, AutoTokenizer  # heavy: imported when the analysis runs
 
     sweep = open_sweep(name, storage, tracking_uri, out)
-    root, specs = sweep.root, sweep.specs
     folder = sweep.folder("similarity")
-    languages = sorted({s.language for s in specs})
-    first = specs[0]
+    first = sweep.specs[0]
+    parallel = parallel_sentences(first, sorted({s.language for s in sweep.specs}), sentences)
+    _write_note(folder / "parallel.json", parallel)
     path = model_path(first)
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModel.from_pretrained(path).eval()
-    texts = parallel_sentences(first, languages, sentences)
-    encoders = {"dense": base, "random": random_encoder_like(base, seed=0)}
-    for spec in specs:
-        store = CellStore(root, spec)
-        k = spec.levels if level is None else level
-        if spec.seed == first.seed and store.level_done(k):
-            encoders[f"{spec.task}:{spec.language}@{spec.sparsities[k]:.0%}"] = _encoder_with_mask(
-                base, load_masks(store.level_dir(k)), base.base_model_prefix + ".")
     rows = []
-    for label, model in encoders.items():
-        reps = {lang: layer_representations(model, tokenizer, texts[lang], max_length=64) for lang in languages}
-        for a, b in combinations(languages, 2):
-            ckas = cka_by_layer(reps[a], reps[b])
-            for layer, cka in enumerate(ckas):
-                rows.append({"encoder": label, "layer": layer, "language_a": a, "language_b": b, "cka": cka,
-                             "retrieval": retrieval_accuracy(reps[a][layer], reps[b][layer], k=5)})
+    for label, model in _encoders(sweep, base, level).items():
+        rows.extend(_compare(label, model, tokenizer, parallel.texts))
     write_csv(folder / "similarity.csv", rows)
+    params = {"level": "last" if level is None else level, "sentences": sentences, "parallel_source": parallel.source}
+    if not rows:
+        return AnalysisResult("similarity", sweep, folder, params=params, extra={"skipped": parallel.skipped})
     _plot(rows, folder / "similarity_cka.png", "cka", "linear CKA (mean over language pairs)")
     _plot(rows, folder / "similarity_retrieval.png", "retrieval", "retrieval accuracy (mean over pairs)")
     top = max(r["layer"] for r in rows)
     top_cka = {label: float(np.mean([r["cka"] for r in rows if r["encoder"] == label and r["layer"] == top]))
                for label in ("dense", "random")}
-    return AnalysisResult("similarity", sweep, folder,
-                          params={"level": "last" if level is None else level, "sentences": sentences},
-                          metrics={f"cka_top_layer_{k}": v for k, v in top_cka.items()})
+    return AnalysisResult("similarity", sweep, folder, params=params,
+                          metrics={f"cka_top_layer_{k}": v for k, v in top_cka.items()},
+                          extra={"skipped": parallel.skipped})
+
+
+def _write_note(path: Path, parallel: Parallel) -> None:
+    """parallel.json, and a log line for each language without parallel sentences (left out, not a crash)."""
+    for lang, reason in parallel.skipped.items():
+        log.warning("similarity: language %s skipped: %s", lang, reason)
+    if len(parallel.texts) < 2:
+        log.warning("similarity: fewer than two languages have parallel sentences: nothing to compare")
+    write_json(path, {"source": parallel.source, "sentences": len(next(iter(parallel.texts.values()), [])),
+                      "languages": list(parallel.texts), "skipped": parallel.skipped})
+
+
+def _encoders(sweep, base, level: int | None) -> dict[str, object]:
+    """The dense encoder, a random one of its shape, and θ0 ⊙ mask of each finished cell of the first seed."""
+    first = sweep.specs[0]
+    encoders = {"dense": base, "random": random_encoder_like(base, seed=0)}
+    for spec in sweep.specs:
+        store = CellStore(sweep.root, spec)
+        k = spec.levels if level is None else level
+        if spec.seed == first.seed and store.level_done(k):
+            encoders[f"{spec.task}:{spec.language}@{spec.sparsities[k]:.0%}"] = _encoder_with_mask(
+                base, load_masks(store.level_dir(k)), base.base_model_prefix + ".")
+    return encoders
+
+
+def _compare(label: str, model, tokenizer, texts: dict[str, list[str]]) -> list[dict]:
+    """CKA and retrieval of one encoder, for every pair of languages and every layer."""
+    reps = {lang: layer_representations(model, tokenizer, sents, max_length=64) for lang, sents in texts.items()}
+    rows = []
+    for a, b in combinations(sorted(texts), 2):
+        for layer, cka in enumerate(cka_by_layer(reps[a], reps[b])):
+            rows.append({"encoder": label, "layer": layer, "language_a": a, "language_b": b, "cka": cka,
+                         "retrieval": retrieval_accuracy(reps[a][layer], reps[b][layer], k=5)})
+    return rows
 
 
 def _plot(rows: list[dict], path: Path, key: str, ylabel: str) -> None:

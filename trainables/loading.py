@@ -6,6 +6,8 @@ similarity analysis, so that every one of them starts from the same draw.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from lnsub.trainables.spec import TESTBED_MODEL, CellSpec
@@ -14,6 +16,8 @@ from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.languages import is_synthetic
 from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 from lnsub.trainables.train import RoundData
+
+log = logging.getLogger(__name__)
 
 
 def model_path(spec: CellSpec) -> str:
@@ -61,9 +65,40 @@ def make_accelerator(spec: CellSpec):
     """Accelerate for this process; under Ray Train it joins the workers' process group.
 
     On a machine without a GPU, Accelerate treats a multi-process launch (WORLD_SIZE > 1)
-    as distributed only when told to use the CPU.
+    as distributed only when told to use the CPU. On a GPU, batches travel from pinned
+    memory without blocking the host (train_loader pins them), and the precision is
+    `resolve_precision`'s: bf16 autocast over fp32 master weights where asked and supported,
+    with TF32 matmuls on Ampere or newer; spec.mixed_precision "no" is strict fp32.
     """
     from accelerate import Accelerator  # heavy: imported when a job starts, not with the package
+    from accelerate.utils import DataLoaderConfiguration
 
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=spec.mixed_precision,
-                       gradient_accumulation_steps=spec.grad_accum)
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(spec.mixed_precision, cuda)
+    if cuda:
+        set_matmul_precision(precision)
+    return Accelerator(cpu=not cuda, mixed_precision=precision, gradient_accumulation_steps=spec.grad_accum,
+                       dataloader_config=DataLoaderConfiguration(non_blocking=cuda))
+
+
+def resolve_precision(requested: str, cuda: bool) -> str:
+    """The mixed precision this machine runs: bf16 falls back to fp32 ("no"), with a warning, on a GPU
+    without native bf16 (before Ampere). The cell's id keeps the precision asked for.
+
+    The CPU keeps bf16: PyTorch autocasts to bf16 on any CPU (slowly where it lacks bf16 instructions).
+    """
+    if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        log.warning("mixed_precision bf16 asked for, but %s has no native bf16: training in fp32 instead",
+                    torch.cuda.get_device_name())
+        return "no"
+    return requested
+
+
+def set_matmul_precision(precision: str) -> None:
+    """TF32 matmuls (fp32 in, TF32 inside) under mixed precision on Ampere or newer; strict fp32 otherwise.
+
+    Set either way: the flag is process-wide, and a later cell in the same process must not inherit it.
+    """
+    ampere = torch.cuda.get_device_capability() >= (8, 0)
+    tf32 = precision != "no" and ampere
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")

@@ -58,14 +58,37 @@ def hash_seed(*parts: object) -> int:
 def train_loader(data: RoundData, spec: CellSpec, level: int, epoch: int, accelerator):
     loader = torch.utils.data.DataLoader(
         data.train, batch_size=per_device_batch(spec, accelerator.num_processes),
-        sampler=_order(len(data.train), spec, level, epoch), collate_fn=data.train_collator, drop_last=True)
+        sampler=_order(len(data.train), spec, level, epoch), collate_fn=_UnpaddedMaskDropped(data.train_collator),
+        drop_last=True, pin_memory=_pin(accelerator))
     return accelerator.prepare_data_loader(loader)
 
 
 def eval_loader(data: RoundData, spec: CellSpec, accelerator):
     loader = torch.utils.data.DataLoader(data.valid, batch_size=max(1, per_device_batch(spec, accelerator.num_processes)) * 2,
-                                         collate_fn=data.valid_collator)
+                                         collate_fn=data.valid_collator, pin_memory=_pin(accelerator))
     return accelerator.prepare_data_loader(loader)
+
+
+def _pin(accelerator) -> bool:
+    """Pinned batches on a GPU: with the Accelerator's non_blocking copies the host never waits for them."""
+    return accelerator.device.type == "cuda"
+
+
+class _UnpaddedMaskDropped:
+    """The collator, less an attention_mask that masks nothing (MLM's full blocks): the model reads
+    no mask as all ones, so the result is the same, and transformers' SDPA path skips its
+    `padding_mask.all()` check, a host sync on every forward. Checked here, on the host, for free.
+    """
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and bool(mask.all()):
+            del batch["attention_mask"]
+        return batch
 
 
 def total_steps(spec: CellSpec, steps_per_epoch: int) -> int:
@@ -141,7 +164,8 @@ def _prepare_round(model, data: RoundData, spec: CellSpec, level: int, accelerat
     from accelerate.utils import set_seed  # heavy: imported when training starts, not with the package
 
     set_seed(hash_seed(spec.seed, "level", level) % 2**31, device_specific=True)  # + rank
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, eps=spec.adam_eps, weight_decay=spec.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, eps=spec.adam_eps, weight_decay=spec.weight_decay,
+                                  fused=True)  # one kernel, not a per-tensor loop (BERT-base on CPU: 0.4 s, not 3 s)
     steps_per_epoch = math.ceil(len(train_loader(data, spec, level, 0, accelerator)) / spec.grad_accum)
     if steps_per_epoch == 0:
         raise LnsubError(f"cell {spec.id}: fewer training examples than one batch of {spec.batch_size}")
