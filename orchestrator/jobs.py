@@ -21,7 +21,7 @@ from typing import Callable
 from lnsub.orchestrator import ray_backend
 from lnsub.trainables.atomic import read_json, write_json
 from lnsub.trainables.spec import TESTBED_MODEL, CellSpec
-from lnsub.trainables.sweep_state import _pid_alive
+from lnsub.trainables.sweep_state import pid_alive
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 
@@ -63,7 +63,7 @@ def ray_instance(session: Path, address: str | None = None):
     """
     if session.exists():
         old = read_json(session)
-        if old.get("pid") and not _pid_alive(old["pid"]):
+        if old.get("pid") and not pid_alive(old["pid"]):
             reaped = ray_backend.reap_orphans(old["temp_dir"])
             if reaped:
                 log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, old["pid"])

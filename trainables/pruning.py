@@ -165,11 +165,3 @@ class MaskEnforcer:
             grads, masks = zip(*pairs)
             torch._foreach_mul_(list(grads), list(masks))
 
-
-def mask_gradients(model: nn.Module, masks: Masks) -> None:
-    """Zero the gradients of pruned weights, so the optimizer's moments never move them."""
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
-        g = params[name].grad
-        if g is not None:
-            g.mul_(mask.to(device=g.device, dtype=g.dtype))

@@ -150,11 +150,11 @@ class Lease:
     def alive(self, now: float | None = None) -> bool:
         """Held by a live driver: on this host, its process exists; elsewhere, its heartbeat is recent."""
         if self.host == socket.gethostname():
-            return _pid_alive(self.pid)
+            return pid_alive(self.pid)
         return (now or time.time()) - self.heartbeat < LEASE_TTL
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
