@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from lnsub.trainables import metrics as M
-from lnsub.trainables import pruning
+from lnsub.trainables import memory, pruning
 from lnsub.trainables.loading import load_task, make_accelerator
 from lnsub.trainables.masks import digest as mask_digest
 from lnsub.trainables.spec import CellSpec
@@ -166,6 +166,7 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
     store = CellStore(storage, spec)
     if store.finished():
         return CellResult(spec.id, store.all_metrics(), 0, store.root)
+    memory.reset_peak()  # this cell's peak, not the reused process's largest cell so far
     cell = open_cell(spec, store, accelerator or make_accelerator(spec), hooks or Hooks(), checkpoint_every)
     # finished levels are checked first: one whose outputs are damaged loses its DONE and runs again
     first = _broadcast_int(store.first_unfinished_level() if cell.main else 0, cell.accelerator)
@@ -176,10 +177,13 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
     seconds = time.perf_counter() - started
     if cell.main:
         # this call's wall time, set-up included: the cell's compute as the orchestrator sees it
-        store.write_timing(seconds, steps_trained, cell.accelerator.num_processes)
+        store.write_timing(seconds, steps_trained, cell.accelerator.num_processes, memory.peak_rss_bytes())
         store.mark_finished()
     cell.accelerator.wait_for_everyone()
-    return CellResult(spec.id, store.all_metrics(), steps_trained, store.root, seconds)
+    result = CellResult(spec.id, store.all_metrics(), steps_trained, store.root, seconds)
+    del cell
+    memory.release()  # the next cell in this process starts from what it needs, not from this one's peak
+    return result
 
 
 def open_cell(spec: CellSpec, store: CellStore, accelerator, hooks: Hooks, checkpoint_every: int) -> Cell:

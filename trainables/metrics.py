@@ -34,6 +34,7 @@ TASK_METRICS = (PERPLEXITY, LOSS, ACCURACY, F1, PRECISION, RECALL)
 
 # a cell's timing.json (also: STEPS_TRAINED, WORKERS)
 SECONDS = "seconds"
+PEAK_RSS_BYTES = "peak_rss_bytes"  # the main process's peak resident memory over its life
 
 # a transfer job's result.json (also: LEVEL, SPARSITY, DENSITY, METRIC, SCORE, the task's metrics,
 # STEPS, STEPS_TRAINED, RESUMED_FROM_STEP, SECONDS)

@@ -35,7 +35,7 @@ import torch
 
 from lnsub.trainables import masks as maskio
 from lnsub.trainables.atomic import DONE, atomic_path, is_done, mark_done, read_json, write_json
-from lnsub.trainables.metrics import SECONDS, STEPS_TRAINED, WORKERS
+from lnsub.trainables.metrics import PEAK_RSS_BYTES, SECONDS, STEPS_TRAINED, WORKERS
 from lnsub.trainables.spec import CellSpec
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,9 @@ class CellStore:
     def all_metrics(self) -> list[dict]:
         return [self.metrics(k) for k in range(self.spec.levels + 1) if self.level_done(k)]
 
-    def write_timing(self, seconds: float, steps_trained: int, workers: int) -> None:
-        write_json(self.root / TIMING, {SECONDS: seconds, STEPS_TRAINED: steps_trained, WORKERS: workers})
+    def write_timing(self, seconds: float, steps_trained: int, workers: int, peak_rss_bytes: int | None = None) -> None:
+        write_json(self.root / TIMING, {SECONDS: seconds, STEPS_TRAINED: steps_trained, WORKERS: workers,
+                                        PEAK_RSS_BYTES: peak_rss_bytes})
 
     def timing(self) -> dict:
         return read_json(self.root / TIMING)

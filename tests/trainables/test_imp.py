@@ -95,6 +95,16 @@ def test_each_round_starts_from_theta0_times_mask_and_carries_the_head(reference
             assert not torch.equal(start["classifier.weight"], head0["classifier.weight"])
 
 
+def test_timing_records_the_peak_rss_the_kernel_reports(reference_run):
+    """timing.json's peak_rss_bytes is this process's high-water mark (/proc's VmHWM, read independently)."""
+    spec, storage, _, _, _ = reference_run
+    timing = CellStore(storage, spec).timing()
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    hwm_now = int(status["VmHWM"].split()[0]) * 1024  # kB; it only grows, so it bounds the earlier reading
+    assert 0 < timing["peak_rss_bytes"] <= hwm_now
+    assert timing["peak_rss_bytes"] > 100 * 2**20  # torch and a model are resident: not a unit slip (KiB for B)
+
+
 def test_a_finished_cell_does_no_training(reference_run):
     spec, storage, _, _, _ = reference_run
     stamps = {p: p.stat().st_mtime_ns for p in Path(storage).rglob("*") if p.is_file()}
