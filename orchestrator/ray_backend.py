@@ -213,7 +213,7 @@ def fitting_concurrency(workers_per_cell: int, cpus_per_worker: float, gpus_per_
 
 def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, workers_per_cell: int,
                cpus_per_worker: float, gpus_per_worker: float, max_concurrent: int, max_failures: int,
-               resume: bool) -> dict[str, str | None]:
+               resume: bool, reuse_actors: bool = False) -> dict[str, str | None]:
     """One Tune trial per item (each a dict with an "id"), named by that id; item id -> error or None.
 
     The experiment lives in `experiment` and is restored from there on resume; a
@@ -238,7 +238,7 @@ def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, 
             trainable, param_space={"item": tune.grid_search(items), **config},
             # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name, reuse_actors=True),
+                                        trial_dirname_creator=_trial_name, reuse_actors=reuse_actors),
             run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=max_failures)),
         )

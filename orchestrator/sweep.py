@@ -20,7 +20,7 @@ from pathlib import Path
 from lnsub.orchestrator import tracking
 from lnsub.orchestrator.grid import Plan, Resources
 from lnsub.orchestrator.grid import plan as make_plan
-from lnsub.orchestrator.jobs import Batch, Placement, prepare_testbed, run_jobs
+from lnsub.orchestrator.jobs import Batch, placement_for, prepare_testbed, run_jobs
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.metrics import LEVEL_SECONDS
 from lnsub.trainables.store import CellStore
@@ -165,7 +165,8 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
         folder = sweep_dir(root, state.name)
         batch = Batch("cell", [{"id": c.id, "spec": c.spec.to_dict()} for c in state.cells], folder / "tune",
                       folder / FAILURES_DIR, root)
-        errors = run_jobs(batch, Placement(res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker),
+        placement = placement_for(state.specs, res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
+        errors = run_jobs(batch, placement,
                           address=address, max_concurrent=max_concurrent, max_failures=max_failures, resume=resume,
                           checkpoint_every=checkpoint_every, watch=monitor.tick, watch_interval=sync_interval,
                           started=lambda k: log.info("sweep %s: %d cells, up to %d at a time; storage %s",
