@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -133,8 +134,9 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = AutoModel.from_pretrained(path).eval()
     rows = []
-    for label, model in _encoders(sweep, base, level).items():
+    for label, model in _encoders(sweep, base, level):  # one at a time: each is a whole encoder's copy
         rows.extend(_compare(label, model, tokenizer, parallel.texts))
+        del model
     write_csv(folder / "similarity.csv", rows)
     params = {"level": "last" if level is None else level, "sentences": sentences, "parallel_source": parallel.source}
     if not rows:
@@ -159,17 +161,18 @@ def _write_note(path: Path, parallel: Parallel) -> None:
                       "languages": list(parallel.texts), "skipped": parallel.skipped})
 
 
-def _encoders(sweep, base, level: int | None) -> dict[str, object]:
-    """The dense encoder, a random one of its shape, and θ0 ⊙ mask of each finished cell of the first seed."""
+def _encoders(sweep, base, level: int | None) -> Iterator[tuple[str, object]]:
+    """The dense encoder, a random one of its shape, and θ0 ⊙ mask of each finished cell of the first seed,
+    built one at a time (at mBERT's size each copy is 0.7 GB)."""
     first = sweep.specs[0]
-    encoders = {"dense": base, "random": random_encoder_like(base, seed=0)}
+    yield "dense", base
+    yield "random", random_encoder_like(base, seed=0)
     for spec in sweep.specs:
         store = CellStore(sweep.root, spec)
         k = spec.levels if level is None else level
         if spec.seed == first.seed and store.level_done(k):
-            encoders[f"{spec.task}:{spec.language}@{spec.sparsities[k]:.0%}"] = _encoder_with_mask(
+            yield f"{spec.task}:{spec.language}@{spec.sparsities[k]:.0%}", _encoder_with_mask(
                 base, load_masks(store.level_dir(k)), base.base_model_prefix + ".")
-    return encoders
 
 
 def _compare(label: str, model, tokenizer, texts: dict[str, list[str]]) -> list[dict]:
