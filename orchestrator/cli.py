@@ -24,6 +24,7 @@ from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, s
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.sweep_state import check_name, check_storage, load_state, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
+from lnsub.trainables.testbed.rehearsal import ensure_rehearsal
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -65,6 +66,17 @@ def testbed(
         table.add_row(lang, f"{r['accuracy']:.3f}", f"{r['unigram_baseline']:.3f}")
     console.print(table)
     console.print(f"model and tokenizer: [bold]{path}[/bold]")
+
+
+@app.command()
+def rehearsal(out: str = typer.Option("lnsub-rehearsal", "--out", help="Folder for the model and the data "
+                                                                      "(the rehearsal grid reads ./lnsub-rehearsal).")) -> None:
+    """Build the mBERT-shaped rehearsal: random weights in mBERT's architecture, and hub-faithful local copies
+    of Wikipedia, WikiANN and XNLI for en, fr, ar, fa, hi, sw (cached; a rerun does nothing)."""
+    paths = ensure_rehearsal(out)
+    console.print(f"model: [bold]{paths['model']}[/bold]\ndata:  [bold]{paths['data']}[/bold]")
+    console.print("next: lnsub sweep --grid rehearsal   (run from the folder that holds "
+                  f"{paths['model'].parent.name}/, as the grid's paths are relative)")
 
 
 # --- options shared by every command that reads a sweep ---------------------------------------------

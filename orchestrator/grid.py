@@ -24,7 +24,7 @@ from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 from lnsub.trainables.sweep_state import check_name
 from lnsub.trainables.testbed.languages import TWINS, is_synthetic
 
-SHIPPED = ("smoke", "full-synthetic", "full")
+SHIPPED = ("smoke", "full-synthetic", "full", "rehearsal")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
              "description"}
 REQUIRED = ("model", "languages", "tasks", "levels", "prune_fraction")
@@ -247,6 +247,33 @@ def check_data_dir(data_dir: str | None) -> str | None:
     return str(path.resolve())
 
 
+def is_relative_path(value: str) -> bool:
+    """A grid's model or data_dir written as a path relative to this machine (./x, ../x, ~/x).
+
+    Absolute paths are left as written, unchecked: on a cluster they may name a folder only the
+    worker nodes mount."""
+    return value.startswith(("./", "../", "~"))
+
+
+def resolve_paths(data: dict, source: str) -> dict:
+    """The grid with its relative model folder and task data_dirs made absolute (cells run in other
+    folders and on other nodes), each checked to exist here; relative means to the current folder."""
+    data = {**data, "tasks": {t: dict(o or {}) for t, o in data["tasks"].items()}}
+    if is_relative_path(data["model"]):
+        path = Path(data["model"]).expanduser().resolve()
+        if not (path / "config.json").is_file():
+            hint = " (build it here with: lnsub rehearsal)" if "rehearsal" in str(path) else ""
+            _fail(source, "model", f"{data['model']!r} is not a model folder: no {path / 'config.json'}{hint}")
+        data["model"] = str(path)
+    for task, overrides in data["tasks"].items():
+        if isinstance(overrides.get("data_dir"), str) and is_relative_path(overrides["data_dir"]):
+            try:
+                overrides["data_dir"] = check_data_dir(overrides["data_dir"])
+            except LnsubError as e:
+                _fail(source, f"tasks.{task}.data_dir", str(e).removeprefix("--data-dir "))
+    return data
+
+
 def plan(grid: str, data_dir: str | None = None, **resource_overrides) -> Plan:
     """Validate a grid and expand it into cells; unavailable (task, language) pairs are listed, not errors.
 
@@ -256,6 +283,7 @@ def plan(grid: str, data_dir: str | None = None, **resource_overrides) -> Plan:
     data_dir = check_data_dir(data_dir)
     data, source = load_grid(grid)
     validate_grid(data, source)
+    data = resolve_paths(data, source)
     name = data.get("name") or check_name(Path(source).stem, f"{source}: name (from the file name; add name:)")
     resources = _resources(data.get("resources", {}), resource_overrides)
     cells, skipped = [], []

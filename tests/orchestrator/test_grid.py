@@ -7,6 +7,7 @@ import sys
 import pytest
 import yaml
 
+from lnsub.trainables.errors import LnsubError
 from lnsub.orchestrator.cli import main
 from lnsub.orchestrator.grid import grid_path, plan
 
@@ -204,3 +205,25 @@ def test_bad_data_dir_is_one_line(tmp_path, monkeypatch, capsys):
     code, err = _run_cli(monkeypatch, capsys, "sweep", "--name", "x", "--resume", "--storage", str(tmp_path / "s"),
                          "--data-dir", str(tmp_path))
     assert code == 2 and "resumed sweep keeps its cells' data" in err
+
+
+def test_relative_model_and_data_paths_are_read_from_the_current_folder(tmp_path, monkeypatch):
+    """A grid may name ./model and ./data (the rehearsal grid does): cells get absolute paths, since they
+    run in other folders and on other nodes; absolute paths are kept as written (a worker may mount them)."""
+    (tmp_path / "here" / "model").mkdir(parents=True)
+    (tmp_path / "here" / "model" / "config.json").write_text("{}")
+    (tmp_path / "here" / "data").mkdir()
+    grid = _grid(tmp_path, model="./model", languages=["en"],
+                 tasks={"ner": {"steps": 5, "data_dir": "./data"}, "xnli": {"steps": 5, "data_dir": "/mnt/x"}})
+    monkeypatch.chdir(tmp_path / "here")
+    specs = {c.spec.task: c.spec for c in plan(str(grid)).cells}
+    assert specs["ner"].model == str((tmp_path / "here" / "model").resolve())
+    assert specs["ner"].data_dir == str((tmp_path / "here" / "data").resolve())
+    assert specs["xnli"].data_dir == "/mnt/x"
+    monkeypatch.chdir(tmp_path)  # elsewhere, ./model does not exist: one line naming the field
+    with pytest.raises(LnsubError, match=r"grid\.yaml: model: './model' is not a model folder"):
+        plan(str(grid))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(LnsubError, match=r"tasks\.ner\.data_dir: '\./data' is not a folder"):
+        plan(str(grid))

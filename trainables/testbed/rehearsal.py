@@ -1,0 +1,87 @@
+"""The mBERT-shaped rehearsal: `bert-base-multilingual-cased`'s architecture, randomly initialised,
+and hub-faithful local copies of the three datasets, so that `--grid rehearsal` runs the `full`
+grid's code path (real language codes, `from_pretrained(<folder>)`, the real loaders) offline.
+
+Layout (`lnsub rehearsal --out DIR`, each folder built whole, DONE last):
+    DIR/data/<task>/<language>/<split>.jsonl    as tests/hub_fixtures.py, at the sizes below
+    DIR/model/                                  config.json, model.safetensors, the tokenizer files
+
+The model is saved as `BertForPreTraining` (encoder, pooler, MLM and NSP heads), which is what the
+hub's mBERT checkpoint holds: XNLI cells load its pooler, MLM cells its prediction head. Only the
+vocabulary differs from mBERT's: a WordPiece trained on the copies (mBERT's 119,547 rows would make a
+CPU rehearsal time its embedding gradients, which IMP never prunes).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from lnsub.trainables.atomic import atomic_dir, is_done, write_json
+from lnsub.trainables.testbed.hubcopies import LANGUAGES, write_hub_fixtures
+from lnsub.trainables.testbed.tinybert import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+# bert-base-multilingual-cased's config.json, less its vocabulary size
+MBERT_ARCHITECTURE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                      "intermediate_size": 3072, "hidden_act": "gelu", "max_position_embeddings": 512,
+                      "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                      "initializer_range": 0.02, "layer_norm_eps": 1e-12}
+VOCAB_SIZE = 4000
+# rows per split: enough for the rehearsal grid's sizes (MLM carves 2% of its documents for validation)
+SIZES = {"mlm": {"train": 600}, "ner": {"train": 300, "validation": 100, "test": 100},
+         "xnli": {"train": 300, "validation": 100, "test": 100}}
+REPORT = "rehearsal.json"
+
+
+def mbert_config(vocab_size: int):
+    from transformers import BertConfig  # heavy: only building the model needs it
+
+    return BertConfig(vocab_size=vocab_size, architectures=["BertForPreTraining"], **MBERT_ARCHITECTURE)
+
+
+def _texts(data: Path) -> list[str]:
+    """Every text of the copies, for the WordPiece vocabulary (all languages at once, as mBERT's)."""
+    from datasets import load_dataset  # heavy: only building the tokenizer needs it
+
+    texts: list[str] = []
+    for path in sorted(data.glob("*/*/train.jsonl")):
+        ds = load_dataset("json", data_files=str(path), split="train")
+        for column in ("text", "premise", "hypothesis"):
+            if column in ds.column_names:
+                texts += ds[column]
+        if "tokens" in ds.column_names:
+            texts += [" ".join(tokens) for tokens in ds["tokens"]]
+    return texts
+
+
+def build_model(data: Path, out: Path, vocab_size: int = VOCAB_SIZE, seed: int = 0) -> dict:
+    """A randomly initialised mBERT-shaped model and a WordPiece trained on `data`, saved to `out`."""
+    from transformers import BertForPreTraining, set_seed
+
+    tokenizer = train_tokenizer(_texts(data), vocab_size)
+    set_seed(seed)
+    model = BertForPreTraining(mbert_config(len(tokenizer)))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer), "seed": seed}
+
+
+def ensure_rehearsal(out: str | Path) -> dict[str, Path]:
+    """Build (once) the rehearsal's data and model under `out`; returns their folders."""
+    out = Path(out).expanduser().resolve()
+    data, model = out / "data", out / "model"
+    if not is_done(data):
+        log.info("writing hub-faithful copies for %s to %s", ", ".join(LANGUAGES), data)
+        with atomic_dir(data) as tmp:
+            write_hub_fixtures(tmp, SIZES)
+    if not is_done(model):
+        log.info("building the mBERT-shaped model (random weights) in %s", model)
+        started = time.perf_counter()
+        with atomic_dir(model) as tmp:
+            report = build_model(data, tmp)
+            write_json(tmp / REPORT, {**report, "seconds": round(time.perf_counter() - started, 1),
+                                      "architecture": MBERT_ARCHITECTURE})
+    return {"data": data, "model": model}
