@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lnsub.orchestrator import analyses, tracking
+from lnsub.orchestrator import analyses, makespan, tracking
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
 from lnsub.trainables.errors import LnsubError
@@ -97,9 +97,17 @@ def _fmt_hours(h: float) -> str:
 def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke, full-synthetic, full) or a YAML path."),
          workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
          gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
+         gpus: int = typer.Option(None, "--gpus", help="Also show the sweep's makespan on this many GPUs "
+                                                       "(CPU workers for a CPU-only grid) beside its lower bound."),
+         max_concurrent: int = typer.Option(None, "--max-concurrent", help="The sweep's cap on cells at once."),
          data_dir: str = DataDirOpt) -> None:
     """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
+    if gpus is not None and gpus < 1:
+        raise LnsubError(f"--gpus must be >= 1, got {gpus}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise LnsubError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     p = make_plan(grid, data_dir=data_dir, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
+    schedule = _schedule(p, gpus, max_concurrent) if gpus is not None else None
     r = p.resources
     table = Table(title=f"grid {p.name}: {len(p.cells)} cells ({p.source})")
     for col in ("cell id", "task", "language", "seed", "levels", "sparsity", "expected"):
@@ -119,6 +127,44 @@ def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke
         console.print(f"{task}: {n} cells, {_fmt_hours(hours)} expected")
     console.print(f"total expected: [bold]{_fmt_hours(p.total_cost_hours)}[/bold] of "
                   f"{'GPU' if r.gpus_per_worker else 'CPU-worker'} time x {r.workers_per_cell} worker(s) per cell")
+    if schedule is not None:
+        _print_makespan(p, schedule, max_concurrent)
+
+
+def _schedule(p, devices: int, max_concurrent: int | None) -> makespan.Schedule:
+    """The sweep on `devices` devices as lnsub runs it: longest first, its concurrency rule."""
+    r = p.resources
+    try:
+        return makespan.simulate([c.cost_hours for c in p.cells], devices, r.workers_per_cell, r.gpus_per_worker,
+                                 max_concurrent)
+    except ValueError:
+        per_cell = makespan.devices_per_cell(r.workers_per_cell, r.gpus_per_worker)
+        raise LnsubError(f"--gpus {devices}: one cell holds {per_cell:g} {'GPUs' if r.gpus_per_worker else 'CPU workers'}"
+                         f" ({r.workers_per_cell} workers per cell), more than there are") from None
+
+
+def _print_makespan(p, s: makespan.Schedule, max_concurrent: int | None) -> None:
+    r = p.resources
+    unit = "GPU" if r.gpus_per_worker else "CPU worker"
+    capped = " (--max-concurrent)" if max_concurrent and s.slots == max_concurrent < s.devices // s.per_cell else ""
+    console.print(f"on {s.devices:g} {unit}s: {s.slots} cells at a time{capped}, {s.per_cell:g} {unit}(s) each, "
+                  f"longest first")
+    console.print(f"makespan [bold]{_fmt_hours(s.makespan)}[/bold], lower bound {_fmt_hours(s.bound)}, "
+                  f"ratio {s.ratio:.4f}")
+    console.print(f"  (bound: max(longest cell {_fmt_hours(s.longest)}, {_fmt_hours(s.device_hours)} of {unit} "
+                  f"time / {s.devices:g}))")
+    if not s.longest_sets_bound:
+        return
+    table = Table(title=f"the longest cells set the bound; more workers per cell on {s.devices:g} {unit}s:")
+    for col in ("workers per cell", f"{unit}s per cell", "longest cell", "bound", "makespan", "ratio"):
+        table.add_column(col, justify="right")
+    costs = [c.cost_hours for c in p.cells]
+    for row in makespan.workers_table(costs, s.devices, r.gpus_per_worker, max_concurrent):
+        table.add_row(str(row.workers_per_cell), f"{row.per_cell:g}", _fmt_hours(row.longest),
+                      _fmt_hours(row.bound), _fmt_hours(row.makespan), f"{row.ratio:.4f}")
+    console.print(table)
+    console.print(f"assumes a cell on w workers takes cost/w hours (perfect scaling)\n"
+                  f"and holds w x {r.gpus_per_worker or 1:g} {unit}(s) while it runs")
 
 
 def _progress_table(statuses) -> Table:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from lnsub.orchestrator import ray_backend
+from lnsub.orchestrator.makespan import concurrency_rule
 from lnsub.trainables.atomic import read_json, write_json
 from lnsub.trainables.spec import TESTBED_MODEL, CellSpec
 from lnsub.trainables.sweep_state import pid_alive
@@ -97,9 +98,7 @@ def concurrency(placement: Placement, max_concurrent: int | None) -> int:
     """Jobs at once: what the cluster fits now (multi-worker jobs never more), capped by --max-concurrent."""
     fits = ray_backend.fitting_concurrency(placement.workers_per_job, placement.cpus_per_worker,
                                            placement.gpus_per_worker)
-    if placement.workers_per_job > 1:
-        return min(max_concurrent or fits, fits)
-    return max_concurrent or fits
+    return concurrency_rule(fits, placement.workers_per_job, max_concurrent)  # `lnsub plan --gpus` applies it too
 
 
 def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, max_concurrent: int | None = None,

@@ -211,6 +211,15 @@ def fitting_concurrency(workers_per_cell: int, cpus_per_worker: float, gpus_per_
     return max(1, int(min(fits))) if fits else 1
 
 
+def param_space(items: list[dict], config: dict) -> dict:
+    """One grid point per item. Tune's BasicVariantGenerator makes the trials in this order, creating the
+    next only when one of max_concurrent_trials ends, so the items' order is the order they start in
+    (a sweep's: longest first, as `lnsub plan --gpus` assumes; tests/orchestrator/test_makespan.py checks it)."""
+    from ray import tune
+
+    return {"item": tune.grid_search(items), **config}
+
+
 def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, workers_per_cell: int,
                cpus_per_worker: float, gpus_per_worker: float, max_concurrent: int, max_failures: int,
                resume: bool, reuse_actors: bool = False) -> dict[str, str | None]:
@@ -235,7 +244,7 @@ def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, 
             log.warning("could not restore the Tune experiment (%s); starting it afresh, finished work is kept", e)
     if tuner is None:
         tuner = tune.Tuner(
-            trainable, param_space={"item": tune.grid_search(items), **config},
+            trainable, param_space=param_space(items, config),
             # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name, reuse_actors=reuse_actors),
