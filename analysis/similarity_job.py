@@ -123,7 +123,10 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
                level: int | None = None, sentences: int = 200) -> AnalysisResult:
     """Write similarity.csv (encoder, layer, language pair: CKA and retrieval), parallel.json (the
     sentences' source, and each language left out with the reason) and the curves."""
-    from transformers import AutoModel, AutoTokenizer  # heavy: imported when the analysis runs
+    import transformers  # heavy: imported when the analysis runs
+    from transformers import AutoModel, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()  # the checkpoint's MLM/NSP heads, unused by an encoder, are no news
 
     sweep = open_sweep(name, storage, tracking_uri, out)
     folder = sweep.folder("similarity")
