@@ -196,7 +196,26 @@ def transfer_section(sweep: Sweep, folder: Path) -> str:
             out.append(table(["source", "mean relative drop", "successes"],
                              [[r["source"], f"{float(r['mean_relative_drop']):+.2%}",
                                f"{r['successes']}/{r['targets']}"] for r in rows]))
+        out.append(head_reading(read_csv(folder / f"transfer_head_level{level}.csv")))
     return "\n".join(out)
+
+
+def head_reading(rows: list[dict]) -> str:
+    """The head carry-over artefact, made visible: IMP's ticket score (head carried over from level to level)
+    against the same mask trained once with a fresh head (the diagonal transfer job)."""
+    parts = []
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        carried = statistics.fmean(float(r["carried_head"]) for r in mine)
+        fresh = statistics.fmean(float(r["fresh_head"]) for r in mine)
+        parts.append(f"{task} at {float(mine[0]['sparsity']):.0%}: {carried:.4f} with the carried head, "
+                     f"{fresh:.4f} with a fresh one ({carried - fresh:+.4f}, {len(mine)} cells)")
+    if not parts:
+        return ""
+    return ("<p class='reading'><b>Head carry-over:</b> as in the paper, IMP carries each level's task head "
+            "into the next, so a level-k ticket's head has trained k+1 times; a rise of the score with sparsity "
+            "can be that, not the mask. The same masks trained on the same schedule with a fresh head: "
+            + "; ".join(parts) + ".</p>")
 
 
 def similarity_section(sweep: Sweep, folder: Path) -> str:

@@ -83,6 +83,16 @@ def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
         assert float(r["a_tt"]) == pytest.approx(own, abs=1e-12)
         if r["source"] == r["target"]:
             assert float(r["a_st"]) == float(r["a_tt"]) and float(r["delta"]) == 0.0
+    # head carry-over: each NER cell's IMP score at the level (its metrics.json, read here) beside the same mask
+    # trained with a fresh head (its diagonal job's result.json): the artefact, visible, per cell
+    head = {r["language"]: r for r in rows(folder / f"transfer_head_level{LEVEL}.csv")}
+    assert sorted(head) == targets
+    for lang, r in head.items():
+        cell = jobs[(lang, lang)].target
+        imp = json.loads((Path(storage) / "cells" / cell.id / f"level_{LEVEL}" / "metrics.json").read_text())
+        assert float(r["carried_head"]) == pytest.approx(imp["score"], abs=1e-12)
+        assert float(r["fresh_head"]) == pytest.approx(jobs_io.result(storage, jobs[(lang, lang)])["score"], abs=1e-12)
+        assert float(r["difference"]) == pytest.approx(imp["score"] - float(r["fresh_head"]), abs=1e-12)
     # ... and an independent rerun of one diagonal job, outside Ray, in a fresh storage, scores the same
     diagonal = jobs[("syn-ar", "syn-ar")]
     fresh = tmp_path / "fresh"
