@@ -255,8 +255,11 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
     root = check_storage(storage)
     uri = tracking_uri or (load_state(root, name).tracking_uri if name else tracking.default_tracking_uri(root))
     console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    # One browsing user: one worker, and no GenAI job runner (by default mlflow starts 4 workers and 8 job
+    # processes that ignore SIGTERM; on 2 cores the UI took a minute to answer). Set the variable to override.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                    "--port", str(port)], check=False)
+                    "--port", str(port), "--workers", "1"], env=env, check=False)
 
 
 OutOpt = typer.Option(None, "--out", help="Analysis folder; each analysis writes its own subfolder there "
