@@ -322,9 +322,11 @@ def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: 
 
 @app.command()
 def report(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
-           out: str = OutOpt) -> None:
+           out: str = OutOpt,
+           control: str = typer.Option(None, "--control", help="A second sweep in the same storage (the negative "
+                                                               "control): its claims go side by side.")) -> None:
     """One self-contained HTML page of the sweep's results (open it in a browser; also logged to MLflow)."""
-    path = analyses.report(name, storage, tracking_uri, out).extra["path"]
+    path = analyses.report(name, storage, tracking_uri, out, control).extra["path"]
     console.print(f"report: [bold]{path}[/bold]  (open it in a browser: file://{path})")
 
 
