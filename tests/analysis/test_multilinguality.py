@@ -68,3 +68,15 @@ def test_per_layer_pairs_and_order_groups_match_a_loop():
 def test_refuses_unaligned_inputs():
     with pytest.raises(ValueError):
         nearest_neighbour_p1(np.zeros((3, 2)), np.zeros((4, 2)))
+
+
+def test_centring_subtracts_each_language_mean():
+    rng = np.random.default_rng(3)
+    reps = noisy_reps(rng, ["a", "b"])
+    shifted = {"a": reps["a"] + 50.0, "b": reps["b"] - 50.0}  # a huge language offset hides the content
+    centred = retrieval_by_layer(shifted, center=True)
+    for (a, b), values in centred.items():
+        for layer, v in enumerate(values):
+            x = (shifted[a][layer] - shifted[a][layer].mean(0)).tolist()
+            y = (shifted[b][layer] - shifted[b][layer].mean(0)).tolist()
+            assert v == pytest.approx(brute_p1(x, y))
