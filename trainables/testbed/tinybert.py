@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TinyBertConfig:
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
-    vocab_per_language: int = 200  # WordPiece budget of each twin, its alphabet (and ## forms) included
+    word_level: bool = True  # each twin's vocabulary: its lexicon's words whole, plus its letters as fallback
+    vocab_per_language: int = 200  # without word_level: WordPiece budget of each twin, its alphabet (and ##) included
     hidden_size: int = 64
     layers: int = 6
     heads: int = 4
@@ -99,7 +100,19 @@ def _twin_vocab(texts: list[str], budget: int) -> list[str]:
     return [t for t in sorted(vocab, key=vocab.get) if t not in SPECIALS]
 
 
-def train_tokenizer(texts: dict[str, list[str]], budget: int, extra_specials: tuple[str, ...] = ()):
+def lexicon_vocab(config: TinyBertConfig, language: str) -> list[str]:
+    """A twin's word-level vocabulary: every word of its lexicon, then its letters and their ## forms.
+
+    The words come from the generator's lexicon (an oracle segmentation of the twin, no other
+    twin involved); the letters keep every string of the script tokenisable.
+    """
+    twin = TWINS[language]
+    words = sorted(set(grammar.build_lexicon(twin, config.testbed.seed, config.testbed.anchor_fraction).values()))
+    return words + list(twin.letters) + [f"##{c}" for c in twin.letters]
+
+
+def train_tokenizer(texts: dict[str, list[str]], budget: int, extra_specials: tuple[str, ...] = (),
+                    vocabs: dict[str, list[str]] | None = None):
     """A cased WordPiece tokenizer whose vocabulary is each twin's own, merged; and each twin's id range.
 
     Ids: the five specials, then twin by twin its tokens (a token a twin shares with an earlier
@@ -111,7 +124,7 @@ def train_tokenizer(texts: dict[str, list[str]], budget: int, extra_specials: tu
     vocab, ranges = {t: i for i, t in enumerate(SPECIALS)}, {}
     for lang, lang_texts in texts.items():
         start = len(vocab)
-        for t in _twin_vocab(lang_texts, budget):
+        for t in (vocabs[lang] if vocabs else _twin_vocab(lang_texts, budget)):
             vocab.setdefault(t, len(vocab))
         ranges[lang] = (start, len(vocab))
     for t in extra_specials:
@@ -288,8 +301,9 @@ def pretrain(config: TinyBertConfig, out: Path) -> dict:
     languages = list(config.testbed.languages)
     train = {lang: pretraining_sentences(config, lang) for lang in languages}
     extra = tuple(f"[{k}-{lang}]" for lang in languages for k in ("CLS", "SEP", "MASK")) if config.decoupled else ()
+    vocabs = {lang: lexicon_vocab(config, lang) for lang in languages} if config.word_level else None
     tokenizer, ranges = train_tokenizer({lang: train[lang][:3000] for lang in languages},
-                                        config.vocab_per_language, extra)
+                                        config.vocab_per_language, extra, vocabs)
     layout = make_layout(config, tokenizer, ranges)
     tokenizers = {lang: LanguageTokenizer(tokenizer, layout, lang) for lang in languages}
     set_seed(config.seed)
