@@ -30,8 +30,14 @@ def nearest_neighbour_p1(X, Y) -> float:
     return float(np.mean(best == np.arange(x.shape[0])))
 
 
-def retrieval_by_layer(reps: dict[str, np.ndarray]) -> dict[tuple[str, str], list[float]]:
-    """P@1 of every ordered pair of languages at every layer; reps[lang] is [layers + 1, n, dim]."""
+def retrieval_by_layer(reps: dict[str, np.ndarray], center: bool = False) -> dict[tuple[str, str], list[float]]:
+    """P@1 of every ordered pair of languages at every layer; reps[lang] is [layers + 1, n, dim].
+
+    center: subtract each language's mean vector per layer first (Libovický et al. 2020's
+    language centring), which removes what merely identifies the language.
+    """
+    if center:
+        reps = {lang: r - r.mean(axis=1, keepdims=True) for lang, r in reps.items()}
     return {(a, b): [nearest_neighbour_p1(xa, xb) for xa, xb in zip(reps[a], reps[b])]
             for a, b in permutations(reps, 2)}
 
@@ -68,8 +74,10 @@ def sentence_retrieval(model, tokenizers: dict, texts: dict[str, Sequence[str]],
     n = {len(v) for v in texts.values()}
     if len(n) != 1:
         raise ValueError(f"parallel texts need as many rows in every language, got {sorted(n)}")
-    by_pair = retrieval_by_layer(encode_languages(model, tokenizers, texts))
-    return {"n": n.pop(), "layers": summarise(by_pair, order, len(next(iter(texts.values())))),
+    reps = encode_languages(model, tokenizers, texts)
+    by_pair, centred = retrieval_by_layer(reps), retrieval_by_layer(reps, center=True)
+    n = n.pop()
+    return {"n": n, "layers": summarise(by_pair, order, n), "centred_layers": summarise(centred, order, n),
             "pairs": {f"{a}>{b}": v for (a, b), v in by_pair.items()}}
 
 
