@@ -62,11 +62,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--json")
+    parser.add_argument("--anchor-fraction", type=float, default=0.0)  # shared anchor words: DIRECT signal
     parser.add_argument("--threads", type=int, default=1)  # 2 threads on 2 shared cores ran 15x slower
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = config_from(args.set)
+    if args.anchor_fraction:
+        config = dataclasses.replace(config, testbed=dataclasses.replace(config.testbed,
+                                                                         anchor_fraction=args.anchor_fraction))
     start = time.perf_counter()
     path = ensure_tiny_model(config)
     report = pretrain_report(path)

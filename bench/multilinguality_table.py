@@ -1,6 +1,6 @@
 """Markdown tables from bench/multilinguality.py's JSON outputs (so docs/testbed.md's numbers are copied, not typed).
 
-Usage: python bench/multilinguality_table.py label=run.json [label=run.json ...]   # the ablation table
+Usage: python bench/multilinguality_table.py label=run.json (the last = splits) [label=run.json ...]   # the ablation table
        python bench/multilinguality_table.py --layers label=run.json ...          # per-layer tables
 """
 
@@ -41,7 +41,7 @@ def layer_table(label: str, run: dict, enc: str) -> list[str]:
 def main() -> None:
     args = sys.argv[1:]
     layers = args and args[0] == "--layers"
-    runs = [(a.split("=", 1)[0], json.load(open(a.split("=", 1)[1]))) for a in args[layers:]]
+    runs = [(a.rsplit("=", 1)[0], json.load(open(a.rsplit("=", 1)[1]))) for a in args[layers:]]
     if layers:
         for label, run in runs:
             print("\n".join(layer_table(label, run, "model")))
