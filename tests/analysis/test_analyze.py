@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_report_names_the_command_for_each_missing_analysis(mini_sweep, tmp_path
     path = report("mini", str(storage), out=str(tmp_path / "empty")).extra["path"]  # no analysis has written there
     page = path.read_text(encoding="utf-8")
     for key, title in SECTIONS:
-        assert f'<section id="{key}"><h2>{title}</h2>' in page
+        assert f'<section id="{key}"><h2>{html.escape(title)}</h2>' in page  # "The paper's claims": &#x27;
     for command in ("lnsub analyze --name mini", "lnsub transfer --name mini --level 2",
                     "lnsub similarity --name mini"):
         assert f"<code>{command}</code>" in page
