@@ -13,11 +13,12 @@ from lnsub.trainables.spec import CellSpec, make_spec
 
 # Literal ids: a change of identity (a new default, a new field, another canonical form) must fail here
 # loudly and come with a SCHEMA bump in trainables/spec.py, since stored cells are found by these ids.
+# (Testbed cells also change with the tiny model: its config hash is their model_revision.)
 PINNED = [
     (("ner", "syn-en"), {"steps": 20, "lr": 1.0e-3, "batch_size": 32, "max_length": 32, "levels": 3},
-     "ner-syn-en-200472618de26720"),
+     "ner-syn-en-a972ced75eafd6f5"),
     (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-b83569ff99a6bab9"),
-    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-075004da9cc94cb2"),
+    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-1e448a281d8ec611"),
 ]
 
 

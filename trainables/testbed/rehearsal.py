@@ -20,7 +20,6 @@ from pathlib import Path
 
 from lnsub.trainables.atomic import atomic_dir, is_done, write_json
 from lnsub.trainables.testbed.hubcopies import LANGUAGES, write_hub_fixtures
-from lnsub.trainables.testbed.tinybert import train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,24 @@ def mbert_config(vocab_size: int):
     return BertConfig(vocab_size=vocab_size, architectures=["BertForPreTraining"], **MBERT_ARCHITECTURE)
 
 
+def train_wordpiece(texts: list[str], vocab_size: int):
+    """A cased WordPiece over all languages at once, built the way mBERT's is, wrapped for `save_pretrained`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.decoder = decoders.WordPiece()
+    return BertTokenizerFast(tokenizer_object=tok, do_lower_case=False, unk_token="[UNK]", pad_token="[PAD]",
+                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
 def _texts(data: Path) -> list[str]:
     """Every text of the copies, for the WordPiece vocabulary (all languages at once, as mBERT's)."""
     from datasets import load_dataset  # heavy: only building the tokenizer needs it
@@ -61,7 +78,7 @@ def build_model(data: Path, out: Path, vocab_size: int = VOCAB_SIZE, seed: int =
     """A randomly initialised mBERT-shaped model and a WordPiece trained on `data`, saved to `out`."""
     from transformers import BertForPreTraining, set_seed
 
-    tokenizer = train_tokenizer(_texts(data), vocab_size)
+    tokenizer = train_wordpiece(_texts(data), vocab_size)
     set_seed(seed)
     model = BertForPreTraining(mbert_config(len(tokenizer)))
     model.save_pretrained(out)
