@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lnsub.analysis import claims as paper_claims
 from lnsub.analysis.figures import line_plot
 from lnsub.analysis.tables import AnalysisResult, Sweep, open_sweep, read_csv
 from lnsub.trainables.atomic import write_text
@@ -26,7 +27,7 @@ from lnsub.trainables.store import CellStore
 from lnsub.trainables.sweep_state import cell_statuses, status_counts
 from lnsub.trainables.tasks import get_task
 
-SECTIONS = (("grid", "The grid and what ran"), ("tickets", "Winning tickets"),
+SECTIONS = (("grid", "The grid and what ran"), ("claims", "The paper's claims"), ("tickets", "Winning tickets"),
             ("overlap", "Overlap of sub-networks across languages"), ("transfer", "Transfer matrices"),
             ("similarity", "Representation similarity"))
 
@@ -196,7 +197,26 @@ def transfer_section(sweep: Sweep, folder: Path) -> str:
             out.append(table(["source", "mean relative drop", "successes"],
                              [[r["source"], f"{float(r['mean_relative_drop']):+.2%}",
                                f"{r['successes']}/{r['targets']}"] for r in rows]))
+        out.append(head_reading(read_csv(folder / f"transfer_head_level{level}.csv")))
     return "\n".join(out)
+
+
+def head_reading(rows: list[dict]) -> str:
+    """The head carry-over artefact, made visible: IMP's ticket score (head carried over from level to level)
+    against the same mask trained once with a fresh head (the diagonal transfer job)."""
+    parts = []
+    for task in sorted({r["task"] for r in rows}):
+        mine = [r for r in rows if r["task"] == task]
+        carried = statistics.fmean(float(r["carried_head"]) for r in mine)
+        fresh = statistics.fmean(float(r["fresh_head"]) for r in mine)
+        parts.append(f"{task} at {float(mine[0]['sparsity']):.0%}: {carried:.4f} with the carried head, "
+                     f"{fresh:.4f} with a fresh one ({carried - fresh:+.4f}, {len(mine)} cells)")
+    if not parts:
+        return ""
+    return ("<p class='reading'><b>Head carry-over:</b> as in the paper, IMP carries each level's task head "
+            "into the next, so a level-k ticket's head has trained k+1 times; a rise of the score with sparsity "
+            "can be that, not the mask. The same masks trained on the same schedule with a fresh head: "
+            + "; ".join(parts) + ".</p>")
 
 
 def similarity_section(sweep: Sweep, folder: Path) -> str:
@@ -222,6 +242,60 @@ def similarity_section(sweep: Sweep, folder: Path) -> str:
     return "\n".join(out)
 
 
+def claim_inputs(sweep: Sweep) -> paper_claims.ClaimInputs:
+    deepest = max(sweep.specs, key=lambda s: s.levels)
+    return paper_claims.load_inputs(sweep.analysis, sweep.name, deepest.sparsities)
+
+
+RULES = (f"Verdicts: a margin (the testbed's figure minus the one it is compared with, oriented so that > 0 "
+         f"supports the claim) holds beyond {paper_claims.Z:g} spreads over seeds, does not hold at or below "
+         f"−{paper_claims.Z:g} spreads, and otherwise cannot tell; a claim holds when every task and level "
+         f"compared holds. With one seed the spread over language pairs (or languages, or transfer pairs) "
+         f"stands in for the spread over seeds. The rules in full: analysis/claims.py.")
+
+
+def claims_table(rows: list[dict]) -> str:
+    return table(["claim", "statement", "the paper", "the testbed", "compared with", "verdict", "note"],
+                 [[r["claim"], r["statement"], r["paper"], r["testbed"], r["comparison"], r["verdict"], r["note"]]
+                  for r in rows])
+
+
+def side_by_side_table(sweep: Sweep, control: Sweep, side: list[dict]) -> str:
+    head = (f"<p><b>No claim is measurably weaker on the control: {paper_claims.CANNOT_SEPARATE}.</b></p>"
+            if not paper_claims.separates(side) else "")
+    return head + (f"<p>Model: sweep <b>{html.escape(sweep.name)}</b>; control: sweep <b>{html.escape(control.name)}"
+                   f"</b>. Measurably weaker: the claim's mean margin is lower on the control by more than "
+                   f"{paper_claims.Z:g} combined spreads.</p>") + table(
+        ["claim", "statement", "the paper", "model", "verdict", "control", "verdict",
+         "measurably weaker on the control"],
+        [[r["claim"], r["statement"], r["paper"], r["model"], r["model_verdict"], r["control"],
+          r["control_verdict"], r["weaker_on_control"]] for r in side])
+
+
+def level_table(details: list[dict]) -> str:
+    """(e) at every sparsity level: how the margin over θ0's magnitudes changes with sparsity."""
+    levels = [u for u in details if u["claim"] == "e"]
+    if not levels:
+        return ""
+    return ("<p>(e) per sparsity level: cross-language overlap against each ticket's overlap with θ0's one-shot "
+            "magnitude mask (margin > 0: beyond what the magnitudes explain).</p>" + table(
+                ["task", "sparsity", "across languages", "θ0 one-shot", "margin", "spread", "verdict"],
+                [[u["task"], f"{u['sparsity']:.0%}", u["testbed"], u["comparison"], f"{u['margin']:+.3f}",
+                  "-" if u["spread"] is None else f"{u['spread']:.3f}", u["verdict"]] for u in levels]))
+
+
+def claims_section(sweep: Sweep, folder: Path, control: Sweep | None = None) -> tuple[str, list[dict]]:
+    """The claims table (claims.csv in the report folder), or, with a control sweep, both side by side."""
+    rows, details = paper_claims.claims(claim_inputs(sweep))
+    theirs = paper_claims.claims(claim_inputs(control))[0] if control is not None else []
+    side = paper_claims.compare(rows, theirs) if control is not None else None
+    out = [claims_table(rows) if side is None else side_by_side_table(sweep, control, side)]
+    out += [missing(c) for c in dict.fromkeys(r["command"] for r in rows + theirs if r["command"])]
+    out += [level_table(details), f"<p class='reading'>{html.escape(RULES)}</p>"]
+    paper_claims.write(folder, rows, details, side)
+    return "\n".join(out), rows
+
+
 # --- the page -----------------------------------------------------------------------------------
 
 STYLE = """
@@ -245,14 +319,18 @@ window.addEventListener('load', function () {
 """
 
 
-def report(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> AnalysisResult:
-    """Write <analysis folder>/report/report.html."""
+def report(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
+           control: str | None = None) -> AnalysisResult:
+    """Write <analysis folder>/report/report.html, with claims.csv beside it; `control` names a second sweep in
+    the same storage (its default analysis folder) whose claims go side by side with this one's."""
     sweep = open_sweep(name, storage, tracking_uri, out)
+    other = open_sweep(control, storage, tracking_uri) if control else None
     folder = sweep.folder("report")
     figures = folder / "figures"
     figures.mkdir(exist_ok=True)
     overlap, transfer, similarity = (sweep.analysis / k for k in ("overlap", "transfer", "similarity"))
-    bodies = {"grid": grid_section(sweep), "tickets": tickets_section(sweep, overlap, figures),
+    claims_body, claim_rows = claims_section(sweep, folder, other)
+    bodies = {"grid": grid_section(sweep), "claims": claims_body, "tickets": tickets_section(sweep, overlap, figures),
               "overlap": overlap_section(sweep, overlap), "transfer": transfer_section(sweep, transfer),
               "similarity": similarity_section(sweep, similarity)}
     nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
@@ -266,4 +344,5 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
             f"{sections}</body></html>")
     path = folder / "report.html"
     write_text(path, page)
-    return AnalysisResult("report", sweep, folder, extra={"path": path})
+    return AnalysisResult("report", sweep, folder, params={"control": control} if control else {},
+                          extra={"path": path, "claims": claim_rows})

@@ -33,7 +33,8 @@ from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
 from lnsub.trainables.sweep_state import sweep_dir
 from lnsub.trainables.tasks import get_task
-from lnsub.trainables.transfer import TransferJob
+from lnsub.trainables.metrics import SCORE
+from lnsub.trainables.transfer import STEPS_FACTOR, TransferJob
 
 log = logging.getLogger(__name__)
 RANDOM, ONESHOT = "random", "one-shot θ0"
@@ -154,6 +155,32 @@ def transfer_tables(storage: Path, jobs: list[TransferJob]) -> dict[str, list[di
     return {"scores": score_rows, "matrix": matrix, "summary": summary}
 
 
+def head_carryover(storage: Path, jobs: list[TransferJob]) -> list[dict]:
+    """The IMP ticket's score (its head carried over from level to level, so trained once per level)
+    against the same mask trained on the same schedule with a fresh head: the diagonal job a(t,t).
+
+    Their difference is what the head's extra rounds of training add to the IMP curve at this sparsity,
+    not the mask: IMP scores that rise with sparsity can be this artefact (docs/method.md keeps the
+    carried head, as the paper does; this makes it visible). Only where both train on the same schedule.
+    """
+    rows = []
+    for job in jobs:
+        if job.kind != "ticket" or job.source != job.target.language or STEPS_FACTOR.get(job.target.task, 1.0) != 1.0:
+            continue
+        if not jobs_io.finished(storage, job):
+            continue
+        target = job.target
+        store = CellStore(storage, target)
+        if not store.level_done(job.level):
+            continue
+        carried = store.metrics(job.level)[SCORE]
+        fresh = jobs_io.result(storage, job)["score"]
+        rows.append({"task": target.task, "language": target.language, "seed": target.seed, "level": job.level,
+                     "sparsity": job.sparsity, "carried_head": carried, "fresh_head": fresh,
+                     "difference": carried - fresh, "greater_is_better": get_task(target.task).greater_is_better})
+    return rows
+
+
 def heatmaps(matrix: list[dict], folder: Path, level: int, sparsity: dict[str, float]) -> list[Path]:
     paths = []
     for task in sorted({r["task"] for r in matrix}):
@@ -212,7 +239,7 @@ def plan(name: str, storage: str, level: int, tracking_uri: str | None = None, o
 def tabulate(p: TransferPlan) -> AnalysisResult:
     """The transfer tables and heatmaps of whatever jobs have finished."""
     folder = p.sweep.folder("transfer")
-    tables = transfer_tables(p.sweep.root, p.jobs)
+    tables = {**transfer_tables(p.sweep.root, p.jobs), "head": head_carryover(p.sweep.root, p.jobs)}
     for kind, rows in tables.items():
         write_csv(folder / f"transfer_{kind}_level{p.level}.csv", rows)
     heatmaps(tables["matrix"], folder, p.level, {j.target.task: j.sparsity for j in p.jobs})

@@ -39,8 +39,9 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     return log(result)
 
 
-def report(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> AnalysisResult:
-    result = report_analysis(name, storage, tracking_uri, out)
+def report(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
+           control: str | None = None) -> AnalysisResult:
+    result = report_analysis(name, storage, tracking_uri, out, control)
     return log(result)
 
 

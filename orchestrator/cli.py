@@ -255,8 +255,11 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
     root = check_storage(storage)
     uri = tracking_uri or (load_state(root, name).tracking_uri if name else tracking.default_tracking_uri(root))
     console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    # One browsing user: one worker, and no GenAI job runner (by default mlflow starts 4 workers and 8 job
+    # processes that ignore SIGTERM; on 2 cores the UI took a minute to answer). Set the variable to override.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                    "--port", str(port)], check=False)
+                    "--port", str(port), "--workers", "1"], env=env, check=False)
 
 
 OutOpt = typer.Option(None, "--out", help="Analysis folder; each analysis writes its own subfolder there "
@@ -319,9 +322,11 @@ def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: 
 
 @app.command()
 def report(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
-           out: str = OutOpt) -> None:
+           out: str = OutOpt,
+           control: str = typer.Option(None, "--control", help="A second sweep in the same storage (the negative "
+                                                               "control): its claims go side by side.")) -> None:
     """One self-contained HTML page of the sweep's results (open it in a browser; also logged to MLflow)."""
-    path = analyses.report(name, storage, tracking_uri, out).extra["path"]
+    path = analyses.report(name, storage, tracking_uri, out, control).extra["path"]
     console.print(f"report: [bold]{path}[/bold]  (open it in a browser: file://{path})")
 
 

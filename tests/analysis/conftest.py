@@ -1,15 +1,22 @@
-"""Real cells in storage with the sweep state that names them (no Ray needed), shared by the analysis tests."""
+"""Shared by the analysis tests: real cells in storage with the sweep state that names them (no Ray needed), and
+every analysis run on the README's smoke sweep (slow: once a session)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from lnsub.analysis.transfer import plan_jobs
+from lnsub.orchestrator.analyses import transfer
+from lnsub.trainables import faults
 from lnsub.trainables.imp import run_cell
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
+from lnsub.trainables.sweep_state import PlannedCell, SweepState, load_state, save_state
 
 FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 8, "train_size": 300,
         "valid_size": 64}
+SMOKE_LEVEL = 3  # the smoke grid's deepest level: 30% sparsity
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +32,31 @@ def mini_sweep(tmp_path_factory, tiny_model):
         skipped=[], tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
         resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
     return storage, specs
+
+
+@pytest.fixture(scope="session")
+def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
+    """Every analysis on the smoke sweep, once a session; transfer (NER) with one job killed mid-training once."""
+    lnsub = lnsub_cli
+    cwd, sweep = smoke_sweep
+    out = {"cwd": cwd, "lnsub": lnsub}
+    assert sweep.returncode == 0, sweep.stdout[-3000:]
+    storage = cwd / "lnsub-runs"
+    out["storage"] = storage
+    out["analyze"] = lnsub("analyze", "--name", "smoke", cwd=cwd)
+    specs = load_state(storage, "smoke").specs
+    jobs = plan_jobs(specs, SMOKE_LEVEL, ["ner"])
+    victim = next(j for j in jobs if j.source == "syn-ur" and j.target.language == "syn-en")
+    folder = tmp_path_factory.mktemp("crash")
+    marker = folder / "crashed"
+    os.environ[faults.ENV] = str(faults.write_plan(folder / "faults.json", [
+        {"unit": victim.id, "step": 6, "action": "crash", "marker": str(marker)}]))
+    try:
+        out["transfer"] = transfer("smoke", str(storage), SMOKE_LEVEL, tasks=["ner"], checkpoint_every=4)
+    finally:
+        os.environ.pop(faults.ENV)
+    out.update(jobs=jobs, victim=victim, marker=marker)
+    out["rerun"] = lnsub("transfer", "--name", "smoke", "--level", str(SMOKE_LEVEL), "--task", "ner", cwd=cwd)
+    out["similarity"] = lnsub("similarity", "--name", "smoke", "--sentences", "60", cwd=cwd)
+    out["report"] = lnsub("report", "--name", "smoke", cwd=cwd)
+    return out

@@ -65,17 +65,20 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     assert "overlap/seed_overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
 
 
-def test_similarity_over_the_same_cells(mini_sweep, tmp_path):
+def test_similarity_over_the_same_cells(mini_sweep, tiny_model, tmp_path):
+    from transformers import AutoConfig
+
+    depth = AutoConfig.from_pretrained(tiny_model).num_hidden_layers
     storage, _ = mini_sweep
     folder = similarity("mini", str(storage), out=str(tmp_path), sentences=60).folder
     rows = list(csv.DictReader(open(folder / "similarity.csv")))
     encoders = {r["encoder"] for r in rows}
     assert encoders == {"dense", "random", "ner:syn-en@20%", "ner:syn-ar@20%"}
     layers = {int(r["layer"]) for r in rows}
-    assert layers == set(range(5))  # embeddings + 4 layers of the tiny model
+    assert layers == set(range(depth + 1))  # embeddings + every layer of the tiny model
     for r in rows:
         assert 0.0 <= float(r["cka"]) <= 1.0 + 1e-9 and 0.0 <= float(r["retrieval"]) <= 1.0
-    top = [r for r in rows if r["layer"] == "4"]
+    top = [r for r in rows if r["layer"] == str(depth)]
     dense = next(float(r["cka"]) for r in top if r["encoder"] == "dense")
     assert 0.0 < dense < 1.0
     assert (folder / "similarity_cka.png").stat().st_size > 1000

@@ -1,4 +1,5 @@
-"""After the README's smoke sweep: analyze, transfer (a Ray Tune sweep), similarity and report, as a user runs them."""
+"""After the README's smoke sweep: analyze, transfer (a Ray Tune sweep), similarity and report, as a user runs them
+(the `analysed` fixture, in tests/analysis/conftest.py, runs them once a session)."""
 
 from __future__ import annotations
 
@@ -11,50 +12,18 @@ from pathlib import Path
 import pytest
 
 import json
-import os
 
-from lnsub.analysis.transfer import plan_jobs
 from lnsub.orchestrator import tracking
-from lnsub.orchestrator.analyses import transfer
-from lnsub.trainables import faults
 from lnsub.trainables import transfer as jobs_io
 from lnsub.trainables.sweep_state import load_state
 
 pytestmark = pytest.mark.slow
-LEVEL = 3  # the smoke grid's deepest level: 30% sparsity
+LEVEL = 3  # the smoke grid's deepest level: 30% sparsity (the `analysed` fixture, tests/analysis/conftest.py)
 
 
 def rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
-    """Every analysis on the smoke sweep; transfer (NER) with one job killed mid-training once."""
-    lnsub = lnsub_cli
-    cwd, sweep = smoke_sweep
-    out = {"cwd": cwd, "lnsub": lnsub}
-    assert sweep.returncode == 0, sweep.stdout[-3000:]
-    storage = cwd / "lnsub-runs"
-    out["storage"] = storage
-    out["analyze"] = lnsub("analyze", "--name", "smoke", cwd=cwd)
-    specs = load_state(storage, "smoke").specs
-    jobs = plan_jobs(specs, LEVEL, ["ner"])
-    victim = next(j for j in jobs if j.source == "syn-ur" and j.target.language == "syn-en")
-    folder = tmp_path_factory.mktemp("crash")
-    marker = folder / "crashed"
-    os.environ[faults.ENV] = str(faults.write_plan(folder / "faults.json", [
-        {"unit": victim.id, "step": 6, "action": "crash", "marker": str(marker)}]))
-    try:
-        out["transfer"] = transfer("smoke", str(storage), LEVEL, tasks=["ner"], checkpoint_every=4)
-    finally:
-        os.environ.pop(faults.ENV)
-    out.update(jobs=jobs, victim=victim, marker=marker)
-    out["rerun"] = lnsub("transfer", "--name", "smoke", "--level", str(LEVEL), "--task", "ner", cwd=cwd)
-    out["similarity"] = lnsub("similarity", "--name", "smoke", "--sentences", "60", cwd=cwd)
-    out["report"] = lnsub("report", "--name", "smoke", cwd=cwd)
-    return out
 
 
 def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
@@ -83,6 +52,16 @@ def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
         assert float(r["a_tt"]) == pytest.approx(own, abs=1e-12)
         if r["source"] == r["target"]:
             assert float(r["a_st"]) == float(r["a_tt"]) and float(r["delta"]) == 0.0
+    # head carry-over: each NER cell's IMP score at the level (its metrics.json, read here) beside the same mask
+    # trained with a fresh head (its diagonal job's result.json): the artefact, visible, per cell
+    head = {r["language"]: r for r in rows(folder / f"transfer_head_level{LEVEL}.csv")}
+    assert sorted(head) == targets
+    for lang, r in head.items():
+        cell = jobs[(lang, lang)].target
+        imp = json.loads((Path(storage) / "cells" / cell.id / f"level_{LEVEL}" / "metrics.json").read_text())
+        assert float(r["carried_head"]) == pytest.approx(imp["score"], abs=1e-12)
+        assert float(r["fresh_head"]) == pytest.approx(jobs_io.result(storage, jobs[(lang, lang)])["score"], abs=1e-12)
+        assert float(r["difference"]) == pytest.approx(imp["score"] - float(r["fresh_head"]), abs=1e-12)
     # ... and an independent rerun of one diagonal job, outside Ray, in a fresh storage, scores the same
     diagonal = jobs[("syn-ar", "syn-ar")]
     fresh = tmp_path / "fresh"
@@ -135,7 +114,7 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-ready="yes"' in dom.stdout  # the page's load handler ran
     sections = dict(re.findall(r'<section id="(\w+)" data-figures="(\d+)" data-rendered="(?:yes)"', dom.stdout))
-    assert set(sections) == {"grid", "tickets", "overlap", "transfer", "similarity"}, sections
+    assert set(sections) == {"grid", "claims", "tickets", "overlap", "transfer", "similarity"}, sections
     for key in ("tickets", "overlap", "transfer", "similarity"):  # every figure decoded in the browser
         assert int(sections[key]) >= 1, key
     assert "Not computed yet" not in dom.stdout  # every analysis ran, so no section is a placeholder

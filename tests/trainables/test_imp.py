@@ -95,14 +95,15 @@ def test_each_round_starts_from_theta0_times_mask_and_carries_the_head(reference
             assert not torch.equal(start["classifier.weight"], head0["classifier.weight"])
 
 
-def test_timing_records_the_peak_rss_the_kernel_reports(reference_run):
-    """timing.json's peak_rss_bytes is this process's high-water mark (/proc's VmHWM, read independently)."""
+def test_timing_records_the_cells_peak_rss(reference_run):
+    """timing.json's peak_rss_bytes is in bytes and physical: above what torch and a model keep resident (not
+    a KiB-for-bytes slip) and below the machine's memory (/proc/meminfo, read here). That it is the kernel's
+    per-cell high-water mark is tests/trainables/test_memory.py's check."""
     spec, storage, _, _, _ = reference_run
     timing = CellStore(storage, spec).timing()
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    hwm_now = int(status["VmHWM"].split()[0]) * 1024  # kB; it only grows, so it bounds the earlier reading
-    assert 0 < timing["peak_rss_bytes"] <= hwm_now
-    assert timing["peak_rss_bytes"] > 100 * 2**20  # torch and a model are resident: not a unit slip (KiB for B)
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    total = int(meminfo["MemTotal"].split()[0]) * 1024
+    assert 100 * 2**20 < timing["peak_rss_bytes"] < total
 
 
 def test_a_finished_cell_does_no_training(reference_run):

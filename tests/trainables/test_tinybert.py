@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from itertools import combinations
+
+import pytest
+import torch
 
 from lnsub.trainables.testbed.languages import TWINS
-from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
+from lnsub.trainables.testbed.tinybert import (TinyBertConfig, ensure_tiny_model, language_tokenizers, load_layout,
+                                               mask_batch, pretrain_report, pretraining_sentences)
 
 
 def test_pretraining_beats_the_unigram_baseline_in_every_language(tiny_model):
@@ -13,8 +18,10 @@ def test_pretraining_beats_the_unigram_baseline_in_every_language(tiny_model):
     assert 100_000 < report["parameters"] < 1_000_000  # "a few hundred thousand"
     assert set(report["per_language"]) == set(TWINS)
     for lang, r in report["per_language"].items():
-        assert r["masked_tokens"] > 500, lang
-        assert r["accuracy"] > 2 * r["unigram_baseline"] and r["accuracy"] > r["unigram_baseline"] + 0.04, (lang, r)
+        # 500 held-out sentences per twin; tokens are whole words now, so ~15% of ~3,300 words
+        assert r["masked_tokens"] > 400, lang
+        # Whole-word targets (names included) are harder than WordPiece continuations: no 2x bar.
+        assert r["accuracy"] > r["unigram_baseline"] + 0.04, (lang, r)
 
 
 def test_loads_through_from_pretrained_with_a_disjoint_vocabulary(tiny_model, testbed_dir):
@@ -39,3 +46,73 @@ def test_second_call_is_a_cache_hit(tiny_model):
     assert ensure_tiny_model(TinyBertConfig()) == tiny_model
     assert weights.stat().st_mtime_ns == stamp
     assert TinyBertConfig(steps=10).id != TinyBertConfig().id
+
+
+# ---- the decoupled control: no position row, special token or replacement shared between twins ----
+
+SMALL_LANGS = ("syn-en", "syn-fr", "syn-ar")
+
+
+def small_config(**kw):
+    from lnsub.trainables.testbed.generate import TestbedConfig
+
+    return TinyBertConfig(testbed=TestbedConfig(languages=SMALL_LANGS, mlm_docs=(5, 2), ner_examples=(5, 2),
+                                                xnli_examples=(5, 2), parallel_sentences=5),
+                          layers=1, hidden_size=16, heads=2, intermediate_size=32, vocab_per_language=60,
+                          sentences_per_language=200, steps=2, batch_size=8, **kw)
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {d: ensure_tiny_model(small_config(decoupled=d), root) for d in (False, True)}
+
+
+def used_rows(model_dir, text_by_lang):
+    """Per twin: the position rows and special ids its inputs use."""
+    toks = language_tokenizers(model_dir)
+    out = {}
+    for lang, text in text_by_lang.items():
+        enc = toks[lang]([text], return_tensors="pt")
+        width = enc["input_ids"].shape[1]
+        positions = enc.get("position_ids", torch.arange(width)[None])
+        ids = enc["input_ids"][0].tolist()
+        out[lang] = (set(positions[0].tolist()), {ids[0], ids[-1]})
+    return out
+
+
+def test_decoupled_twins_share_no_position_row_and_no_special(small_models, tmp_path):
+    from transformers import BertForMaskedLM
+
+    texts = {lang: pretraining_sentences(small_config(), lang, "validation")[0] for lang in SMALL_LANGS}
+    shared, decoupled = used_rows(small_models[False], texts), used_rows(small_models[True], texts)
+    for a, b in combinations(SMALL_LANGS, 2):
+        assert shared[a][1] == shared[b][1] and shared[a][0] & shared[b][0]  # the multilingual model shares
+        assert not decoupled[a][0] & decoupled[b][0], (a, b)
+        assert not decoupled[a][1] & decoupled[b][1], (a, b)
+    model = BertForMaskedLM.from_pretrained(small_models[True])  # loads as a plain BERT
+    layout = load_layout(small_models[True])
+    assert model.config.max_position_embeddings == len(SMALL_LANGS) * layout["max_positions"]
+    offsets = sorted(e["position_offset"] for e in layout["languages"].values())
+    assert offsets == [i * layout["max_positions"] for i in range(len(SMALL_LANGS))]
+
+
+def test_replacements_come_from_the_joint_or_the_own_vocabulary(small_models):
+    layout = load_layout(small_models[True])
+    ranges = {lang: e["tokens"] for lang, e in layout["languages"].items()}
+    assert all(a[1] <= b[0] for a, b in zip(ranges.values(), list(ranges.values())[1:]))  # disjoint, in order
+    width = 400
+    lo, hi = ranges["syn-fr"]
+    ids = torch.full((1, width), lo)  # every token a syn-fr token
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.zeros_like(ids),
+             "lang": torch.tensor([1])}
+    langs = list(SMALL_LANGS)
+    for joint in (False, True):
+        gen = torch.Generator().manual_seed(0)
+        out = mask_batch(batch, layout, langs, joint=joint, generator=gen)
+        mask_ids = {e["specials"]["mask"] for e in layout["languages"].values()}
+        changed = [t for t in out["input_ids"][0].tolist() if t != lo and t not in mask_ids]
+        assert changed
+        inside = [lo <= t < hi for t in changed]
+        assert all(inside) if not joint else not all(inside)
+        assert all(ranges["syn-en"][0] <= t < ranges["syn-ar"][1] for t in changed)

@@ -3,6 +3,23 @@
 It is saved with `save_pretrained` (model and WordPiece tokenizer together), so
 it loads through the very `from_pretrained` path that mBERT does. The folder is
 named by a hash of its configuration: a second call finds it and does nothing.
+
+Design (docs/testbed.md has the measurements behind it), after Dufter & Schütze
+(EMNLP 2020) and K et al. (ICLR 2020):
+  * one sentence per sequence, [CLS] sentence [SEP], so position p means the same
+    place in a sentence in every twin; position rows and special tokens are shared;
+  * each twin gets its own WordPiece budget (its scripts share no character, so the
+    merged vocabulary is disjoint per twin, anchors aside);
+  * MLM's random replacements are drawn from the joint vocabulary (every twin's words);
+  * the twins' pretraining corpora are comparable: each twin realises the same stream of
+    latent events (`parallel=True`), shuffled into separate sequences, so no sequence
+    ever holds two twins. Anchors (TestbedConfig.anchor_fraction) are the one ingredient
+    that injects cross-lingual signal directly; they are off by default.
+
+`decoupled=True` is the non-multilingual control: each twin has its own block of
+position rows, its own [CLS]/[SEP]/[MASK] and draws replacements from its own words
+only. Such a model must be fed through `LanguageTokenizer` (which sets position_ids
+and the twin's specials); called without position_ids, BERT uses the first twin's block.
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,26 +37,34 @@ import torch
 
 from lnsub.trainables.atomic import atomic_dir, is_done, read_json
 from lnsub.trainables.ids import canonical, stable_id
-from lnsub.trainables.tasks.mlm import group_texts, premask
-from lnsub.trainables.testbed.generate import TestbedConfig, cache_root, ensure_testbed
+from lnsub.trainables.testbed import grammar
+from lnsub.trainables.testbed.generate import TestbedConfig, cache_root
+from lnsub.trainables.testbed.languages import TWINS
 
-SCHEMA = 1
+SCHEMA = 2
 PRETRAIN_REPORT = "pretrain.json"
+LAYOUT = "testbed_layout.json"  # languages, their token ranges, special ids and position blocks
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TinyBertConfig:
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
-    vocab_size: int = 1000  # small enough that names split into several WordPieces
+    word_level: bool = True  # each twin's vocabulary: its lexicon's words whole, plus its letters as fallback
+    vocab_per_language: int = 200  # without word_level: WordPiece budget of each twin, its alphabet (and ##) included
     hidden_size: int = 64
-    layers: int = 4
+    layers: int = 6
     heads: int = 4
-    intermediate_size: int = 128
-    block_size: int = 64  # pretraining sequence length; also the position table's size x2
-    steps: int = 500
+    intermediate_size: int = 256
+    max_positions: int = 128  # position rows (per twin when decoupled)
+    sentences_per_language: int = 12000  # pretraining sentences, generated from the grammar
+    parallel: bool = True  # every twin realises the same event stream (comparable corpora)
+    joint_replacement: bool = True  # MLM random replacements from every twin's words, else the twin's own
+    decoupled: bool = False  # the control: per-twin positions and specials, own-twin replacements
+    steps: int = 1500
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3
     dropout: float = 0.0  # the synthetic corpus is large for this model; dropout only slows it on CPU
     seed: int = 0
 
@@ -47,112 +73,265 @@ class TinyBertConfig:
         return stable_id(self, SCHEMA, prefix="tinybert-")
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    """A cased WordPiece tokenizer, built the way BERT's is, wrapped for `save_pretrained`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
+def pretraining_sentences(config: TinyBertConfig, language: str, split: str = "train") -> list[str]:
+    """Sentences of one twin drawn from the grammar; with `parallel`, the same events in every twin."""
+    tb = config.testbed
+    n = config.sentences_per_language if split == "train" else 500
+    stream = "all" if config.parallel else language
+    latent = random.Random(f"pretrain|{tb.seed}|{split}|{stream}")
+    noise = random.Random(f"pretrain-noise|{tb.seed}|{split}|{language}")
+    lex = grammar.build_lexicon(TWINS[language], tb.seed, tb.anchor_fraction)
+    twin = TWINS[language]
+    return [" ".join(w for w, _ in grammar.add_noise(grammar.realise(grammar.sample_event(latent), twin, lex),
+                                                      lex, tb.noise, noise))
+            for _ in range(n)]
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+def _twin_vocab(texts: list[str], budget: int) -> list[str]:
+    """One twin's WordPiece vocabulary (specials excluded), most useful first."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    tok.decoder = decoders.WordPiece()
-    return BertTokenizerFast(tokenizer_object=tok, do_lower_case=False, unk_token="[UNK]", pad_token="[PAD]",
-                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=budget + len(SPECIALS),
+                                                             special_tokens=list(SPECIALS)))
+    vocab = tok.get_vocab()
+    return [t for t in sorted(vocab, key=vocab.get) if t not in SPECIALS]
 
 
-def _texts(testbed: Path, language: str, split: str) -> list[str]:
-    path = testbed / "data" / "mlm" / language / f"{split}.jsonl"
-    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+def lexicon_vocab(config: TinyBertConfig, language: str) -> list[str]:
+    """A twin's word-level vocabulary: every word of its lexicon, then its letters and their ## forms.
 
-
-def _blocks(tokenizer, texts: list[str], block_size: int):
-    from datasets import Dataset  # heavy: only pretraining the tiny model needs it
-
-    return group_texts(Dataset.from_dict({"text": texts}), tokenizer, block_size)
-
-
-def masked_accuracy(model, tokenizer, texts: list[str], block_size: int, train_texts: list[str]) -> dict:
-    """Top-1 accuracy on masked validation tokens, against the unigram baseline.
-
-    The unigram baseline always predicts the language's most frequent training
-    token; its accuracy is that token's share of the masked targets.
+    The words come from the generator's lexicon (an oracle segmentation of the twin, no other
+    twin involved); the letters keep every string of the script tokenisable.
     """
-    valid = premask(_blocks(tokenizer, texts, block_size), tokenizer)
-    counts = Counter(t for ids in tokenizer(train_texts, add_special_tokens=False)["input_ids"] for t in ids)
-    top_token = counts.most_common(1)[0][0]
-    ids = torch.tensor(valid["input_ids"])
-    labels = torch.tensor(valid["labels"])
+    twin = TWINS[language]
+    words = sorted(set(grammar.build_lexicon(twin, config.testbed.seed, config.testbed.anchor_fraction).values()))
+    return words + list(twin.letters) + [f"##{c}" for c in twin.letters]
+
+
+def train_tokenizer(texts: dict[str, list[str]], budget: int, extra_specials: tuple[str, ...] = (),
+                    vocabs: dict[str, list[str]] | None = None):
+    """A cased WordPiece tokenizer whose vocabulary is each twin's own, merged; and each twin's id range.
+
+    Ids: the five specials, then twin by twin its tokens (a token a twin shares with an earlier
+    twin, an anchor, keeps its first id), then `extra_specials`.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    vocab, ranges = {t: i for i, t in enumerate(SPECIALS)}, {}
+    for lang, lang_texts in texts.items():
+        start = len(vocab)
+        for t in (vocabs[lang] if vocabs else _twin_vocab(lang_texts, budget)):
+            vocab.setdefault(t, len(vocab))
+        ranges[lang] = (start, len(vocab))
+    for t in extra_specials:
+        vocab[t] = len(vocab)
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok.decoder = decoders.WordPiece()
+    wrapped = BertTokenizerFast(tokenizer_object=tok, do_lower_case=False, unk_token="[UNK]", pad_token="[PAD]",
+                                cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return wrapped, ranges
+
+
+def make_layout(config: TinyBertConfig, tokenizer, ranges: dict[str, tuple[int, int]]) -> dict:
+    """Per twin: token range, the ids of its [CLS]/[SEP]/[MASK] and its first position row."""
+    out = {"decoupled": config.decoupled, "max_positions": config.max_positions, "languages": {}}
+    shared = {k: tokenizer.convert_tokens_to_ids(f"[{k.upper()}]") for k in ("cls", "sep", "mask")}
+    for i, lang in enumerate(config.testbed.languages):
+        own = {k: tokenizer.convert_tokens_to_ids(f"[{k.upper()}-{lang}]") for k in shared}
+        out["languages"][lang] = {
+            "tokens": list(ranges[lang]),
+            "specials": own if config.decoupled else shared,
+            "position_offset": i * config.max_positions if config.decoupled else 0}
+    return out
+
+
+class LanguageTokenizer:
+    """The model's tokenizer for one twin: its specials and position rows set (a no-op unless decoupled)."""
+
+    def __init__(self, tokenizer, layout: dict, language: str):
+        self.tokenizer, self.language = tokenizer, language
+        self.entry = layout["languages"][language]
+        self.decoupled = layout["decoupled"]
+
+    def __call__(self, texts, **kwargs):
+        enc = self.tokenizer(texts, **kwargs)
+        if not self.decoupled:
+            return enc
+        ids = torch.as_tensor(enc["input_ids"])
+        for k in ("cls", "sep", "mask"):
+            ids = ids.masked_fill(ids == getattr(self.tokenizer, f"{k}_token_id"), self.entry["specials"][k])
+        enc["input_ids"] = ids
+        enc["position_ids"] = self.entry["position_offset"] + torch.arange(ids.shape[-1]).expand_as(ids)
+        return enc
+
+
+def load_layout(model_dir: Path) -> dict:
+    return read_json(Path(model_dir) / LAYOUT)
+
+
+def language_tokenizers(model_dir: Path, tokenizer=None) -> dict[str, LanguageTokenizer]:
+    """A `LanguageTokenizer` per twin of a saved tiny model."""
+    from transformers import AutoTokenizer
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_dir)
+    layout = load_layout(model_dir)
+    return {lang: LanguageTokenizer(tokenizer, layout, lang) for lang in layout["languages"]}
+
+
+def _encode(tokenizers: dict[str, LanguageTokenizer], texts: dict[str, list[str]],
+            max_body: int = 126) -> list[tuple[int, list[int]]]:
+    """(language index, token ids with the twin's specials) per sentence, every twin."""
+    out = []
+    for i, (lang, tok) in enumerate(tokenizers.items()):
+        entry = tok.entry["specials"]
+        for ids in tok.tokenizer(texts[lang], add_special_tokens=False)["input_ids"]:
+            out.append((i, [entry["cls"], *ids[:max_body], entry["sep"]]))
+    return out
+
+
+def _batch(rows: list[tuple[int, list[int]]], layout: dict, languages: list[str], pad_id: int) -> dict:
+    """Padded input_ids, attention mask, position ids and per-row language index."""
+    width = max(len(ids) for _, ids in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for r, (_, seq) in enumerate(rows):
+        ids[r, :len(seq)] = torch.tensor(seq)
+    lang = torch.tensor([i for i, _ in rows])
+    offsets = torch.tensor([layout["languages"][languages[i]]["position_offset"] for i, _ in rows])
+    return {"input_ids": ids, "attention_mask": (ids != pad_id).long(),
+            "position_ids": offsets[:, None] + torch.arange(width)[None, :], "lang": lang}
+
+
+def mask_batch(batch: dict, layout: dict, languages: list[str], joint: bool, generator=None) -> dict:
+    """BERT's masking: 15% of the non-special tokens are targets; 80% [MASK], 10% a random word, 10% kept.
+
+    Random words come from every twin's range (joint) or from the row's own twin's range.
+    """
+    ids = batch["input_ids"]
+    entries = [layout["languages"][lang] for lang in languages]
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    for e in entries:
+        for t in e["specials"].values():
+            special |= ids == t
+    special |= batch["attention_mask"] == 0
+    targets = (torch.rand(ids.shape, generator=generator) < 0.15) & ~special
+    draw = torch.rand(ids.shape, generator=generator)
+    lo = torch.tensor([e["tokens"][0] for e in entries])
+    hi = torch.tensor([e["tokens"][1] for e in entries])
+    row_lo, row_hi = (lo[batch["lang"]], hi[batch["lang"]]) if not joint else (lo.min(), hi.max())
+    span = (row_hi - row_lo).reshape(-1, 1) if not joint else row_hi - row_lo
+    start = row_lo.reshape(-1, 1) if not joint else row_lo
+    words = start + (torch.rand(ids.shape, generator=generator) * span).long()
+    mask_ids = torch.tensor([e["specials"]["mask"] for e in entries])[batch["lang"]].reshape(-1, 1)
+    inputs = torch.where(targets & (draw < 0.8), mask_ids.expand_as(ids), ids)
+    inputs = torch.where(targets & (draw >= 0.8) & (draw < 0.9), words, inputs)
+    return {"input_ids": inputs, "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"],
+            "labels": ids.masked_fill(~targets, -100)}
+
+
+def build_model(config: TinyBertConfig, vocab_size: int):
+    from transformers import BertConfig, BertForMaskedLM
+
+    n_blocks = len(config.testbed.languages) if config.decoupled else 1
+    return BertForMaskedLM(BertConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.layers,
+        num_attention_heads=config.heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=n_blocks * config.max_positions, type_vocab_size=2,
+        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout))
+
+
+def masked_accuracy(model, rows, layout: dict, languages: list[str], pad_id: int, unigram: Counter) -> dict:
+    """Top-1 accuracy on masked held-out tokens (fixed masks, [MASK] for every target), vs the unigram baseline."""
+    gen = torch.Generator().manual_seed(1234)
+    hits = n = base = 0
+    top = unigram.most_common(1)[0][0]
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([model(input_ids=ids[i:i + 64]).logits for i in range(0, len(ids), 64)])
+        for start in range(0, len(rows), 128):
+            b = mask_batch(_batch(rows[start:start + 128], layout, languages, pad_id), layout, languages,
+                           joint=True, generator=gen)
+            labels = b.pop("labels")
+            logits = model(**b).logits
+            keep = labels != -100
+            hits += ((logits.argmax(-1) == labels) & keep).sum().item()
+            base += ((labels == top) & keep).sum().item()
+            n += keep.sum().item()
     model.train()
-    keep = labels != -100
-    n = keep.sum().item()
-    return {"masked_tokens": n,
-            "accuracy": ((logits.argmax(-1) == labels) & keep).sum().item() / n,
-            "unigram_baseline": ((labels == top_token) & keep).sum().item() / n}
+    return {"masked_tokens": n, "accuracy": hits / n, "unigram_baseline": base / n}
+
+
+def _train(model, config: TinyBertConfig, rows, layout: dict, languages: list[str], pad_id: int) -> list[float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01, eps=1e-6)
+    warmup = max(1, config.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / config.steps))))
+    order = random.Random(f"order|{config.seed}")
+    losses, model_start = [], time.perf_counter()
+    model.train()
+    for step in range(config.steps):
+        chosen = [rows[order.randrange(len(rows))] for _ in range(config.batch_size)]
+        batch = mask_batch(_batch(chosen, layout, languages, pad_id), layout, languages,
+                           joint=config.joint_replacement and not config.decoupled)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0:
+            log.info("tiny BERT pretraining: step %d/%d, loss %.3f, %.0f s", step + 1, config.steps,
+                     sum(losses[-100:]) / 100, time.perf_counter() - model_start)
+    return losses
 
 
 def pretrain(config: TinyBertConfig, out: Path) -> dict:
-    """Train the tokenizer and the model; save both to `out`; return the report."""
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, set_seed
+    """Train the tokenizer and the model; save both (and the layout) to `out`; return the report."""
+    from transformers import set_seed
 
     start = time.perf_counter()
-    testbed = ensure_testbed(config.testbed)
-    languages = config.testbed.languages
-    train_texts = {lang: _texts(testbed, lang, "train") for lang in languages}
-    tokenizer = train_tokenizer([t for lang in languages for t in train_texts[lang]], config.vocab_size)
+    languages = list(config.testbed.languages)
+    train = {lang: pretraining_sentences(config, lang) for lang in languages}
+    extra = tuple(f"[{k}-{lang}]" for lang in languages for k in ("CLS", "SEP", "MASK")) if config.decoupled else ()
+    vocabs = {lang: lexicon_vocab(config, lang) for lang in languages} if config.word_level else None
+    tokenizer, ranges = train_tokenizer({lang: train[lang][:3000] for lang in languages},
+                                        config.vocab_per_language, extra, vocabs)
+    layout = make_layout(config, tokenizer, ranges)
+    tokenizers = {lang: LanguageTokenizer(tokenizer, layout, lang) for lang in languages}
     set_seed(config.seed)
-    model = BertForMaskedLM(BertConfig(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size, num_hidden_layers=config.layers,
-        num_attention_heads=config.heads, intermediate_size=config.intermediate_size,
-        max_position_embeddings=2 * config.block_size, type_vocab_size=2,
-        hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout))
-    from datasets import concatenate_datasets
-
-    train = concatenate_datasets([_blocks(tokenizer, train_texts[lang], config.block_size) for lang in languages])
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    loader = torch.utils.data.DataLoader(train.with_format("torch"), batch_size=config.batch_size,
-                                         shuffle=True, collate_fn=collator, drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    warmup = config.steps // 20
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / config.steps))))
-    step, losses = 0, []
-    model.train()
-    while step < config.steps:
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            step += 1
-            if step % 100 == 0:
-                log.info("tiny BERT pretraining: step %d/%d, loss %.3f", step, config.steps,
-                         sum(losses[-100:]) / 100)
-            if step >= config.steps:
-                break
-    per_language = {lang: masked_accuracy(model, tokenizer, _texts(testbed, lang, "validation"),
-                                          config.block_size, train_texts[lang]) for lang in languages}
+    model = build_model(config, len(tokenizer))
+    losses = _train(model, config, _encode(tokenizers, train), layout, languages, tokenizer.pad_token_id)
+    train_seconds = time.perf_counter() - start
+    per_language = {}
+    for i, lang in enumerate(languages):
+        held = _encode({lang: tokenizers[lang]}, {lang: pretraining_sentences(config, lang, "validation")})
+        held = [(i, ids) for _, ids in held]
+        unigram = Counter(t for ids in tokenizer(train[lang][:3000], add_special_tokens=False)["input_ids"]
+                          for t in ids)
+        per_language[lang] = masked_accuracy(model, held, layout, languages, tokenizer.pad_token_id, unigram)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    (out / LAYOUT).write_text(json.dumps(layout, indent=2))
     report = {"config": canonical(config), "id": config.id, "parameters": sum(p.numel() for p in model.parameters()),
-              "seconds": round(time.perf_counter() - start, 1), "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+              "seconds": round(time.perf_counter() - start, 1), "train_seconds": round(train_seconds, 1),
+              "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+              "loss_curve": [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 4)
+                             for i in range(0, len(losses), 100)],
               "per_language": per_language}
     (out / PRETRAIN_REPORT).write_text(json.dumps(report, indent=2))
     return report
 
 
 def ensure_tiny_model(config: TinyBertConfig = TinyBertConfig(), root: Path | None = None) -> Path:
-    """The tiny model's folder, pretraining it the first time (about 2 minutes on 2 cores)."""
+    """The tiny model's folder, pretraining it the first time (minutes on 2 cores; docs/testbed.md)."""
     final = (root or cache_root()) / config.id
     if is_done(final):
         return final
