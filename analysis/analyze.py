@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from lnsub.analysis.figures import line_plot, new_figure, save_png
-from lnsub.analysis.overlap import (GROUPINGS, cluster_order, heatmap_png, jaccard_matrix, random_jaccard,
-                              random_jaccard_empirical, read_packed, winning_ticket)
+from lnsub.analysis.overlap import (GROUPINGS, cluster_order, group_slices, heatmap_png, jaccard_matrix,
+                                    random_jaccard, random_jaccard_empirical, read_packed, winning_ticket)
 from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
@@ -57,8 +57,10 @@ def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[d
             masks = {lang: read_packed(st.level_dir(level)) for lang, st in ready.items()}
             sparsity = next(iter(ready.values())).spec.sparsities[level]
             density = 1 - sparsity
+            ref = next(iter(masks.values()))
+            kinds = {group: by for by in GROUPINGS for group in group_slices(ref, by)}
             for group, (labels, matrix) in jaccard_matrix(masks, by=GROUPINGS).items():
-                kind = "total" if group == "all" else "layer" if group.startswith("layer_") else "component"
+                kind = kinds[group]
                 for i, a in enumerate(labels):
                     for j, b in enumerate(labels):
                         if i < j:
@@ -150,10 +152,11 @@ def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], f
                                folder / f"overlap_curve_{task}.png", percent_x=True))
         deepest = max(xs)
         groups = {}
-        for kind, colour in (("layer", "C0"), ("component", "C3")):
+        for kind, colour in (("layer", "C0"), ("component", "C3"), ("stack", "C4")):
             at = [r for r in rows if r["task"] == task and r["grouping"] == kind and r["sparsity"] == deepest]
             names = list(dict.fromkeys(r["group"] for r in at))
-            groups[kind] = (names, [mean([r for r in at if r["group"] == g], "jaccard") for g in names], colour)
+            if names:  # an encoder-only model has no stacks
+                groups[kind] = (names, [mean([r for r in at if r["group"] == g], "jaccard") for g in names], colour)
         paths.append(_group_bars(groups, random_jaccard(1 - deepest), f"{task}: overlap by layer and component "
                                  f"at {deepest:.0%} sparsity", folder / f"overlap_groups_{task}.png"))
     return paths

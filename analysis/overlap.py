@@ -15,9 +15,10 @@ import numpy as np
 
 from lnsub.analysis.figures import new_figure, save_png
 from lnsub.trainables.masks import load_packed
-from lnsub.trainables.pruning import ARCHITECTURES, COMPONENTS
+from lnsub.trainables.pruning import locate_name
 
-GROUPINGS = ("total", "layer", "component")
+# stack: encoder vs decoder, for an encoder-decoder (mT5); an encoder-only model has no stack groups
+GROUPINGS = ("total", "layer", "component", "stack")
 _WORD_BLOCK = 1 << 15  # 64-bit words per AND+popcount step: 256 KB, stays in cache
 
 
@@ -28,14 +29,23 @@ def _popsum(x: np.ndarray) -> int:
 
 def component_of(name: str) -> tuple[int | None, str]:
     """(layer, component) of a prunable parameter name; layer is None for the pooler."""
-    stem = name.removesuffix(".weight")
-    for anchor in ("encoder.layer.", "pooler.dense"):
-        i = stem.find(anchor)
-        if i >= 0 and (i == 0 or stem[i - 1] == "."):
-            m = ARCHITECTURES["bert"].match(stem[i:])
-            if m:
-                return (int(m.group(1)) if m.group(1) is not None else None), COMPONENTS[m.group(2) or m.group(3)]
-    raise ValueError(f"{name!r} is not a prunable BERT weight")
+    _, layer, component = locate_name(name)
+    return layer, component
+
+
+def group_of(name: str, by: str) -> str | None:
+    """The group a prunable weight belongs to under a grouping, or None if it is in none (BERT's pooler has
+    no layer; an encoder-only model has no stacks). Layers of an encoder-decoder are named by their stack."""
+    stack, layer, component = locate_name(name)
+    if by == "total":
+        return "all"
+    if by == "component":
+        return component
+    if by == "stack":
+        return stack
+    if layer is None:
+        return None
+    return f"layer_{layer}" if stack is None else f"{stack}_layer_{layer}"
 
 
 @dataclass
@@ -66,20 +76,17 @@ def pack_bool(masks: dict) -> PackedMask:
 
 
 def group_slices(mask: PackedMask, by: str) -> dict[str, list[tuple[int, int]]]:
-    """Bit ranges [start, end) of each group: "total" -> "all"; "layer" -> "layer_<L>"; "component" -> query, ..."""
+    """Bit ranges [start, end) of each group: "total" -> "all"; "layer" -> "layer_<L>" (mT5: "encoder_layer_<L>",
+    "decoder_layer_<L>"); "component" -> query, ... (mT5: self_q, cross_k, wi_0, ...); "stack" -> encoder, decoder."""
     if by not in GROUPINGS:
         raise ValueError(f"by must be one of {GROUPINGS}, not {by!r}")
     sizes = np.asarray(mask.shapes, dtype=np.int64).prod(axis=1)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     groups: dict[str, list[tuple[int, int]]] = {}
     for i, name in enumerate(mask.names):
-        if by == "total":
-            key = "all"
-        else:
-            layer, component = component_of(name)
-            if by == "layer" and layer is None:
-                continue  # the pooler belongs to no layer
-            key = f"layer_{layer}" if by == "layer" else component
+        key = group_of(name, by)
+        if key is None:
+            continue  # e.g. the pooler belongs to no layer
         ranges = groups.setdefault(key, [])
         start, end = offsets[i], offsets[i + 1]
         if ranges and ranges[-1][1] == start:  # merge neighbours: fewer, longer runs to count

@@ -112,10 +112,31 @@ def wmt14_pairs(data_dir: str | None) -> list[dict[str, str]]:
     return list(ds["translation"])
 
 
+ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel"}  # an encoder-decoder's encoder, alone
+
+
+def load_encoder(path: str):
+    """The model whose states are compared: the base model of an encoder (mBERT), or the encoder of an
+    encoder-decoder (mT5: its decoder reads no sentence of its own, only the encoder's states)."""
+    import transformers  # heavy: imported when the analysis runs
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    if getattr(config, "is_encoder_decoder", False):
+        if config.model_type not in ENCODER_ONLY:
+            raise LnsubError(f"similarity: no encoder-only class for model type {config.model_type!r}")
+        return getattr(transformers, ENCODER_ONLY[config.model_type]).from_pretrained(path)
+    return transformers.AutoModel.from_pretrained(path)
+
+
 def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
-    """A copy of the encoder with θ0 ⊙ mask (mask names carry the task model's prefix, e.g. 'bert.')."""
+    """A copy of the encoder with θ0 ⊙ mask (mask names carry the task model's prefix, e.g. 'bert.'); an
+    encoder-decoder's decoder masks have no weight in the encoder and are left out."""
     model = copy.deepcopy(base)
-    apply_masks(model, {name.removeprefix(prefix): mask for name, mask in masks.items()})
+    names = set(dict(model.named_parameters()))
+    own = {name.removeprefix(prefix): mask for name, mask in masks.items()}
+    if not own.keys() & names:
+        raise LnsubError("similarity: no mask matches a weight of the encoder")
+    apply_masks(model, {name: mask for name, mask in own.items() if name in names})
     return model
 
 
@@ -124,7 +145,7 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     """Write similarity.csv (encoder, layer, language pair: CKA and retrieval), parallel.json (the
     sentences' source, and each language left out with the reason) and the curves."""
     import transformers  # heavy: imported when the analysis runs
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # the checkpoint's MLM/NSP heads, unused by an encoder, are no news
 
@@ -135,7 +156,7 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     _write_note(folder / "parallel.json", parallel)
     path = model_path(first)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    base = AutoModel.from_pretrained(path).eval()
+    base = load_encoder(path).eval()
     rows = []
     for label, model in _encoders(sweep, base, level):  # one at a time: each is a whole encoder's copy
         rows.extend(_compare(label, model, tokenizer, parallel.texts))

@@ -21,10 +21,11 @@ from typing import Callable
 from lnsub.orchestrator import ray_backend
 from lnsub.orchestrator.makespan import concurrency_rule
 from lnsub.trainables.atomic import read_json, write_json
-from lnsub.trainables.spec import TESTBED_MODEL, CellSpec
+from lnsub.trainables.spec import TESTBED_MODEL, TESTBED_MODELS, TESTBED_MT5_MODEL, CellSpec
 from lnsub.trainables.sweep_state import pid_alive
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.tinybert import ensure_tiny_model
+from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class Placement:
 def placement_for(specs: list[CellSpec], workers_per_job: int, cpus_per_worker: float,
                   gpus_per_worker: float) -> Placement:
     """Where jobs on these cells' models run; processes are reused only when every model is the testbed's."""
-    small = all(s.model == TESTBED_MODEL for s in specs)
+    small = all(s.model in TESTBED_MODELS for s in specs)
     return Placement(workers_per_job, cpus_per_worker, gpus_per_worker, reuse_processes=small)
 
 
@@ -63,6 +64,9 @@ def prepare_testbed(specs: list[CellSpec]) -> None:
     for config in {s.testbed_config() for s in specs if s.model == TESTBED_MODEL}:
         ensure_testbed(config.testbed)
         ensure_tiny_model(config)
+    for config in {s.testbed_mt5_config() for s in specs if s.model == TESTBED_MT5_MODEL}:
+        ensure_testbed(config.testbed)
+        ensure_tiny_mt5(config)
 
 
 @contextlib.contextmanager

@@ -100,13 +100,17 @@ class Cell:
 
 
 def split_state(model) -> tuple[dict, dict, set[str]]:
-    """(encoder tensors θ, head tensors, head names tied to encoder tensors) of a task model."""
-    prefix = model.base_model_prefix + "."
+    """(backbone tensors θ, head tensors, head names tied to backbone tensors) of a task model.
+
+    The backbone is the base model (BERT's `bert.`; for T5 with an LM head its shared embedding,
+    encoder and decoder), the head the rest (a classifier, MLM's `cls.`, T5's `lm_head`).
+    """
     state = model.state_dict()
-    base = {k: v.detach().clone() for k, v in state.items() if k.startswith(prefix)}
-    base_ptrs = {v.data_ptr() for k, v in state.items() if k.startswith(prefix)}
-    tied = {k for k, v in state.items() if not k.startswith(prefix) and v.data_ptr() in base_ptrs}
-    head = {k: v.detach().clone() for k, v in state.items() if not k.startswith(prefix) and k not in tied}
+    in_base = {k: pruning.is_backbone(model, k) for k in state}
+    base = {k: v.detach().clone() for k, v in state.items() if in_base[k]}
+    base_ptrs = {v.data_ptr() for k, v in state.items() if in_base[k]}
+    tied = {k for k, v in state.items() if not in_base[k] and v.data_ptr() in base_ptrs}
+    head = {k: v.detach().clone() for k, v in state.items() if not in_base[k] and k not in tied}
     return base, head, tied
 
 
@@ -254,7 +258,9 @@ def prune_level(cell: Cell, level: int, masks: pruning.Masks,
     """The next level's mask, pruned by rank 0 and broadcast, with every rank's digest of it (None at the end)."""
     if level == cell.spec.levels:
         return None, None
-    new_masks = pruning.magnitude_prune(trained, masks, level + 1, cell.spec.prune_fraction) if cell.main else masks
+    units = pruning.pruning_units(cell.params)
+    new_masks = (pruning.magnitude_prune(trained, masks, level + 1, cell.spec.prune_fraction, units)
+                 if cell.main else masks)
     new_masks = _broadcast_masks(new_masks, cell.accelerator)
     return new_masks, _rank_digests(new_masks, cell.accelerator)
 

@@ -10,11 +10,12 @@ import logging
 
 import torch
 
-from lnsub.trainables.spec import TESTBED_MODEL, CellSpec
-from lnsub.trainables.tasks import get_task
+from lnsub.trainables.spec import TESTBED_MODEL, TESTBED_MT5_MODEL, CellSpec
+from lnsub.trainables.tasks import Task, get_task
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.languages import is_synthetic
 from lnsub.trainables.testbed.tinybert import ensure_tiny_model
+from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
 from lnsub.trainables.train import RoundData
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,21 @@ def model_path(spec: CellSpec) -> str:
     """The folder or hub id that `from_pretrained` gets for this cell."""
     if spec.model == TESTBED_MODEL:
         return str(ensure_tiny_model(spec.testbed_config()))
+    if spec.model == TESTBED_MT5_MODEL:
+        return str(ensure_tiny_mt5(spec.testbed_mt5_config()))
     return spec.model
+
+
+def task_for(spec: CellSpec, path: str | None = None) -> Task:
+    """The cell's task in the form its model takes (XNLI is text-to-text for mT5), read from the model's config."""
+    from transformers import AutoConfig  # heavy: imported when a model is loaded, not with the package
+
+    task = get_task(spec.task)
+    try:
+        config = AutoConfig.from_pretrained(path or model_path(spec))
+    except OSError:  # no config to read here: the task's encoder form, and from_pretrained says what is missing
+        return task
+    return task.for_model(config)
 
 
 def data_root(spec: CellSpec) -> str | None:
@@ -36,9 +51,9 @@ def data_root(spec: CellSpec) -> str | None:
     return None
 
 
-def load_round_data(spec: CellSpec, tokenizer, accelerator) -> RoundData:
+def load_round_data(spec: CellSpec, tokenizer, accelerator, task: Task | None = None) -> RoundData:
     """The cell's tokenised train and validation splits (selected to the spec's sizes before tokenising)."""
-    task = get_task(spec.task)
+    task = task or get_task(spec.task)
     with accelerator.main_process_first():  # the main process tokenises; the others read its cache
         enc = task.prepare(spec.language, data_root(spec), tokenizer, spec.max_length, seed=spec.seed,
                            sizes=(spec.train_size, spec.valid_size), valid_documents=spec.valid_documents)
@@ -54,9 +69,9 @@ def load_task(spec: CellSpec, accelerator):
     """
     from transformers import set_seed  # heavy: imported when a model is loaded, not with the package
 
-    task = get_task(spec.task)
     path = model_path(spec)
-    data = load_round_data(spec, task.load_tokenizer(path), accelerator)
+    task = task_for(spec, path)
+    data = load_round_data(spec, task.load_tokenizer(path), accelerator, task)
     set_seed(spec.seed)
     return task, data, task.load_model(path)
 

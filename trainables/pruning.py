@@ -1,9 +1,19 @@
 """Which weights are prunable, global magnitude pruning, masks and their baselines (docs/method.md, IMP).
 
-Prunable weights are found from the model's architecture: in each encoder layer
-the query, key, value, attention-output, intermediate and output weight matrices,
-plus the pooler's when the model has one. Never pruned: embeddings, biases,
-LayerNorms, task heads.
+Prunable weights are found from the model's architecture:
+
+- BERT: in each encoder layer the query, key, value, attention-output, intermediate
+  and output weight matrices, plus the pooler's when the model has one.
+- T5 and mT5: in every encoder and every decoder block the attention matrices q, k, v
+  and o (self-attention, and the decoder's cross-attention) and the feed-forward
+  matrices wi (wi_0 and wi_1 where gated, as in mT5) and wo.
+
+Never pruned: embeddings (T5's shared embedding), biases, LayerNorms, T5's relative-
+attention bias, lm_head and any task head.
+
+A model's prunable set falls into pruning units, each pruned to the level's sparsity on
+its own: BERT has one ("all"); T5 has two, its encoder and its decoder, as the authors'
+mT5 code prunes them (helpers/pruning_utils.py, pruning_mt5_model with glb=False).
 """
 
 from __future__ import annotations
@@ -16,42 +26,88 @@ from torch import nn
 
 Masks = dict[str, torch.Tensor]  # parameter name -> bool tensor, True = kept
 
-# model_type -> pattern on the Linear module's name inside the base model (group 1: layer, 2: component)
+# model_type -> pattern on the Linear module's name inside the base model
+# BERT: group 1 layer, 2 component (or 3: the pooler); T5: 1 stack, 2 layer, 3 component
+T5_PATTERN = re.compile(r"^(encoder|decoder)\.block\.(\d+)\.layer\.\d+\.(SelfAttention\.[qkvo]|EncDecAttention\.[qkvo]"
+                        r"|DenseReluDense\.wi|DenseReluDense\.wi_0|DenseReluDense\.wi_1|DenseReluDense\.wo)$")
 ARCHITECTURES: dict[str, re.Pattern] = {
     "bert": re.compile(r"^encoder\.layer\.(\d+)\.(attention\.self\.query|attention\.self\.key|attention\.self\.value"
                        r"|attention\.output\.dense|intermediate\.dense|output\.dense)$|^(pooler\.dense)$"),
+    "t5": T5_PATTERN,
+    "mt5": T5_PATTERN,
 }
 COMPONENTS = {
     "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
     "attention.output.dense": "attention_output", "intermediate.dense": "intermediate",
     "output.dense": "output", "pooler.dense": "pooler",
+    **{f"SelfAttention.{m}": f"self_{m}" for m in "qkvo"},
+    **{f"EncDecAttention.{m}": f"cross_{m}" for m in "qkvo"},
+    **{f"DenseReluDense.{m}": m for m in ("wi", "wi_0", "wi_1", "wo")},
 }
+# the modules of a T5 model with an LM head that hold its backbone (it has no base-model attribute)
+T5_BACKBONE = ("shared.", "encoder.", "decoder.")
 
 
 @dataclass(frozen=True)
 class Prunable:
     name: str  # full parameter name in the task model, e.g. "bert.encoder.layer.0.attention.self.query.weight"
-    layer: int | None  # None for the pooler
-    component: str  # query, key, value, attention_output, intermediate, output, pooler
+    layer: int | None  # None for the pooler; a block's index within its stack for T5
+    component: str  # query, key, value, attention_output, intermediate, output, pooler; T5: self_q, cross_k, wo...
     shape: tuple[int, ...]
+    stack: str | None = None  # T5: "encoder" or "decoder"; BERT: None
+    unit: str = "all"  # the pruning unit it belongs to: "all" (BERT), the stack (T5)
+
+
+def locate(stem: str, model_type: str) -> tuple[str | None, int | None, str] | None:
+    """(stack, layer, component) of a module name relative to the base model, or None if not prunable."""
+    m = ARCHITECTURES[model_type].match(stem)
+    if not m:
+        return None
+    if ARCHITECTURES[model_type] is T5_PATTERN:
+        return m.group(1), int(m.group(2)), COMPONENTS[m.group(3)]
+    return None, (int(m.group(1)) if m.group(1) is not None else None), COMPONENTS[m.group(2) or m.group(3)]
+
+
+def locate_name(name: str) -> tuple[str | None, int | None, str]:
+    """(stack, layer, component) of a full prunable parameter name of any known architecture, by its name alone."""
+    stem = name.removesuffix(".weight")
+    starts = [0] + [i + 1 for i, c in enumerate(stem) if c == "."]
+    for start in starts:
+        for model_type in ("bert", "t5"):
+            found = locate(stem[start:], model_type)
+            if found:
+                return found
+    raise ValueError(f"{name!r} is not a prunable weight of a known architecture ({', '.join(ARCHITECTURES)})")
+
+
+def backbone(model: nn.Module) -> tuple[nn.Module, str]:
+    """(the base model, its parameter-name prefix in the task model, '' or 'bert.')."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, model) if prefix else model
+    return base, (f"{prefix}." if base is not model else "")
+
+
+def is_backbone(model: nn.Module, key: str) -> bool:
+    """Whether a state-dict key of the task model belongs to the backbone (rewound to θ0) or to the head."""
+    base, prefix = backbone(model)
+    if base is model and getattr(model.config, "model_type", None) in ("t5", "mt5"):
+        return key.startswith(T5_BACKBONE)  # T5 with an LM head: shared, encoder, decoder; lm_head is the head
+    return key.startswith(prefix) if prefix else True
 
 
 def prunable_parameters(model: nn.Module) -> list[Prunable]:
     """The prunable weight matrices of a model, in a fixed order (the module order)."""
     model_type = getattr(model.config, "model_type", None)
-    pattern = ARCHITECTURES.get(model_type)
-    if pattern is None:
+    if model_type not in ARCHITECTURES:
         raise ValueError(f"no prunable-set rule for model type {model_type!r}; known: {', '.join(ARCHITECTURES)}")
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, model) if prefix else model
-    head = f"{prefix}." if base is not model else ""
+    base, head = backbone(model)
     found = []
     for name, module in base.named_modules():
-        m = pattern.match(name)
-        if m and isinstance(module, nn.Linear):
-            layer = int(m.group(1)) if m.group(1) is not None else None
-            component = COMPONENTS[m.group(2) or m.group(3)]
-            found.append(Prunable(f"{head}{name}.weight", layer, component, tuple(module.weight.shape)))
+        where = locate(name, model_type)
+        if where and isinstance(module, nn.Linear):
+            stack, layer, component = where
+            found.append(Prunable(f"{head}{name}.weight", layer, component, tuple(module.weight.shape), stack,
+                                  stack or "all"))
     if not found:
         raise ValueError(f"found no prunable weights in a {model_type} model")
     return found
@@ -59,6 +115,14 @@ def prunable_parameters(model: nn.Module) -> list[Prunable]:
 
 def prunable_count(params: list[Prunable]) -> int:
     return sum(int(torch.tensor(p.shape).prod()) for p in params)
+
+
+def pruning_units(params: list[Prunable]) -> dict[str, list[str]]:
+    """{unit: parameter names}: each unit is pruned to the level's sparsity on its own."""
+    units: dict[str, list[str]] = {}
+    for p in params:
+        units.setdefault(p.unit, []).append(p.name)
+    return units
 
 
 def dense_masks(params: list[Prunable]) -> Masks:
@@ -97,32 +161,56 @@ def _global_order_prune(scores: dict[str, torch.Tensor], masks: Masks, n_prune: 
     return new
 
 
-def magnitude_prune(weights: dict[str, torch.Tensor], masks: Masks, level: int, fraction: float) -> Masks:
-    """Global L1 magnitude pruning to level `level`: exactly pruned_target(level) zeros in total.
+def _prune_by_unit(scores: dict[str, torch.Tensor], masks: Masks, targets: dict[str, int],
+                   units: dict[str, list[str]]) -> Masks:
+    """Each unit's `targets[unit]` zeros in all (those already in `masks` count), by the lowest scores in it."""
+    new: Masks = {}
+    for unit, names in units.items():
+        sub = {n: masks[n] for n in names}
+        n_prune = targets[unit] - sum(int((~m).sum()) for m in sub.values())
+        if n_prune < 0:
+            raise ValueError(f"unit {unit!r} wants {targets[unit]} zeros, fewer than the mask already has")
+        new.update(_global_order_prune(scores, sub, n_prune))
+    return {n: new[n] for n in masks}  # the masks' own order
+
+
+def _units_of(masks: Masks, units: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    if units is None:
+        return {"all": list(masks)}
+    if sorted(n for names in units.values() for n in names) != sorted(masks):
+        raise ValueError("the pruning units do not cover the mask's parameters exactly")
+    return units
+
+
+def magnitude_prune(weights: dict[str, torch.Tensor], masks: Masks, level: int, fraction: float,
+                    units: dict[str, list[str]] | None = None) -> Masks:
+    """L1 magnitude pruning to level `level`, global within each pruning unit (`pruning_units`; None: one unit
+    of every tensor): exactly pruned_target(level) of each unit's weights are zero.
 
     `masks` is the mask of level-1; the new mask is nested in it.
     """
-    total = sum(m.numel() for m in masks.values())
-    already = sum(int((~m).sum()) for m in masks.values())
-    n_prune = pruned_target(level, fraction, total) - already
-    if n_prune < 0:
-        raise ValueError(f"level {level} wants fewer zeros than the mask already has")
-    return _global_order_prune({n: weights[n].detach().abs().cpu() for n in masks}, masks, n_prune)
+    units = _units_of(masks, units)
+    targets = {u: pruned_target(level, fraction, sum(masks[n].numel() for n in names)) for u, names in units.items()}
+    return _prune_by_unit({n: weights[n].detach().abs().cpu() for n in masks}, masks, targets, units)
 
 
 def random_masks(params: list[Prunable], sparsity: float, seed: int) -> Masks:
-    """A uniformly random mask with exactly round(sparsity * total) zeros over the same prunable set."""
+    """A uniformly random mask with exactly round(sparsity * n) zeros in each pruning unit of n weights."""
     generator = torch.Generator().manual_seed(seed)
     scores = {p.name: torch.rand(p.shape, generator=generator) for p in params}
-    total = prunable_count(params)
-    return _global_order_prune(scores, dense_masks(params), pruned_target(1, sparsity, total))
+    return _one_level(scores, params, sparsity)
 
 
 def one_shot_masks(weights: dict[str, torch.Tensor], params: list[Prunable], sparsity: float) -> Masks:
-    """One-shot global magnitude pruning of `weights` (θ0, or trained weights) to `sparsity`."""
-    total = prunable_count(params)
-    scores = {p.name: weights[p.name].detach().abs().cpu() for p in params}
-    return _global_order_prune(scores, dense_masks(params), pruned_target(1, sparsity, total))
+    """One-shot magnitude pruning of `weights` (θ0, or trained weights) to `sparsity`, global in each unit."""
+    return _one_level({p.name: weights[p.name].detach().abs().cpu() for p in params}, params, sparsity)
+
+
+def _one_level(scores: dict[str, torch.Tensor], params: list[Prunable], sparsity: float) -> Masks:
+    units = pruning_units(params)
+    shapes = {p.name: p for p in params}
+    targets = {u: pruned_target(1, sparsity, prunable_count([shapes[n] for n in names])) for u, names in units.items()}
+    return _prune_by_unit(scores, dense_masks(params), targets, units)
 
 
 def density(masks: Masks) -> float:

@@ -21,12 +21,15 @@ from lnsub.trainables.tasks import get_task
 from lnsub.trainables.testbed.generate import TestbedConfig
 from lnsub.trainables.testbed.languages import is_synthetic
 from lnsub.trainables.testbed.tinybert import TinyBertConfig
+from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
 
 # 2: values are canonical by field type (epochs 3 -> 3.0), so ids differ from schema 1's
 # 3: valid_documents (MLM's validation carved from Wikipedia's only split); MLM blocks run across documents
 #    and validation masks are drawn per block from the seed, so MLM results differ from schema 2's
 SCHEMA = 3
 TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
+TESTBED_MT5_MODEL = "testbed-mt5"  # the tiny mT5 of the synthetic testbed (XNLI only, as mt5-base in the paper)
+TESTBED_MODELS = (TESTBED_MODEL, TESTBED_MT5_MODEL)
 
 # docs/method.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
 PAPER_DEFAULTS: dict[str, dict] = {
@@ -43,7 +46,7 @@ PAPER_DEFAULTS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class CellSpec:
-    model: str  # hub id, local folder, or "testbed"
+    model: str  # hub id, local folder, "testbed" (tiny BERT) or "testbed-mt5" (tiny mT5)
     task: str
     language: str
     seed: int = 0
@@ -67,7 +70,7 @@ class CellSpec:
     testbed_seed: int = 0  # the synthetic testbed and tiny model, when model or language is synthetic
     testbed_noise: float = 0.0
     testbed_anchor_fraction: float = 0.0
-    model_revision: str = ""  # resolved: the tiny model's config hash for "testbed"
+    model_revision: str = ""  # resolved: the tiny model's config hash for "testbed" and "testbed-mt5"
 
     @property
     def id(self) -> str:
@@ -98,8 +101,14 @@ class CellSpec:
         return cls.from_values(**d)
 
     def testbed_config(self):
-        return TinyBertConfig(testbed=TestbedConfig(seed=self.testbed_seed, noise=self.testbed_noise,
-                                                    anchor_fraction=self.testbed_anchor_fraction))
+        return TinyBertConfig(testbed=self._testbed())
+
+    def testbed_mt5_config(self):
+        return TinyMT5Config(testbed=self._testbed())
+
+    def _testbed(self) -> TestbedConfig:
+        return TestbedConfig(seed=self.testbed_seed, noise=self.testbed_noise,
+                             anchor_fraction=self.testbed_anchor_fraction)
 
 
 def resolve_values(task: str, overrides: dict) -> dict:
@@ -124,6 +133,10 @@ def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides)
     spec = CellSpec.from_values(model=model, task=task, language=language, **values)
     if spec.model == TESTBED_MODEL:
         spec = dataclasses.replace(spec, model_revision=spec.testbed_config().id)
+    if spec.model == TESTBED_MT5_MODEL:
+        if task != "xnli":
+            raise LnsubError(f"cell {task}/{language}: {TESTBED_MT5_MODEL} is for xnli only (as mt5-base in the paper)")
+        spec = dataclasses.replace(spec, model_revision=spec.testbed_mt5_config().id)
     return spec
 
 

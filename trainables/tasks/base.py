@@ -127,6 +127,13 @@ class Task:
         return self.preprocess(self.load(language, data_dir, sizes), tokenizer, max_length, seed)
 
     # --- model ------------------------------------------------------------------------
+    def for_model(self, config) -> "Task":
+        """This task in the form the model (its `config`) takes; an encoder-decoder only fits XNLI (docs/method.md)."""
+        if getattr(config, "is_encoder_decoder", False):
+            raise LnsubError(f"task {self.name} has no encoder-decoder form: the paper fine-tunes "
+                             f"{getattr(config, 'model_type', 'an encoder-decoder')} on xnli only")
+        return self
+
     def model_kwargs(self) -> dict[str, Any]:
         return {}
 

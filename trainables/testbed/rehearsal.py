@@ -59,6 +59,21 @@ def train_wordpiece(texts: list[str], vocab_size: int):
                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
+# google/mt5-base's config.json, less its vocabulary size (250,112): the paper's second model, XNLI only
+MT5_ARCHITECTURE = {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12,
+                    "d_kv": 64, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False,
+                    "relative_attention_num_buckets": 32, "dropout_rate": 0.1, "layer_norm_epsilon": 1e-6,
+                    "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
+MT5_VOCAB = 250_112
+
+
+def mt5_config(vocab_size: int = MT5_VOCAB):
+    """mt5-base's architecture (MT5ForConditionalGeneration), at `vocab_size`."""
+    from transformers import MT5Config  # heavy: only building the model needs it
+
+    return MT5Config(vocab_size=vocab_size, architectures=["MT5ForConditionalGeneration"], **MT5_ARCHITECTURE)
+
+
 def _texts(data: Path) -> list[str]:
     """Every text of the copies, for the WordPiece vocabulary (all languages at once, as mBERT's)."""
     from datasets import load_dataset  # heavy: only building the tokenizer needs it
