@@ -7,10 +7,11 @@ import csv
 
 import pytest
 import torch
+import yaml
 from transformers import MT5Config, MT5ForConditionalGeneration
 
 from lnsub.analysis import overlap
-from lnsub.orchestrator.grid import plan
+from lnsub.orchestrator.grid import grid_path, plan
 from lnsub.trainables import pruning
 from lnsub.trainables.tasks.xnli import exact_matches
 
@@ -71,7 +72,12 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_smoke_mt5_sweeps_and_every_analysis_runs(tmp_path, lnsub_cli):
-    sweep = lnsub_cli("sweep", "--grid", "smoke-mt5", cwd=tmp_path)
+    """smoke-mt5's own settings, cut to 2 twins and 2 levels to keep the suite short: sweep, then every analysis."""
+    grid = yaml.safe_load(grid_path("smoke-mt5").read_text())
+    grid.update(languages=["syn-en", "syn-ar"], levels=2)
+    grid["tasks"]["xnli"].update(steps=10, train_size=640, valid_size=96)
+    (tmp_path / "smoke-mt5.yaml").write_text(yaml.safe_dump(grid))
+    sweep = lnsub_cli("sweep", "--grid", str(tmp_path / "smoke-mt5.yaml"), cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-3000:]
     analyze = lnsub_cli("analyze", "--name", "smoke-mt5", cwd=tmp_path)
     assert analyze.returncode == 0, analyze.stdout[-3000:]
@@ -80,5 +86,5 @@ def test_smoke_mt5_sweeps_and_every_analysis_runs(tmp_path, lnsub_cli):
     assert {r["group"] for r in rows if r["grouping"] == "stack"} == {"encoder", "decoder"}
     similarity = lnsub_cli("similarity", "--name", "smoke-mt5", "--sentences", "40", cwd=tmp_path)
     assert similarity.returncode == 0, similarity.stdout[-3000:]
-    transfer = lnsub_cli("transfer", "--name", "smoke-mt5", "--level", "3", cwd=tmp_path)
+    transfer = lnsub_cli("transfer", "--name", "smoke-mt5", "--level", "2", cwd=tmp_path)
     assert transfer.returncode == 0, transfer.stdout[-3000:]
