@@ -59,19 +59,8 @@ class XNLI(Task):
 
         return DataCollatorWithPadding(tokenizer)
 
-    @torch.no_grad()
     def evaluate(self, model, loader, accelerator=None) -> dict[str, float]:
-        model.eval()
-        device = model_device(model)
-        correct = total = 0
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            hits = gather(accelerator, (model(**batch).logits.argmax(-1) == labels).long())
-            correct += hits.sum().item()
-            total += hits.numel()
-        model.train()
-        return {"accuracy": correct / max(total, 1)}
+        return accuracy(model, loader, accelerator, lambda batch, labels: model(**batch).logits.argmax(-1) == labels)
 
 
 @dataclass(frozen=True)
@@ -103,20 +92,25 @@ class XNLIText2Text(XNLI):
 
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
 
-    @torch.no_grad()
     def evaluate(self, model, loader, accelerator=None) -> dict[str, float]:
         generator = accelerator.unwrap_model(model) if accelerator is not None else model
-        model.eval()
-        device = model_device(model)
-        correct = total = 0
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            hits = gather(accelerator, exact_matches(generator, batch, labels))
-            correct += hits.sum().item()
-            total += hits.numel()
-        model.train()
-        return {"accuracy": correct / max(total, 1)}
+        return accuracy(model, loader, accelerator, lambda batch, labels: exact_matches(generator, batch, labels))
+
+
+@torch.no_grad()
+def accuracy(model, loader, accelerator, hits_of) -> dict[str, float]:
+    """The share of validation rows that `hits_of(batch, labels)` marks right, over every process's rows."""
+    model.eval()
+    device = model_device(model)
+    correct = total = 0
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        hits = gather(accelerator, hits_of(batch, labels).long())
+        correct += hits.sum().item()
+        total += hits.numel()
+    model.train()
+    return {"accuracy": correct / max(total, 1)}
 
 
 def exact_matches(model, batch: dict, labels: torch.Tensor) -> torch.Tensor:

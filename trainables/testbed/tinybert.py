@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections import Counter
@@ -38,6 +37,7 @@ import torch
 from lnsub.trainables.atomic import atomic_dir, is_done, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar
+from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root
 from lnsub.trainables.testbed.languages import TWINS
 
@@ -270,9 +270,7 @@ def masked_accuracy(model, rows, layout: dict, languages: list[str], pad_id: int
 
 def _train(model, config: TinyBertConfig, rows, layout: dict, languages: list[str], pad_id: int) -> list[float]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01, eps=1e-6)
-    warmup = max(1, config.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / config.steps))))
+    schedule = warmup_cosine(optimizer, config.steps)
     order = random.Random(f"order|{config.seed}")
     losses, model_start = [], time.perf_counter()
     model.train()
@@ -280,13 +278,7 @@ def _train(model, config: TinyBertConfig, rows, layout: dict, languages: list[st
         chosen = [rows[order.randrange(len(rows))] for _ in range(config.batch_size)]
         batch = mask_batch(_batch(chosen, layout, languages, pad_id), layout, languages,
                            joint=config.joint_replacement and not config.decoupled)
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+        losses.append(train_step(model, batch, optimizer, schedule))
         if (step + 1) % 100 == 0:
             log.info("tiny BERT pretraining: step %d/%d, loss %.3f, %.0f s", step + 1, config.steps,
                      sum(losses[-100:]) / 100, time.perf_counter() - model_start)

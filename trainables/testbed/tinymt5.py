@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from lnsub.trainables.atomic import atomic_dir, is_done, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.tasks.xnli import XNLI_LABELS, XNLI_PROMPT
+from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root, ensure_testbed
 
 SCHEMA = 1
@@ -167,20 +167,12 @@ def build_model(config: TinyMT5Config, vocab_size: int):
 def _train(model, train: list[list[int]], tokenizer, config: TinyMT5Config) -> list[float]:
     """config.steps AdamW steps of span corruption, warm-up then cosine decay; the losses."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    warmup = max(1, config.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / config.steps))))
+    schedule = warmup_cosine(optimizer, config.steps)
     rng, losses = np.random.default_rng(config.seed), []
     model.train()
     while len(losses) < config.steps:
         for batch in batches(train, tokenizer, config, rng, config.batch_size):
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
+            losses.append(train_step(model, batch, optimizer, schedule))
             if len(losses) % 100 == 0:
                 log.info("tiny mT5 pretraining: step %d/%d, loss %.3f", len(losses), config.steps,
                          sum(losses[-100:]) / 100)
