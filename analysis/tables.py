@@ -7,9 +7,10 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lnsub.trainables import objectstore
 from lnsub.trainables.atomic import write_text
 from lnsub.trainables.spec import CellSpec
-from lnsub.trainables.sweep_state import SweepState, check_storage, load_state, sweep_dir
+from lnsub.trainables.sweep_state import SweepState, check_storage, load_state, pull_cells, sweep_dir
 
 
 @dataclass
@@ -31,6 +32,8 @@ def open_sweep(name: str, storage: str, tracking_uri: str | None = None, out: st
     """A sweep as `lnsub sweep` left it in storage (one clear line if there is none)."""
     root = check_storage(storage)
     state = load_state(root, name)
+    pull_cells(root, state.specs)  # an object store's cells and transfer results, into this process's copy
+    objectstore.pull(root / "transfer", exclude=objectstore.NEVER_PULLED)
     analysis = Path(out).resolve() if out else sweep_dir(root, name) / "analysis"
     return Sweep(name, root, state, state.specs, state.tracking(tracking_uri), analysis)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import typing
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -21,6 +22,7 @@ from rich.table import Table
 from lnsub.orchestrator import analyses, makespan, tracking
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
+from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.sweep_state import check_name, check_storage, load_state, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
@@ -190,6 +192,8 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
                                                help="Optimizer steps between a round's checkpoints."),
           address: str = typer.Option(None, "--address", help="Ray cluster to use ('auto' on a cluster node); "
                                                                "default: a private local instance."),
+          max_failures: int = typer.Option(3, "--max-failures", min=0,
+                                           help="Retries of a cell whose trial dies (a lost node, a store outage)."),
           data_dir: str = DataDirOpt) -> None:
     """Run the grid as a Ray Tune sweep: one trial per cell, fault tolerant, resumable, tracked in MLflow."""
     if name is not None:  # before anything else: an empty --name must not fall back to the grid's name
@@ -210,12 +214,14 @@ def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, 
         result = run_sweep(grid, name=name, storage=storage, tracking_uri=tracking_uri,
                            workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker,
                            max_concurrent=max_concurrent, resume=resume, address=address, render=render,
+                           max_failures=max_failures,
                            checkpoint_every=checkpoint_every, data_dir=data_dir)
     console.print(_progress_table(result.statuses))
     counts = status_counts(result.statuses)
     console.print(f"sweep [bold]{result.name}[/bold] finished in {result.seconds:.0f} s "
                   f"({result.compute_seconds:.0f} s of cell compute): {counts['done']}/{len(result.statuses)} cells done")
-    console.print(f"results: {result.storage / 'cells'}  (sweep state: {result.storage / 'sweeps' / result.name})")
+    where = objectstore.location_of(result.storage)  # a store's URI, not this process's scratch copy of it
+    console.print(f"results: {where}/cells  (sweep state: {where}/sweeps/{result.name})")
     console.print(f"MLflow: {result.tracking_uri}" + ("" if result.mlflow_synced else
                   "  [red](unreachable: run `lnsub sync` when it is back)[/red]"))
     console.print(f"browse: lnsub ui --name {result.name} --storage {storage}   then open http://127.0.0.1:5000")
@@ -251,15 +257,32 @@ def sync(name: str = typer.Option(..., "--name", help="The sweep's name."), stor
 def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its tracking URI)."),
        storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
        port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1.")) -> None:
-    """Open the MLflow UI on the sweep's store, bound to 127.0.0.1."""
+    """Open the MLflow UI on the sweep's store, bound to 127.0.0.1.
+
+    With --storage on an object store this is also the tracking server sweeps log to: its runs live in
+    --tracking-uri (a database; default ./lnsub-mlflow.db) and its artifacts in <storage>/mlartifacts.
+    """
     root = check_storage(storage)
-    uri = tracking_uri or (load_state(root, name).tracking_uri if name else tracking.default_tracking_uri(root))
-    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
     # One browsing user: one worker, and no GenAI job runner (by default mlflow starts 4 workers and 8 job
     # processes that ignore SIGTERM; on 2 cores the UI took a minute to answer). Set the variable to override.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                    "--port", str(port), "--workers", "1"], env=env, check=False)
+    serve = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if objectstore.mirror_of(root) is not None:
+        backend = tracking_uri or f"sqlite:///{Path('lnsub-mlflow.db').resolve()}"
+        if "://" in backend and backend.split("://")[0] in ("http", "https"):
+            raise LnsubError("--tracking-uri: with --storage on an object store, lnsub ui is the tracking server; "
+                             "give it a database (sqlite:///PATH or postgresql://...), not a server's URL")
+        artifacts = f"{storage.rstrip('/')}/mlartifacts"
+        if os.environ.get("AWS_ENDPOINT_URL") and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+            env["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]  # MLflow's own name for the endpoint
+        console.print(f"MLflow server at http://127.0.0.1:{port}: runs in {backend}, artifacts in {artifacts}\n"
+                      f"sweeps on this storage log to it with --tracking-uri http://127.0.0.1:{port}  (Ctrl-C to stop)")
+        subprocess.run([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                        "--artifacts-destination", artifacts, "--serve-artifacts", *serve], env=env, check=False)
+        return
+    uri = tracking_uri or (load_state(root, name).tracking_uri if name else tracking.default_tracking_uri(root))
+    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, *serve], env=env, check=False)
 
 
 OutOpt = typer.Option(None, "--out", help="Analysis folder; each analysis writes its own subfolder there "

@@ -20,7 +20,8 @@ from typing import Callable
 
 from lnsub.orchestrator import ray_backend
 from lnsub.orchestrator.makespan import concurrency_rule
-from lnsub.trainables.atomic import read_json, write_json
+from lnsub.trainables import objectstore
+from lnsub.trainables.atomic import read_json, remove, write_json
 from lnsub.trainables.spec import TESTBED_MODEL, TESTBED_MODELS, TESTBED_MT5_MODEL, CellSpec
 from lnsub.trainables.sweep_state import pid_alive
 from lnsub.trainables.testbed.generate import ensure_testbed
@@ -94,7 +95,7 @@ def ray_instance(session: Path, address: str | None = None):
     finally:
         if we_started:
             ray_backend.stop()
-            session.unlink(missing_ok=True)
+            remove(session)  # here and, on an object store, there
             shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets
 
 
@@ -125,7 +126,9 @@ def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, 
         if watcher:
             watcher.start()
         try:
-            config = {"storage": str(batch.storage), "failures": str(batch.failures),
+            # what a trial on any node can open: the store's URI (or the shared path), notes relative to it
+            config = {"storage": objectstore.location_of(batch.storage),
+                      "failures": batch.failures.relative_to(batch.storage).as_posix(),
                       "checkpoint_every": checkpoint_every}
             return ray_backend.run_trials(
                 batch.kind, batch.items, batch.experiment, config, workers_per_cell=placement.workers_per_job,

@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from lnsub.trainables import faults
+from lnsub.trainables import faults, objectstore
+from lnsub.trainables.atomic import remove, write_text
 from lnsub.trainables.imp import CellResult, Hooks, run_cell
 from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
 from lnsub.trainables.spec import CellSpec
@@ -120,17 +121,19 @@ def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, u
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    storage = Path(storage).resolve()
+    root = objectstore.open_root(storage)  # a local path, or this process's scratch copy of a store
     trainer = TorchTrainer(
         _cell_worker,
-        train_loop_config={"spec": spec.to_dict(), "storage": str(storage), "checkpoint_every": checkpoint_every},
+        train_loop_config={"spec": spec.to_dict(), "storage": objectstore.location_of(root),
+                           "checkpoint_every": checkpoint_every},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=resources_per_worker or {"CPU": 1}),
-        run_config=ray.train.RunConfig(name=train_run_name(spec), storage_path=str(storage / "ray-train"),
+        run_config=ray.train.RunConfig(name=train_run_name(spec), storage_path=str(root / "ray-train"),
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
     result = trainer.fit()
-    store = CellStore(storage, spec)  # storage, not Ray's result, is the source of truth
+    store = CellStore(root, spec)  # storage, not Ray's result, is the source of truth
+    objectstore.pull(store.root, exclude=objectstore.NEVER_PULLED)
     if not store.finished():
         raise RuntimeError(f"cell {spec.id}: Ray Train returned but the cell is not finished in {store.root}")
     return CellResult(spec.id, store.all_metrics(), int((result.metrics or {}).get("steps_trained", 0)), store.root)
@@ -144,10 +147,11 @@ def _failure_noted(note: Path):
     try:
         yield
     except BaseException as e:
-        note.parent.mkdir(parents=True, exist_ok=True)
-        note.write_text(f"{type(e).__name__}: {e}\n")
+        with contextlib.suppress(OSError):  # the store may be what failed: the error is Tune's to report then
+            write_text(note, f"{type(e).__name__}: {e}\n")
         raise
-    note.unlink(missing_ok=True)
+    if note.exists() or objectstore.mirror_of(note) is not None:
+        remove(note)
 
 
 def _cell_trial(config: dict) -> None:
@@ -160,7 +164,7 @@ def _cell_trial(config: dict) -> None:
     def level_done(level: int, record: dict) -> None:
         tune.report({LEVEL: level, SCORE: record[SCORE], SPARSITY: record[SPARSITY]})
 
-    with _failure_noted(Path(config["failures"]) / f"{spec.id}.txt"):
+    with _failure_noted(objectstore.open_root(config["storage"]) / config["failures"] / f"{spec.id}.txt"):
         if config["workers_per_cell"] > 1:
             result = run_cell_on_workers(spec, config["storage"], workers=config["workers_per_cell"],
                                          use_gpu=config["gpus_per_worker"] > 0,
@@ -181,7 +185,7 @@ def _transfer_trial(config: dict) -> None:
     job = TransferJob.from_dict(config["item"]["job"])
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     hook = _fault_hook(job.id)
-    with _failure_noted(Path(config["failures"]) / f"{job.id}.txt"):
+    with _failure_noted(objectstore.open_root(config["storage"]) / config["failures"] / f"{job.id}.txt"):
         record = run_transfer_job(job, config["storage"], checkpoint_every=config["checkpoint_every"],
                                   after_step=(lambda step: hook(None, step)) if hook else None)
     tune.report({SCORE: record[SCORE], "done": 1})

@@ -21,6 +21,7 @@ from lnsub.orchestrator import tracking
 from lnsub.orchestrator.grid import Plan, Resources
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.jobs import Batch, placement_for, prepare_testbed, run_jobs
+from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.metrics import LEVEL_SECONDS
 from lnsub.trainables.store import CellStore
@@ -137,6 +138,9 @@ def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, t
         raise LnsubError(f"grid {p.source} no longer gives the cells sweep {name!r} started with; "
                          f"resume without --grid, or start a new --name")
     if state is None:
+        if tracking_uri is None and objectstore.mirror_of(root) is not None:
+            raise LnsubError("with --storage on an object store, give --tracking-uri: an MLflow server every node "
+                             "reaches (lnsub ui --storage URI starts one whose artifacts go to the same store)")
         state = new_state(p, name, tracking_uri or tracking.default_tracking_uri(root))
         save_state(root, state)
     return state

@@ -3,7 +3,9 @@
 Every write goes to a temporary name in the same folder, is flushed to disk, then
 renamed over the final name (rename is atomic on POSIX filesystems). Folders that
 must appear whole are built under a temporary name and renamed into place; a DONE
-marker written last says a stage finished.
+marker written last says a stage finished, and carries the checksums of what it
+commits. Under a scratch copy of an object store (objectstore.py) every write, and
+every removal, goes through to the store as soon as it is made here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from lnsub.trainables import objectstore
 
 DONE = "DONE"
 _UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
@@ -45,6 +49,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
+        objectstore.after_write(final)  # whole, and only once it is whole here
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -98,4 +103,30 @@ def is_done(path: str | os.PathLike) -> bool:
 
 
 def mark_done(path: str | os.PathLike) -> None:
-    write_text(Path(path) / DONE, "ok\n")
+    """Write DONE last, with the SHA-256 of every file it commits (objectstore.done_record)."""
+    write_json(Path(path) / DONE, objectstore.done_record(Path(path)))
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Remove a file here and, under a store's scratch copy, in the store."""
+    Path(path).unlink(missing_ok=True)
+    objectstore.after_remove(path)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Remove a folder here and, under a store's scratch copy, in the store."""
+    shutil.rmtree(path, ignore_errors=True)
+    objectstore.after_remove_tree(path)
+
+
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move a folder of files: copies whole at `dst` first, then `src` goes (an object store has no rename)."""
+    src, dst = Path(src), Path(dst)
+    if objectstore.mirror_of(src) is None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+        return
+    for p in sorted(q for q in src.rglob("*") if q.is_file()):
+        with atomic_path(dst / p.relative_to(src)) as tmp:
+            shutil.copyfile(p, tmp)
+    remove_tree(src)

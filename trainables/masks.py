@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from lnsub.trainables.atomic import read_json, write_bytes, write_json
+from lnsub.trainables.objectstore import sha256_file  # noqa: F401 (one checksum for masks, heads, DONE)
 
 FORMAT = "lnsub-mask/2"
 MASK_FILE, MASK_META = "mask.npz", "mask.json"
@@ -32,14 +33,6 @@ MASK_FILE, MASK_META = "mask.npz", "mask.json"
 
 class CorruptMask(Exception):
     """A mask file that is missing, truncated or does not match its checksum."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pack(masks: dict[str, torch.Tensor]) -> bytes:

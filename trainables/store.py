@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import pickle
-import shutil
 from pathlib import Path
 
 import torch
 
 from lnsub.trainables import masks as maskio
-from lnsub.trainables.atomic import DONE, atomic_path, is_done, mark_done, read_json, write_json
+from lnsub.trainables.atomic import (DONE, atomic_path, is_done, mark_done, move, read_json, remove, remove_tree,
+                                     write_json)
 from lnsub.trainables.metrics import PEAK_RSS_BYTES, SECONDS, STEPS_TRAINED, WORKERS
 from lnsub.trainables.spec import CellSpec
 
@@ -69,7 +69,7 @@ class Checkpoints:
             torch.save(state, tmp)
         write_json(target / CHECKPOINT_META, {"step": step, "sha256": maskio.sha256_file(target / CHECKPOINT_STATE)})
         for old in self.steps()[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
 
     def read(self, candidate: Path) -> dict:
         """One checkpoint, checked against its checksum and step; DAMAGE if it is not whole."""
@@ -102,11 +102,11 @@ class Checkpoints:
         while target.exists():  # the same step can be damaged again after a later resume
             n += 1
             target = self.quarantine_dir / f"{candidate.name}.{n}"
-        candidate.rename(target)
+        move(candidate, target)
         return target
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_tree(self.folder)
 
 
 class CellStore:
@@ -228,8 +228,8 @@ class CellStore:
             return False
 
     def _invalidate(self, level: int) -> None:
-        (self.level_dir(level) / DONE).unlink(missing_ok=True)
-        (self.root / DONE).unlink(missing_ok=True)
+        remove(self.level_dir(level) / DONE)
+        remove(self.root / DONE)
 
     def first_unfinished_level(self) -> int:
         """The level to run next, after checking what the finished levels left behind.

@@ -4,6 +4,10 @@
     <storage>/sweeps/<name>/lease.json     who runs the sweep now: pid, host, heartbeat (absent when no one does)
     <storage>/sweeps/<name>/failures/      the last error of a cell that failed
 
+Storage is a folder, or an object store's URI (s3://bucket/prefix, gs://...): then the
+folder is this process's scratch copy of it (objectstore.py), and reading a sweep
+first pulls what the store holds for it.
+
 This is the one module that reads and writes those files; `trainables`, `analysis` and
 `orchestrator` all read a sweep through it, so its keys are spelled in one place.
 """
@@ -18,7 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lnsub.trainables.atomic import read_json, write_json
+from lnsub.trainables import objectstore
+from lnsub.trainables.atomic import read_json, remove, write_json
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.metrics import SCORE
 from lnsub.trainables.spec import CellSpec
@@ -40,10 +45,13 @@ def check_name(name: str, where: str = "sweep name") -> str:
 
 
 def check_storage(storage: str | Path) -> Path:
+    """The folder to work in: a local path, or (for an object store's URI) this process's scratch copy of it."""
     storage = str(storage)
-    if "://" in storage and not storage.startswith("file://"):
-        raise LnsubError(f"--storage {storage!r}: cloud URIs are not supported yet; use a path on a filesystem "
-                         f"every node mounts (for example an EFS or NFS mount)")
+    if objectstore.is_remote(storage):
+        try:
+            return objectstore.open_root(storage)
+        except (OSError, ValueError, ImportError) as e:
+            raise LnsubError(f"--storage {storage!r}: {str(e).splitlines()[0][:300]}") from e
     path = Path(storage.removeprefix("file://")).resolve()
     if path.exists() and not path.is_dir():
         raise LnsubError(f"--storage {storage!r} is a file, not a folder")
@@ -111,7 +119,19 @@ def state_path(storage: str | Path, name: str) -> Path:
     return sweep_dir(storage, name) / STATE_FILE
 
 
+def pull_sweep(storage: str | Path, name: str) -> None:
+    """Bring the sweep's own files (plan, lease, failures, analyses) from an object store; Tune's stay local."""
+    objectstore.pull(sweep_dir(storage, name), exclude=("tune",))
+
+
+def pull_cells(storage: str | Path, specs: list[CellSpec]) -> None:
+    """Bring the cells' finished work (not their checkpoints) from an object store."""
+    for spec in specs:
+        objectstore.pull(CellStore(storage, spec).root, exclude=objectstore.NEVER_PULLED)
+
+
 def exists(storage: str | Path, name: str) -> bool:
+    pull_sweep(storage, name)
     return state_path(storage, name).exists()
 
 
@@ -120,6 +140,7 @@ def load_state(storage: str | Path, name: str) -> SweepState:
     root = Path(storage)
     path = state_path(root, name)
     try:
+        pull_sweep(root, name)
         if not root.is_dir():
             raise LnsubError(f"storage {root} does not exist or is not a folder (see --storage)")
         if not path.exists():
@@ -191,7 +212,7 @@ def renew_lease(storage: str | Path, name: str, lease: Lease) -> Lease:
 
 
 def release_lease(storage: str | Path, name: str) -> None:
-    (sweep_dir(storage, name) / LEASE_FILE).unlink(missing_ok=True)
+    remove(sweep_dir(storage, name) / LEASE_FILE)
 
 
 # --- where each cell stands, from storage alone ---------------------------------------------------
@@ -225,6 +246,8 @@ def cell_status(store: CellStore, error: str | None, driver_alive: bool) -> Cell
 
 
 def cell_statuses(storage: str | Path, state: SweepState) -> list[CellStatus]:
+    objectstore.pull(sweep_dir(storage, state.name) / FAILURES_DIR)
+    pull_cells(storage, state.specs)
     lease = read_lease(storage, state.name)
     alive = lease is not None and lease.alive()
     out = []

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lnsub.trainables import metrics as M
-from lnsub.trainables import pruning
+from lnsub.trainables import objectstore, pruning
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import stable_id
 from lnsub.trainables.loading import load_task, make_accelerator
@@ -125,7 +125,11 @@ def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Pru
 def run_transfer_job(job: TransferJob, storage: str | Path, *, checkpoint_every: int = 100,
                      after_step=None) -> dict:
     """Train the source's sub-network on the target; idempotent (a finished job returns its result)."""
+    storage = objectstore.open_root(storage)  # a local path, or this process's scratch copy of a store
     store = job_store(storage, job)
+    objectstore.fresh(store.root)
+    for spec in ([CellSpec.from_dict(job.source_cell)] if job.kind == "ticket" else []) + [job.target]:
+        objectstore.pull(CellStore(storage, spec).root, exclude=objectstore.NEVER_PULLED)
     if store.finished():
         return store.result()
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ def _validate(cfg: dict) -> None:
     validate_config(prepare_config(copy.deepcopy(cfg)))
 
 
-@pytest.mark.parametrize("path", ["cluster.yaml", "docs/cluster-local.yaml"])
+@pytest.mark.parametrize("path", ["cluster.yaml", "cluster-s3.yaml", "docs/cluster-local.yaml"])
 def test_shipped_cluster_configs_are_valid(path):
     cfg = yaml.safe_load((ROOT / path).read_text())
     _validate(cfg)
@@ -32,6 +33,46 @@ def test_aws_config_has_what_a_sweep_needs():
     assert any("--shm-size" in o for o in cfg["docker"]["run_options"])
     assert any("mlflow server --host 127.0.0.1" in c for c in cfg["head_setup_commands"])
     assert any("scripts/install.sh" in c for c in cfg["setup_commands"])
+
+
+def _commands(cfg: dict) -> str:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands")
+    return "\n".join(c for k in keys for c in cfg.get(k) or [])
+
+
+def test_s3_config_shares_no_file_system_and_names_the_store():
+    text = (ROOT / "cluster-s3.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    nodes = cfg["available_node_types"]
+    commands = _commands(cfg)
+    assert cfg["provider"]["type"] == "aws" and nodes[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    assert nodes["gpu_spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert "InstanceMarketOptions" not in nodes["gpu_ondemand"]["node_config"]
+    assert not any(word in commands.lower() for word in ("efs", "nfs", "mount -t"))  # no shared file system
+    assert not any("/mnt/lnsub" in o for o in cfg["docker"]["run_options"])
+    assert "lnsub sweep --grid full" in text and "--storage s3://YOUR-BUCKET/lnsub" in text
+    assert any("mlflow server --host 127.0.0.1" in c and "--artifacts-destination s3://" in c
+               and "sqlite:///" in c for c in cfg["head_setup_commands"])
+    assert any("scripts/install.sh" in c for c in cfg["setup_commands"])
+
+
+def test_s3_config_sets_each_nodes_scratch_and_uses_instance_profiles():
+    cfg = yaml.safe_load((ROOT / "cluster-s3.yaml").read_text())
+    assert any("LNSUB_SCRATCH=/mnt/scratch/lnsub" in o for o in cfg["docker"]["run_options"])
+    assert any("-v /mnt/scratch:/mnt/scratch" in o for o in cfg["docker"]["run_options"])
+    assert "/mnt/scratch/lnsub" in _commands(cfg)  # created on the host before the container starts
+    for node in cfg["available_node_types"].values():
+        assert node["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::")
+
+
+@pytest.mark.parametrize("path", ["cluster.yaml", "cluster-s3.yaml"])
+def test_cluster_configs_hold_no_secrets(path):
+    text = (ROOT / path).read_text()
+    for word in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "aws_access_key_id",
+                 "aws_secret_access_key", "ssh_private_key", "KeyName", "password"):
+        assert word not in text, word
+    assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text)  # an access key id
 
 
 MISTAKES = {

@@ -79,12 +79,14 @@ BAD_OPTIONS = [
     (["--max-concurrent", "0"], "--max-concurrent must be >= 1"),
     (["--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0"),
     (["--name", "bad/name"], "--name 'bad/name'"),
-    (["--storage", "s3://bucket/runs"], "cloud URIs are not supported yet"),
+    (["--storage", "s3://lnsub-nowhere/runs"], "cannot reach s3://lnsub-nowhere/runs"),  # an S3 that is not there
 ]
 
 
 @pytest.mark.parametrize("options,message", BAD_OPTIONS, ids=[m for _, m in BAD_OPTIONS])
 def test_bad_option_values(tmp_path, monkeypatch, capsys, options, message):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    monkeypatch.setenv("LNSUB_STORE_RETRY_SECONDS", "1")
     args = ["sweep", "--grid", "smoke", *options]
     if "--storage" not in options:
         args += ["--storage", str(tmp_path / "runs")]

@@ -3,8 +3,9 @@
 Each case is one way of serving a finished sweep (BACKENDS); the checks are the same
 for all: the experiment page, rendered by the browser, lists one run per cell, and
 every mask downloads through the UI's artifact endpoint byte for byte as storage
-holds it. Today's case is the README's local store (SQLite, mask files on disk); an
-S3-backed artifact store is meant to be one more entry in BACKENDS.
+holds it. Two cases: the README's local store (SQLite, mask files on disk), and a sweep
+on S3 (moto on 127.0.0.1) served by `lnsub ui --storage s3://...`, the tracking server
+whose artifacts go to the same bucket.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class Served:
     name: str
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    after_start: object = None  # called with the server's URL once it answers (to log the sweep to it)
+    tracking: str | None = None  # the tracking URI, where it is not the one the sweep's plan names
+    artifacts: object = None  # () -> the keys of the artifacts in the object store, where there is one
 
     @property
     def specs(self) -> list[CellSpec]:
@@ -57,18 +61,52 @@ class Served:
 
     @property
     def tracking_uri(self) -> str:
-        return load_state(self.storage, self.name).tracking_uri
+        return self.tracking or load_state(self.storage, self.name).tracking_uri
 
 
-def local_store(smoke_sweep) -> Served:
+@contextlib.contextmanager
+def local_store(smoke_sweep, tmp: Path):
     """The smoke sweep as the README leaves it: SQLite and artifacts under lnsub-runs/, `lnsub ui --name smoke`."""
     cwd, proc = smoke_sweep
     assert proc.returncode == 0, proc.stdout[-3000:]
     storage = cwd / "lnsub-runs"
-    return Served(cwd, storage, "smoke", ["--name", "smoke", "--storage", str(storage)])
+    yield Served(cwd, storage, "smoke", ["--name", "smoke", "--storage", str(storage)])
 
 
-BACKENDS = {"local": local_store}
+@contextlib.contextmanager
+def s3_store(smoke_sweep, tmp: Path):
+    """The smoke sweep's cells and plan in an S3 bucket; `lnsub ui --storage s3://...` serves runs whose
+    artifacts it keeps in that bucket, and `lnsub sync` logs the sweep to it from the bucket."""
+    from s3_server import S3Server
+
+    from lnsub.trainables.objectstore import SCRATCH_ENV
+
+    cwd, proc = smoke_sweep
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    local = cwd / "lnsub-runs"
+    with S3Server() as server:
+        client = server.client()
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            rel = path.relative_to(local).as_posix()
+            if rel.startswith(("cells/", "sweeps/smoke/")) and "/tune/" not in rel:
+                client.upload_file(str(path), server.bucket, f"runs/{rel}")
+        storage = f"s3://{server.bucket}/runs"
+        env = {**server.env(), SCRATCH_ENV: str(tmp / "scratch")}
+        served = Served(tmp, local, "smoke", ["--storage", storage, "--tracking-uri", f"sqlite:///{tmp / 'ui.db'}"],
+                        env=env, artifacts=lambda: server.list("runs/mlartifacts/"))
+
+        def log_sweep(url: str) -> None:
+            sync = subprocess.run([sys.executable, "-m", "lnsub.orchestrator.cli", "sync", "--name", "smoke",
+                                   "--storage", storage, "--tracking-uri", url], cwd=tmp, capture_output=True,
+                                  text=True, timeout=600, env={**os.environ, **env, "PYTHONPATH": str(ROOT)})
+            assert sync.returncode == 0, (sync.stdout + sync.stderr)[-3000:]
+            served.tracking = url
+
+        served.after_start = log_sweep
+        yield served
+
+
+BACKENDS = {"local": local_store, "s3": s3_store}
 
 
 def free_port() -> int:
@@ -131,9 +169,10 @@ def lnsub_ui(served: Served, log: Path, waiter, timeout: float = 300):
 def served(request, smoke_sweep, tmp_path_factory, waiter):
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed here (.ci/run installs it with apt-get)")
-    sweep = BACKENDS[request.param](smoke_sweep)
-    log = tmp_path_factory.mktemp(f"ui-{request.param}") / "lnsub-ui.log"
-    with lnsub_ui(sweep, log, waiter) as url:
+    tmp = tmp_path_factory.mktemp(f"ui-{request.param}")
+    with BACKENDS[request.param](smoke_sweep, tmp) as sweep, lnsub_ui(sweep, tmp / "lnsub-ui.log", waiter) as url:
+        if sweep.after_start:
+            sweep.after_start(url)
         yield sweep, url
 
 
@@ -208,6 +247,9 @@ def test_masks_download_through_the_ui_artifact_endpoint(served, tmp_path):
         for k in range(s.levels + 1):
             assert download(runs[s.id].info.run_id, f"masks/level_{k}/mask.npz") == \
                 (store.level_dir(k) / "mask.npz").read_bytes(), (s.id, k)
+    if sweep.artifacts:  # the bytes came from the object store: every mask is an object there
+        masks = [k for k in sweep.artifacts() if k.endswith("/mask.npz")]
+        assert len(masks) == sum(s.levels + 1 for s in sweep.specs), masks
     with pytest.raises(urllib.error.HTTPError) as missing:  # the endpoint answers for what was logged only
         download(run.info.run_id, f"masks/level_{spec.levels + 1}/mask.npz")
     assert missing.value.code == 404

@@ -1,0 +1,429 @@
+"""Object storage (s3://, gs://, any URI pyarrow's or fsspec's file systems know) as lnsub's storage.
+
+An object store has no rename, so the POSIX recipe of atomic.py (write a temporary
+file, rename it) cannot run there. lnsub keeps that recipe on local disk and adds a
+commit protocol on top:
+
+- Every process works in a scratch copy of its own, on its own node's disk
+  (`$LNSUB_SCRATCH`, default the system temp dir; never shared, never trusted by
+  anyone else). Nothing assumes a path is shared between nodes.
+- Write-through: every atomic write under a scratch copy is uploaded right after its
+  local rename, as one whole object (a PUT, or a completed multipart upload, is
+  atomic: readers see the old object or the new one, never a part). Writes go up in
+  the order they are made, so a DONE object goes up last.
+- DONE carries the SHA-256 of every file it commits (atomic.mark_done). A pull trusts
+  a DONE only if the files it names arrived with those checksums; otherwise the DONE
+  is dropped and the stage counts as unfinished (and is redone), like a damaged file.
+- A pull brings a prefix of the store into the scratch copy; what the store no longer
+  holds (a DONE withdrawn, an old checkpoint) is removed from the copy too.
+- A transient error (a refused connection, a timeout, a 5xx) is retried with backoff
+  for up to LNSUB_STORE_RETRY_SECONDS (default 300); a missing object is not
+  transient; a request that moves no bytes for LNSUB_STORE_TIMEOUT_SECONDS (default 30)
+  counts as failed. When the time is up the OSError propagates: the trial fails and Ray Tune
+  retries it, with everything committed still in the store.
+
+Credentials and endpoints come from the store client's own environment and config
+(for S3: AWS_ACCESS_KEY_ID, AWS_PROFILE, instance roles, AWS_ENDPOINT_URL for an
+S3-compatible server); lnsub never writes them anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+DONE = "DONE"
+SCRATCH_ENV = "LNSUB_SCRATCH"
+RETRY_ENV = "LNSUB_STORE_RETRY_SECONDS"
+TIMEOUT_ENV = "LNSUB_STORE_TIMEOUT_SECONDS"
+NEVER_PULLED = ("checkpoint", "quarantine")  # what a reader of finished work does not need
+_CHUNK = 8 * 1024 * 1024
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether a --storage value names an object store (a URI with a scheme other than file://)."""
+    text = str(location)
+    return "://" in text and not text.startswith("file://")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- the store: a pyarrow file system and a base path, every call retried ------------------------
+
+def _filesystem(uri: str):
+    """(pyarrow file system, base path) for a URI; S3 reads its endpoint from AWS_ENDPOINT_URL(_S3)."""
+    import pyarrow.fs as pafs
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        # a request that moves no bytes for this long fails (and our own loop retries it); S3FileSystem built
+        # directly reads no endpoint from the environment, so it is passed here
+        timeout = float(os.environ.get(TIMEOUT_ENV, "30"))
+        kwargs = {"connect_timeout": min(timeout, 10.0), "request_timeout": timeout,
+                  "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2)}
+        if endpoint:
+            ep = urlparse(endpoint)
+            kwargs.update(endpoint_override=ep.netloc or ep.path, scheme=ep.scheme or "https")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{parsed.path}".rstrip("/")
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except ValueError:  # pyarrow's ArrowInvalid: a scheme it does not know
+        import fsspec  # a scheme pyarrow does not know natively: fsspec's, wrapped for pyarrow
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
+
+
+_PERMANENT = ("NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY_ID",
+              "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "HTTP status 403")
+
+
+def _permanent(e: OSError) -> bool:
+    """Errors no retry can fix (a wrong bucket, missing rights); all others are taken as transient."""
+    return any(marker in str(e) for marker in _PERMANENT)
+
+
+@dataclass
+class Remote:
+    uri: str
+    fs: object
+    base: str
+    retry_seconds: float = field(default_factory=lambda: float(os.environ.get(RETRY_ENV, "300")))
+
+    @classmethod
+    def open(cls, uri: str) -> "Remote":
+        fs, base = _filesystem(uri)
+        return cls(uri.rstrip("/"), fs, base)
+
+    def key(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def _retry(self, what: str, fn):
+        start = time.monotonic()
+        deadline, delay, warned = start + self.retry_seconds, 0.5, False
+        while True:
+            try:
+                return fn()
+            except FileNotFoundError:
+                raise
+            except OSError as e:
+                if _permanent(e):
+                    raise OSError(f"{what} on {self.uri}: {str(e).splitlines()[0][:300]}") from e
+                if time.monotonic() + delay > deadline:
+                    raise OSError(f"{what} on {self.uri} failed for {time.monotonic() - start:.0f}s: {e}") from e
+                if not warned:
+                    log.warning("%s on %s failed (%s); retrying for up to %.0fs", what, self.uri,
+                                str(e).splitlines()[0][:200], self.retry_seconds)
+                    warned = True
+                time.sleep(delay)
+                delay = min(2 * delay, 10.0)
+
+    def list(self, rel: str) -> dict[str, tuple[int, int]]:
+        """Every object under `rel`: relative key -> (size, mtime in ns)."""
+        import pyarrow.fs as pafs
+
+        def go():
+            infos = self.fs.get_file_info(pafs.FileSelector(self.key(rel), recursive=True, allow_not_found=True))
+            cut = len(self.base) + 1
+            return {i.path[cut:]: (i.size, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File}
+
+        return self._retry(f"listing {rel or '/'}", go)
+
+    def put(self, rel: str, local: Path) -> None:
+        def go():
+            with open(local, "rb") as src, self.fs.open_output_stream(self.key(rel)) as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+
+        self._retry(f"writing {rel}", go)
+
+    def get(self, rel: str, local: Path) -> None:
+        """Download to a temporary file beside `local`, then rename: a copy is whole or absent."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+
+        def go():
+            fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
+            try:
+                with os.fdopen(fd, "wb") as dst, self.fs.open_input_stream(self.key(rel)) as src:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+                os.replace(tmp, local)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+        self._retry(f"reading {rel}", go)
+
+    def delete(self, rel: str) -> None:
+        def go():
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(self.key(rel))
+
+        self._retry(f"deleting {rel}", go)
+
+    def delete_tree(self, rel: str) -> None:
+        for name in sorted(self.list(rel)):  # objects one by one: a prefix is not a folder everywhere
+            self.delete(name)
+
+    def check(self) -> None:
+        """One listing, retried briefly: a wrong bucket or missing credentials fail now, in one line."""
+        import pyarrow.fs as pafs
+
+        deadline = time.monotonic() + min(self.retry_seconds, 20.0)
+        while True:
+            try:
+                bucket = self.base.split("/")[0]
+                if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                    raise OSError(f"NoSuchBucket: {bucket} does not exist (create it first)")
+                self.fs.get_file_info(pafs.FileSelector(self.base, recursive=False, allow_not_found=True))
+                return
+            except OSError as e:
+                if _permanent(e) or time.monotonic() > deadline:
+                    raise OSError(f"cannot reach {self.uri}: {str(e).splitlines()[0][:300]}") from e
+                time.sleep(1.0)
+
+
+# --- scratch copies: one per process and store --------------------------------------------------
+
+@dataclass
+class Mirror:
+    """This process's scratch copy of one store."""
+
+    remote: Remote
+    root: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel -> the remote (size, mtime) we hold
+    rejected: dict[str, tuple[int, int]] = field(default_factory=dict)  # DONEs that did not verify, by stamp
+
+    def rel(self, path: Path) -> str:
+        return Path(path).absolute().relative_to(self.root).as_posix()
+
+    def pull(self, path: Path, exclude: tuple[str, ...] = ()) -> int:
+        """Bring the store's objects under `path` into the copy; returns how many were downloaded.
+
+        Files the store does not hold are removed from the copy (so the copy never trusts
+        more than the store). A DONE that came down now is kept only if its checksums match.
+        """
+        prefix = self.rel(path)
+        with self.lock:
+            listed = {k: v for k, v in self.remote.list(prefix).items() if not _excluded(k, prefix, exclude)}
+            fresh = []
+            for key in sorted(listed, key=lambda k: (k.endswith(DONE), -k.count("/"))):  # DONE last, deepest first
+                local = self.root / key
+                if self.rejected.get(key) == listed[key]:
+                    continue  # a DONE found wanting before, unchanged since: still not trusted, not re-warned
+                if self.seen.get(key) != listed[key] or not local.is_file():
+                    self.remote.get(key, local)
+                    self.seen[key] = listed[key]
+                    fresh.append(key)
+            local_root = self.root / prefix
+            if local_root.is_dir():
+                for p in list(local_root.rglob("*")):
+                    key = self.rel(p)
+                    if p.is_file() and key not in listed and not _excluded(key, prefix, exclude) \
+                            and not p.name.endswith((".tmp", ".part")):
+                        p.unlink(missing_ok=True)
+                        self.seen.pop(key, None)
+            # a DONE that came down now, or whose files did, is checked against what it commits (deepest first)
+            suspects = {key for key in fresh if key.endswith(DONE)}
+            for key in fresh:
+                parts = key.split("/")[:-1]
+                suspects.update("/".join(parts[:i] + [DONE]) for i in range(len(parts), 0, -1))
+            for key in sorted(suspects, key=lambda k: -k.count("/")):
+                if (self.root / key).is_file() and not verify_done(self.root / key):
+                    log.warning("%s/%s does not match the files it commits; not trusted", self.remote.uri, key)
+                    (self.root / key).unlink(missing_ok=True)
+                    if key in listed:
+                        self.rejected[key] = listed[key]
+        return len(fresh)
+
+    def wrote(self, path: Path) -> None:
+        key = self.rel(path)
+        self.remote.put(key, path)
+        self.seen.pop(key, None)  # the next pull fetches its stamp (one download, of our own bytes)
+
+    def removed(self, path: Path) -> None:
+        self.remote.delete(self.rel(path))
+        self.seen.pop(self.rel(path), None)
+
+    def removed_tree(self, path: Path) -> None:
+        self.remote.delete_tree(self.rel(path))
+
+
+def _excluded(key: str, prefix: str, exclude: tuple[str, ...]) -> bool:
+    parts = key[len(prefix):].strip("/").split("/") if prefix else key.split("/")
+    return any(part in exclude for part in parts[:-1])
+
+
+_MIRRORS: dict[str, Mirror] = {}
+_LOCK = threading.Lock()
+
+
+def scratch_base() -> Path:
+    return Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / f"lnsub-scratch-{os.getuid()}")
+
+
+def open_root(location: str | os.PathLike) -> Path:
+    """The local folder to work in: the path itself, or this process's scratch copy of a store."""
+    text = str(location)
+    if not is_remote(text):
+        return Path(text.removeprefix("file://")).resolve()
+    uri = text.rstrip("/")
+    with _LOCK:
+        mirror = _MIRRORS.get(uri)
+        if mirror is None:
+            remote = Remote.open(uri)
+            remote.check()
+            tag = hashlib.sha256(uri.encode()).hexdigest()[:12]
+            base = scratch_base() / tag
+            _reap_dead(base)
+            root = (base / f"p{os.getpid()}").absolute()
+            root.mkdir(parents=True, exist_ok=True)
+            (root.parent / "STORE").write_text(uri + "\n")  # for a person looking at the scratch folder
+            mirror = _MIRRORS[uri] = Mirror(remote, root)
+    return mirror.root
+
+
+def _reap_dead(base: Path) -> None:
+    """Scratch copies of processes that are gone: the store holds all they committed."""
+    if not base.is_dir():
+        return
+    for d in base.glob("p*"):
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(d.name[1:])
+            if pid != os.getpid() and not _alive(pid):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mirror_of(path: str | os.PathLike) -> Mirror | None:
+    path = Path(path).absolute()
+    for mirror in list(_MIRRORS.values()):
+        if path == mirror.root or mirror.root in path.parents:
+            return mirror
+    return None
+
+
+def location_of(root: str | os.PathLike) -> str:
+    """What to hand another process or node for this root: the store's URI, or the local path."""
+    mirror = mirror_of(root)
+    if mirror is not None and Path(root).absolute() == mirror.root:
+        return mirror.remote.uri
+    return str(Path(root).resolve())
+
+
+# --- what the rest of lnsub calls (no-ops on local storage) -------------------------------------
+
+def pull(path: str | os.PathLike, exclude: tuple[str, ...] = ()) -> int:
+    mirror = mirror_of(path)
+    return mirror.pull(Path(path), exclude) if mirror else 0
+
+
+def fresh(path: str | os.PathLike) -> None:
+    """Start a unit of work (a cell, a transfer job) from what the store holds, not from an older copy."""
+    mirror = mirror_of(path)
+    if mirror is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        with mirror.lock:
+            for key in [k for k in mirror.seen if k.startswith(mirror.rel(Path(path)) + "/")]:
+                del mirror.seen[key]
+        mirror.pull(Path(path))
+
+
+def drop(path: str | os.PathLike) -> None:
+    """Free a finished unit's scratch copy (the store holds all of it)."""
+    mirror = mirror_of(path)
+    if mirror is not None:
+        shutil.rmtree(path, ignore_errors=True)
+        with mirror.lock:
+            for key in [k for k in mirror.seen if k.startswith(mirror.rel(Path(path)) + "/")]:
+                del mirror.seen[key]
+
+
+def after_write(path: str | os.PathLike) -> None:
+    mirror = mirror_of(path)
+    if mirror is not None:
+        mirror.wrote(Path(path).absolute())
+
+
+def after_remove(path: str | os.PathLike) -> None:
+    mirror = mirror_of(path)
+    if mirror is not None:
+        mirror.removed(Path(path).absolute())
+
+
+def after_remove_tree(path: str | os.PathLike) -> None:
+    mirror = mirror_of(path)
+    if mirror is not None:
+        mirror.removed_tree(Path(path).absolute())
+
+
+# --- DONE and what it commits --------------------------------------------------------------------
+
+def committed_files(folder: Path) -> list[Path]:
+    """What a DONE in `folder` commits: its files, except work in progress (checkpoints, quarantine) and
+    the insides of sub-folders with a DONE of their own (their DONE stands for them)."""
+    out: list[Path] = []
+
+    def walk(d: Path, top: bool) -> None:
+        if not top and (d / DONE).is_file():
+            out.append(d / DONE)
+            return
+        for p in sorted(d.iterdir()):
+            if p.is_dir():
+                if p.name not in NEVER_PULLED and not p.name.startswith("."):
+                    walk(p, False)
+            elif p.is_file() and p.name != DONE and not p.name.startswith("."):
+                out.append(p)
+
+    walk(folder, True)
+    return out
+
+
+def done_record(folder: Path) -> dict:
+    return {"files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in committed_files(folder)}}
+
+
+def verify_done(done: Path) -> bool:
+    """Whether every file a DONE names is here with its checksum (a DONE of the old, plain form passes)."""
+    try:
+        record = json.loads(done.read_text())
+    except (ValueError, OSError):
+        return done.is_file()  # "ok\n": written before DONE carried checksums
+    if not isinstance(record, dict) or "files" not in record:
+        return True
+    folder = done.parent
+    for rel, digest in record["files"].items():
+        p = folder / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            return False
+    return True
