@@ -252,4 +252,5 @@ def test_masks_download_through_the_ui_artifact_endpoint(served, tmp_path):
         assert len(masks) == sum(s.levels + 1 for s in sweep.specs), masks
     with pytest.raises(urllib.error.HTTPError) as missing:  # the endpoint answers for what was logged only
         download(run.info.run_id, f"masks/level_{spec.levels + 1}/mask.npz")
-    assert missing.value.code == 404
+    # MLflow 3's proxy to an S3 artifact store answers a missing object with 500 (boto3's NoSuchKey), not 404
+    assert missing.value.code == (500 if sweep.artifacts else 404)
