@@ -43,10 +43,11 @@ def retrieval_by_layer(reps: dict[str, np.ndarray], center: bool = False) -> dic
 
 
 def summarise(by_pair: dict[tuple[str, str], list[float]], order: Callable[[str], str], n: int) -> list[dict]:
-    """Per layer: mean P@1 over same-order pairs and over different-order pairs, with chance 1/n."""
+    """Per layer: mean P@1 over same-order pairs, over different-order pairs and over all pairs, with chance 1/n."""
     layers = len(next(iter(by_pair.values())))
     groups = {"same_order": [p for p in by_pair if order(p[0]) == order(p[1])],
-              "different_order": [p for p in by_pair if order(p[0]) != order(p[1])]}
+              "different_order": [p for p in by_pair if order(p[0]) != order(p[1])],
+              "all": list(by_pair)}
     rows = []
     for layer in range(layers):
         row = {"layer": layer, "chance": 1.0 / n}

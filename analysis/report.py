@@ -239,7 +239,19 @@ def similarity_section(sweep: Sweep, folder: Path) -> str:
                       f"Sentence retrieval (ratio margin, k=5) peaks at layer {best} for the dense model "
                       f"({mean('dense', 'retrieval', best):.3f}); the random encoder reaches "
                       f"{max(mean('random', 'retrieval', k) for k in layers):.3f}."))
+    out.append(retrieval_best_table(read_csv(folder / "retrieval_best.csv")))
     return "\n".join(out)
+
+
+def retrieval_best_table(rows: list[dict]) -> str:
+    """retrieval_best.csv: each encoder's best layer for nearest-neighbour P@1, per word-order group."""
+    if not rows:
+        return ""
+    return ("<p class='reading'><b>Sentence retrieval P@1</b> (nearest neighbour by cosine, every ordered pair "
+            "of languages, grouped by whether the two share a basic word order) at each encoder's best layer:</p>"
+            + table(["encoder", "group", "best layer", "P@1", "chance", "pairs"],
+                    [[r["encoder"], r["group"], r["best_layer"], f"{float(r['p1']):.3f}", f"{float(r['chance']):.3f}",
+                      r["pairs"]] for r in rows]))
 
 
 def claim_inputs(sweep: Sweep) -> paper_claims.ClaimInputs:

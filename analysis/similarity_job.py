@@ -3,7 +3,9 @@
 For the dense pretrained encoder, each language's sub-network (θ0 ⊙ its mask at a
 level) and a random encoder of the same shape (the lower bound), mean-pooled
 representations of parallel sentences are compared between every pair of
-languages, layer by layer.
+languages, layer by layer: CKA and ratio-margin retrieval per unordered pair
+(similarity.csv), and nearest-neighbour P@1 per ordered pair averaged by word-order
+group (retrieval.csv, retrieval_best.csv), the measure of `analysis.multilinguality`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -21,6 +24,7 @@ import torch
 
 from lnsub.analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
 from lnsub.analysis.figures import line_plot
+from lnsub.analysis.multilinguality import best_layer, retrieval_by_layer, summarise
 from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
 from lnsub.trainables.atomic import write_json
 from lnsub.trainables.errors import LnsubError
@@ -32,12 +36,14 @@ from lnsub.trainables.store import CellStore
 from lnsub.trainables.tasks import get_task
 from lnsub.trainables.tasks.base import LOCAL_SUFFIXES
 from lnsub.trainables.testbed.generate import ensure_testbed
-from lnsub.trainables.testbed.languages import is_synthetic
+from lnsub.trainables.testbed.languages import TWINS, is_synthetic
 
 log = logging.getLogger(__name__)
 
 WMT14 = ("wmt/wmt14", "fr-en", "test")  # hub id, config, split: 3,003 en-fr sentence pairs
 WMT14_LANGUAGES = {"en", "fr"}
+# retrieval.csv's groups -> the keys of multilinguality.summarise's rows
+GROUPS = {"same-order": "same_order", "different-order": "different_order", "all": "all"}
 
 
 @dataclass
@@ -142,8 +148,9 @@ def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
 
 def similarity(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
                level: int | None = None, sentences: int = 200) -> AnalysisResult:
-    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval), parallel.json (the
-    sentences' source, and each language left out with the reason) and the curves."""
+    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval), retrieval.csv and
+    retrieval_best.csv (P@1 per word-order group), parallel.json (the sentences' source, each language
+    left out with the reason, the word orders) and the curves."""
     import transformers  # heavy: imported when the analysis runs
     from transformers import AutoTokenizer
 
@@ -153,15 +160,20 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     folder = sweep.folder("similarity")
     first = sweep.specs[0]
     parallel = parallel_sentences(first, sorted({s.language for s in sweep.specs}), sentences)
-    _write_note(folder / "parallel.json", parallel)
+    orders = word_orders(list(parallel.texts))
+    _write_note(folder / "parallel.json", parallel, orders)
     path = model_path(first)
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = load_encoder(path).eval()
-    rows = []
+    rows, p1_rows = [], []
     for label, model in _encoders(sweep, base, level):  # one at a time: each is a whole encoder's copy
-        rows.extend(_compare(label, model, tokenizer, parallel.texts))
-        del model
+        reps = {lang: layer_representations(model, tokenizer, sents, max_length=64)
+                for lang, sents in parallel.texts.items()}
+        rows.extend(_compare(label, reps))
+        p1_rows.extend(retrieval_rows(label, reps, orders))
+        del model, reps
     write_csv(folder / "similarity.csv", rows)
+    best = _write_retrieval(folder, p1_rows)
     params = {"level": "last" if level is None else level, "sentences": sentences, "parallel_source": parallel.source}
     if not rows:
         return AnalysisResult("similarity", sweep, folder, params=params, extra={"skipped": parallel.skipped})
@@ -171,18 +183,81 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     top_cka = {label: float(np.mean([r["cka"] for r in rows if r["encoder"] == label and r["layer"] == top]))
                for label in ("dense", "random")}
     return AnalysisResult("similarity", sweep, folder, params=params,
-                          metrics={f"cka_top_layer_{k}": v for k, v in top_cka.items()},
+                          metrics={**{f"cka_top_layer_{k}": v for k, v in top_cka.items()}, **best_metrics(best)},
                           extra={"skipped": parallel.skipped})
 
 
-def _write_note(path: Path, parallel: Parallel) -> None:
+def word_orders(languages: list[str]) -> dict[str, str] | None:
+    """Each language's basic word order (the synthetic twins carry their real twin's), or None when any
+    language's is not known (real languages): retrieval is then reported over all pairs only."""
+    if not languages or not all(lang in TWINS for lang in languages):
+        return None
+    return {lang: TWINS[lang].order for lang in languages}
+
+
+def retrieval_rows(label: str, reps: dict[str, np.ndarray], orders: dict[str, str] | None) -> list[dict]:
+    """One encoder's sentence retrieval P@1 (nearest neighbour by cosine, every ordered pair of languages)
+    per layer and group: the mean over the group's pairs, their number, n sentences and chance 1/n.
+
+    Groups are same-order, different-order and all when every word order is known, else all alone;
+    a group without pairs (every language of one order) has no row.
+    """
+    if len(reps) < 2:
+        return []
+    n = next(iter(reps.values())).shape[1]
+    groups = GROUPS if orders else {"all": GROUPS["all"]}
+    rows = []
+    for r in summarise(retrieval_by_layer(reps), (orders or {}).get, n):
+        rows.extend({"encoder": label, "layer": r["layer"], "group": group, "p1": r[key],
+                     "pairs": r[f"{key}_pairs"], "n": n, "chance": r["chance"]}
+                    for group, key in groups.items() if r[f"{key}_pairs"])
+    return rows
+
+
+def best_layers(rows: list[dict]) -> list[dict]:
+    """Per encoder and group of retrieval_rows: the layer with the highest P@1 (the lowest on a tie)."""
+    out = []
+    for encoder, group in dict.fromkeys((r["encoder"], r["group"]) for r in rows):
+        top = best_layer([r for r in rows if r["encoder"] == encoder and r["group"] == group], key="p1")
+        out.append({"encoder": encoder, "group": group, "best_layer": top["layer"], "p1": top["p1"],
+                    "pairs": top["pairs"], "n": top["n"], "chance": top["chance"]})
+    return out
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name from labels such as 'ner:syn-en@20%' (MLflow allows letters, digits, _ - . / only)."""
+    return "/".join(re.sub(r"[^\w.\-]+", "_", p.replace("%", "pct")) for p in parts)
+
+
+def best_metrics(best: list[dict]) -> dict[str, float]:
+    """retrieval_p1_best/<encoder>/<group> and retrieval_best_layer/<encoder>/<group>, logged to MLflow."""
+    out = {}
+    for b in best:
+        out[metric_key("retrieval_p1_best", b["encoder"], b["group"])] = b["p1"]
+        out[metric_key("retrieval_best_layer", b["encoder"], b["group"])] = b["best_layer"]
+    return out
+
+
+def _write_retrieval(folder: Path, rows: list[dict]) -> list[dict]:
+    """retrieval.csv (every layer) and retrieval_best.csv (the best layer); returns the best rows."""
+    best = best_layers(rows)
+    write_csv(folder / "retrieval.csv", rows)
+    write_csv(folder / "retrieval_best.csv", best)
+    return best
+
+
+def _write_note(path: Path, parallel: Parallel, orders: dict[str, str] | None) -> None:
     """parallel.json, and a log line for each language without parallel sentences (left out, not a crash)."""
     for lang, reason in parallel.skipped.items():
         log.warning("similarity: language %s skipped: %s", lang, reason)
     if len(parallel.texts) < 2:
         log.warning("similarity: fewer than two languages have parallel sentences: nothing to compare")
+    groups = list(GROUPS) if orders else ["all"]
     write_json(path, {"source": parallel.source, "sentences": len(next(iter(parallel.texts.values()), [])),
-                      "languages": list(parallel.texts), "skipped": parallel.skipped})
+                      "languages": list(parallel.texts), "skipped": parallel.skipped, "word_order": orders,
+                      "retrieval_groups": groups,
+                      "retrieval_note": "P@1 per word-order group (the twins' basic word order)" if orders else
+                      "word order is not known for real languages: retrieval.csv has the group 'all' only"})
 
 
 def _encoders(sweep, base, level: int | None) -> Iterator[tuple[str, object]]:
@@ -199,11 +274,10 @@ def _encoders(sweep, base, level: int | None) -> Iterator[tuple[str, object]]:
                 base, load_masks(store.level_dir(k)), base.base_model_prefix + ".")
 
 
-def _compare(label: str, model, tokenizer, texts: dict[str, list[str]]) -> list[dict]:
-    """CKA and retrieval of one encoder, for every pair of languages and every layer."""
-    reps = {lang: layer_representations(model, tokenizer, sents, max_length=64) for lang, sents in texts.items()}
+def _compare(label: str, reps: dict[str, np.ndarray]) -> list[dict]:
+    """CKA and ratio-margin retrieval of one encoder, for every pair of languages and every layer."""
     rows = []
-    for a, b in combinations(sorted(texts), 2):
+    for a, b in combinations(sorted(reps), 2):
         for layer, cka in enumerate(cka_by_layer(reps[a], reps[b])):
             rows.append({"encoder": label, "layer": layer, "language_a": a, "language_b": b, "cka": cka,
                          "retrieval": retrieval_accuracy(reps[a][layer], reps[b][layer], k=5)})

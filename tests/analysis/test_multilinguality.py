@@ -62,6 +62,7 @@ def test_per_layer_pairs_and_order_groups_match_a_loop():
                 (same if orders[a] == orders[b] else diff).append(p)
         assert row["same_order"] == pytest.approx(sum(same) / len(same)) and row["same_order_pairs"] == 2
         assert row["different_order"] == pytest.approx(sum(diff) / len(diff)) and row["different_order_pairs"] == 10
+        assert row["all"] == pytest.approx(sum(same + diff) / 12) and row["all_pairs"] == 12
         assert row["chance"] == pytest.approx(1 / 20)
 
 

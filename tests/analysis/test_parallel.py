@@ -109,3 +109,10 @@ def test_identical_sentences_are_all_retrieved_and_fa_is_skipped_with_its_reason
     assert note["sentences"] == PREMISES and note["languages"] == ["de", "en"]
     assert "facebook/xnli has no fa" in note["skipped"]["fa"]
     assert "language fa skipped" in caplog.text
+    # word order is not known for real languages: retrieval P@1 over all pairs only, and the note says so
+    p1 = list(csv.DictReader(open(result.folder / "retrieval.csv")))
+    assert {r["group"] for r in p1} == {"all"} and all(r["pairs"] == "2" for r in p1)
+    assert all(float(r["p1"]) == 1.0 for r in p1 if r["encoder"] == "dense")
+    assert note["word_order"] is None and note["retrieval_groups"] == ["all"]
+    assert "not known for real languages" in note["retrieval_note"]
+    assert result.metrics["retrieval_p1_best/dense/all"] == 1.0

@@ -220,3 +220,127 @@ def test_random_encoder_leaves_the_global_random_stream_alone(tiny_bert):
     torch.manual_seed(11)
     random_encoder_like(tiny_bert[0], seed=5)
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+# ---- sentence retrieval P@1 by word-order group, as `lnsub similarity` writes it ----
+
+# The twins' basic word orders, written out here rather than read from the code under test.
+ORDERS = {"syn-en": "SVO", "syn-fr": "SVO", "syn-hi": "SOV", "syn-ur": "SOV", "syn-ar": "VSO"}
+
+
+def _brute_p1(x: np.ndarray, y: np.ndarray) -> float:
+    """Sentence by sentence: the row of y with the largest cosine to x[i] (numpy argmax) is y[i]?"""
+    hits = 0
+    for i in range(len(x)):
+        cos = [np.dot(x[i], y[j]) / (np.linalg.norm(x[i]) * np.linalg.norm(y[j])) for j in range(len(y))]
+        hits += int(np.argmax(cos)) == i
+    return hits / len(x)
+
+
+def _brute_groups(reps: dict, orders: dict | None) -> dict[tuple[int, str], tuple[float, int]]:
+    """(layer, group) -> (mean P@1 over the group's ordered pairs, number of pairs), by loops."""
+    out = {}
+    layers = len(next(iter(reps.values())))
+    for layer in range(layers):
+        members = {"all": []} if orders is None else {"same-order": [], "different-order": [], "all": []}
+        for a in reps:
+            for b in reps:
+                if a == b:
+                    continue
+                p = _brute_p1(reps[a][layer], reps[b][layer])
+                members["all"].append(p)
+                if orders is not None:
+                    members["same-order" if orders[a] == orders[b] else "different-order"].append(p)
+        out.update({(layer, g): (sum(v) / len(v), len(v)) for g, v in members.items() if v})
+    return out
+
+
+def _check_retrieval_csv(rows: list[dict], label: str, reps: dict, orders: dict | None) -> None:
+    mine = {(int(r["layer"]), r["group"]): r for r in rows if r["encoder"] == label}
+    expected = _brute_groups(reps, orders)
+    assert set(mine) == set(expected)
+    n = next(iter(reps.values())).shape[1]
+    for key, (p1, pairs) in expected.items():
+        assert float(mine[key]["p1"]) == pytest.approx(p1, abs=1e-12), key
+        assert int(mine[key]["pairs"]) == pairs and int(mine[key]["n"]) == n
+        assert float(mine[key]["chance"]) == pytest.approx(1 / n)
+
+
+def test_retrieval_rows_match_a_loop_over_pairs_and_sentences_grouped_by_word_order():
+    from lnsub.analysis.similarity_job import best_layers, best_metrics, retrieval_rows, word_orders
+
+    assert word_orders(list(ORDERS)) == ORDERS
+    assert word_orders(["en", "de"]) is None and word_orders(["syn-en", "en"]) is None  # real: order unknown
+    rng = np.random.default_rng(12)
+    layers, n, dim = 3, 16, 8
+    content = rng.normal(size=(layers, n, dim))
+    # noise per language and layer, so pairs differ in P@1 and a pair in the wrong group would move a mean
+    reps = {lang: content + rng.normal(size=(layers, n, dim)) * rng.uniform(0.3, 1.5, size=(layers, 1, 1))
+            for lang in ORDERS}
+    rows = retrieval_rows("dense", reps, word_orders(list(ORDERS)))
+    _check_retrieval_csv(rows, "dense", reps, ORDERS)
+    counts = {r["group"]: r["pairs"] for r in rows if r["layer"] == 0}
+    # SVO en-fr and SOV hi-ur, both ways; VSO ar shares no order
+    assert counts == {"same-order": 4, "different-order": 16, "all": 20}
+    real = retrieval_rows("random", reps, None)
+    assert {r["group"] for r in real} == {"all"}
+    _check_retrieval_csv(real, "random", reps, None)
+    assert retrieval_rows("dense", {"syn-en": reps["syn-en"]}, ORDERS) == []  # one language: no pair
+
+    best = best_layers(rows + real)
+    assert len(best) == 4  # dense x 3 groups, random x all
+    for b in best:
+        group = [r for r in rows + real if r["encoder"] == b["encoder"] and r["group"] == b["group"]]
+        assert b["p1"] == max(r["p1"] for r in group)
+        assert b["best_layer"] == min(r["layer"] for r in group if r["p1"] == b["p1"])
+    metrics = best_metrics(best)
+    assert metrics["retrieval_p1_best/dense/same-order"] == next(
+        b["p1"] for b in best if b["encoder"] == "dense" and b["group"] == "same-order")
+    assert "retrieval_best_layer/random/all" in metrics
+    assert best_metrics([{**best[0], "encoder": "ner:syn-en@20%"}]).keys() == {
+        "retrieval_p1_best/ner_syn-en_20pct/same-order", "retrieval_best_layer/ner_syn-en_20pct/same-order"}
+
+
+def test_similarity_writes_retrieval_csv_of_the_twins_by_word_order(tmp_path, tiny_model):
+    """End to end on the testbed's parallel file (no finished cell: the dense and random encoders), with
+    retrieval.csv checked against the loop on the same encoders' representations."""
+    import csv
+    import json
+
+    from transformers import AutoTokenizer
+
+    from lnsub.analysis.similarity_job import load_encoder, parallel_sentences, similarity
+    from lnsub.trainables.loading import model_path
+    from lnsub.trainables.spec import make_spec
+    from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
+
+    languages, n = ["syn-en", "syn-fr", "syn-hi"], 12
+    specs = [make_spec("mlm", lang, steps=1) for lang in languages]
+    storage = tmp_path / "storage"
+    save_state(storage, SweepState(
+        name="ret", grid_name="ret", grid_source="(test)", grid={}, cells=[PlannedCell(s.id, s, 0.0) for s in specs],
+        skipped=[], tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
+        resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
+    result = similarity("ret", str(storage), out=str(tmp_path / "out"), sentences=n)
+    rows = list(csv.DictReader(open(result.folder / "retrieval.csv")))
+    assert {r["encoder"] for r in rows} == {"dense", "random"}
+
+    texts = parallel_sentences(specs[0], languages, n).texts
+    path = model_path(specs[0])  # the model the job compares (the tiny_model fixture builds it)
+    tokenizer, base = AutoTokenizer.from_pretrained(path), load_encoder(path).eval()
+    for label, model in (("dense", base), ("random", random_encoder_like(base, seed=0))):
+        reps = {lang: layer_representations(model, tokenizer, texts[lang]) for lang in languages}
+        _check_retrieval_csv(rows, label, reps, ORDERS)
+    assert {r["group"]: int(r["pairs"]) for r in rows if r["layer"] == "0" and r["encoder"] == "dense"} == \
+        {"same-order": 2, "different-order": 4, "all": 6}  # en <-> fr share SVO; hi is SOV
+
+    best = list(csv.DictReader(open(result.folder / "retrieval_best.csv")))
+    assert {(b["encoder"], b["group"]) for b in best} == {(e, g) for e in ("dense", "random")
+                                                           for g in ("same-order", "different-order", "all")}
+    for b in best:
+        key = f"retrieval_p1_best/{b['encoder']}/{b['group']}"
+        assert result.metrics[key] == pytest.approx(float(b["p1"])) == pytest.approx(max(
+            float(r["p1"]) for r in rows if (r["encoder"], r["group"]) == (b["encoder"], b["group"])))
+    note = json.loads((result.folder / "parallel.json").read_text())
+    assert note["word_order"] == {lang: ORDERS[lang] for lang in languages}
+    assert note["retrieval_groups"] == ["same-order", "different-order", "all"]
