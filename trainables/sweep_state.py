@@ -124,10 +124,13 @@ def pull_sweep(storage: str | Path, name: str) -> None:
     objectstore.pull(sweep_dir(storage, name), exclude=("tune",))
 
 
-def pull_cells(storage: str | Path, specs: list[CellSpec]) -> None:
-    """Bring the cells' finished work (not their checkpoints) from an object store."""
+def pull_cells(storage: str | Path, specs: list[CellSpec], skip_finished: bool = False) -> None:
+    """Bring the cells' finished work (not their checkpoints) from an object store; `skip_finished` spares
+    the listing of cells this copy already holds finished (a monitor asks every few seconds)."""
     for spec in specs:
-        objectstore.pull(CellStore(storage, spec).root, exclude=objectstore.NEVER_PULLED)
+        store = CellStore(storage, spec)
+        if not (skip_finished and store.finished()):
+            objectstore.pull(store.root, exclude=objectstore.NEVER_PULLED)
 
 
 def exists(storage: str | Path, name: str) -> bool:
@@ -247,7 +250,7 @@ def cell_status(store: CellStore, error: str | None, driver_alive: bool) -> Cell
 
 def cell_statuses(storage: str | Path, state: SweepState) -> list[CellStatus]:
     objectstore.pull(sweep_dir(storage, state.name) / FAILURES_DIR)
-    pull_cells(storage, state.specs)
+    pull_cells(storage, state.specs, skip_finished=True)
     lease = read_lease(storage, state.name)
     alive = lease is not None and lease.alive()
     out = []
