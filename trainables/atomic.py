@@ -98,6 +98,21 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def build_lock(final: str | os.PathLike) -> Iterator[None]:
+    """One builder at a time for a cached folder on this machine: the others wait, then find it DONE."""
+    import fcntl  # POSIX only, like the rest of the cache
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def is_done(path: str | os.PathLike) -> bool:
     return (Path(path) / DONE).is_file()
 

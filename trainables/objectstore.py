@@ -306,23 +306,15 @@ def open_root(location: str | os.PathLike) -> Path:
 
 def _reap_dead(base: Path) -> None:
     """Scratch copies of processes that are gone: the store holds all they committed."""
+    import psutil
+
     if not base.is_dir():
         return
     for d in base.glob("p*"):
         with contextlib.suppress(ValueError, OSError):
             pid = int(d.name[1:])
-            if pid != os.getpid() and not _alive(pid):
+            if pid != os.getpid() and not psutil.pid_exists(pid):
                 shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def mirror_of(path: str | os.PathLike) -> Mirror | None:
@@ -352,10 +344,7 @@ def fresh(path: str | os.PathLike) -> None:
     """Start a unit of work (a cell, a transfer job) from what the store holds, not from an older copy."""
     mirror = mirror_of(path)
     if mirror is not None:
-        shutil.rmtree(path, ignore_errors=True)
-        with mirror.lock:
-            for key in [k for k in mirror.seen if k.startswith(mirror.rel(Path(path)) + "/")]:
-                del mirror.seen[key]
+        drop(path)
         mirror.pull(Path(path))
 
 

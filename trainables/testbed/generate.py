@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from lnsub.trainables.atomic import atomic_dir, is_done, write_json
+from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, write_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar
 from lnsub.trainables.testbed.languages import TWINS, Twin
@@ -152,13 +152,16 @@ def ensure_testbed(config: TestbedConfig = TestbedConfig(), root: Path | None = 
     final = (root or cache_root()) / config.id
     if is_done(final):
         return final
-    with atomic_dir(final) as tmp:
-        for task, make in ROWS.items():
-            for language in config.languages:
-                for split in SPLITS:
-                    _write_jsonl(tmp / "data" / task / language / f"{split}.jsonl", make(config, language, split))
-        _write_jsonl(tmp / "data" / "parallel" / "validation.jsonl", parallel_rows(config))
-        write_json(tmp / "spec.json", {"schema": SCHEMA, "config": canonical(config)})
+    with build_lock(final):
+        if not is_done(final):
+            with atomic_dir(final) as tmp:
+                for task, make in ROWS.items():
+                    for language in config.languages:
+                        for split in SPLITS:
+                            _write_jsonl(tmp / "data" / task / language / f"{split}.jsonl",
+                                         make(config, language, split))
+                _write_jsonl(tmp / "data" / "parallel" / "validation.jsonl", parallel_rows(config))
+                write_json(tmp / "spec.json", {"schema": SCHEMA, "config": canonical(config)})
     return final
 
 

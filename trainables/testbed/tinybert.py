@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from lnsub.trainables.atomic import atomic_dir, is_done, read_json
+from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar
 from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
@@ -328,8 +328,10 @@ def ensure_tiny_model(config: TinyBertConfig = TinyBertConfig(), root: Path | No
     if is_done(final):
         return final
     log.info("pretraining the tiny multilingual BERT %s (once; cached in %s)", config.id, final)
-    with atomic_dir(final) as tmp:
-        pretrain(config, tmp)
+    with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
+        if not is_done(final):
+            with atomic_dir(final) as tmp:
+                pretrain(config, tmp)
     return final
 
 

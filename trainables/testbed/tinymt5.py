@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lnsub.trainables.atomic import atomic_dir, is_done, read_json
+from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.tasks.xnli import XNLI_LABELS, XNLI_PROMPT
 from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
@@ -214,8 +214,10 @@ def ensure_tiny_mt5(config: TinyMT5Config = TinyMT5Config(), root: Path | None =
     if is_done(final):
         return final
     log.info("pretraining the tiny mT5 %s (once; cached in %s)", config.id, final)
-    with atomic_dir(final) as tmp:
-        pretrain(config, tmp)
+    with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
+        if not is_done(final):
+            with atomic_dir(final) as tmp:
+                pretrain(config, tmp)
     return final
 
 
