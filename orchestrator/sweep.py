@@ -132,8 +132,8 @@ def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, t
     if state is None and exists(root, name):
         state = load_state(root, name)
     if state is not None and not resume:
-        raise LnsubError(f"sweep {name!r} already exists in {root}; add --resume to continue it, "
-                         f"or choose another --name")
+        raise LnsubError(f"sweep {name!r} already exists in {objectstore.location_of(root)}; add --resume to "
+                         f"continue it, or choose another --name")
     if state is not None and p is not None and [c.id for c in state.cells] != [c.spec.id for c in p.cells]:
         raise LnsubError(f"grid {p.source} no longer gives the cells sweep {name!r} started with; "
                          f"resume without --grid, or start a new --name")
@@ -174,7 +174,8 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
                           address=address, max_concurrent=max_concurrent, max_failures=max_failures, resume=resume,
                           checkpoint_every=checkpoint_every, watch=monitor.tick, watch_interval=sync_interval,
                           started=lambda k: log.info("sweep %s: %d cells, up to %d at a time; storage %s",
-                                                     state.name, len(state.cells), k, root))
+                                                     state.name, len(state.cells), k,
+                                                     objectstore.location_of(root)))
         synced = _final_sync(monitor, final_sync_wait)
     finally:
         release_lease(root, state.name)

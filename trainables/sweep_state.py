@@ -147,7 +147,7 @@ def load_state(storage: str | Path, name: str) -> SweepState:
         if not root.is_dir():
             raise LnsubError(f"storage {root} does not exist or is not a folder (see --storage)")
         if not path.exists():
-            raise LnsubError(f"no sweep named {name!r} in {root.resolve()} (see --name and --storage)")
+            raise LnsubError(f"no sweep named {name!r} in {objectstore.location_of(root)} (see --name and --storage)")
         data = read_json(path)
     except PermissionError as e:
         raise LnsubError(f"cannot read {e.filename or path}: permission denied") from e
