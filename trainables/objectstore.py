@@ -48,6 +48,7 @@ DONE = "DONE"
 SCRATCH_ENV = "LNSUB_SCRATCH"
 RETRY_ENV = "LNSUB_STORE_RETRY_SECONDS"
 TIMEOUT_ENV = "LNSUB_STORE_TIMEOUT_SECONDS"
+FRESH_WRITE_SECONDS = 600.0  # a file this process wrote is kept this long even if the store lacks it
 NEVER_PULLED = ("checkpoint", "quarantine")  # what a reader of finished work does not need
 _CHUNK = 8 * 1024 * 1024
 
@@ -241,7 +242,7 @@ class Mirror:
                 for p in list(local_root.rglob("*")):
                     key = self.rel(p)
                     if p.is_file() and key not in listed and not _excluded(key, prefix, exclude) \
-                            and not p.name.endswith((".tmp", ".part")):
+                            and not p.name.endswith((".tmp", ".part")) and self._came_from_store(key, p):
                         p.unlink(missing_ok=True)
                         self.seen.pop(key, None)
             # a DONE that came down now, or whose files did, is checked against what it commits (deepest first)
@@ -256,6 +257,11 @@ class Mirror:
                     if key in listed:
                         self.rejected[key] = listed[key]
         return len(fresh)
+
+    def _came_from_store(self, key: str, path: Path) -> bool:
+        """A file a pull brought (so the store's word goes), or an old one; never one this process has just
+        written and may still be uploading (another thread's pull must not take it from under the upload)."""
+        return key in self.seen or path.stat().st_mtime < time.time() - FRESH_WRITE_SECONDS
 
     def wrote(self, path: Path) -> None:
         key = self.rel(path)

@@ -162,3 +162,17 @@ def test_a_bucket_that_does_not_exist_is_one_line_at_once(s3_server, node):  # n
         atomic.write_text(root / "x", "x")
     assert "\n" not in str(caught.value) and "no-such-bucket" in str(caught.value)
     assert time.monotonic() - started < 30
+
+
+def test_a_pull_leaves_alone_what_this_process_has_just_written(s3_server, node):  # noqa: F811
+    """Another thread's pull must not delete a file between its local rename and its upload."""
+    store = CellStore(check_storage(uri(s3_server)), spec())
+    pending = store.level_dir(0) / "metrics.json"
+    pending.parent.mkdir(parents=True)
+    pending.write_text("{}")  # renamed into place here, not uploaded yet
+    atomic.write_bytes(store.level_dir(0) / "mask.npz", b"m")
+    objectstore.pull(store.root)
+    assert pending.exists() and (store.level_dir(0) / "mask.npz").exists()
+    s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"runs/cells/{spec().id}/level_0/mask.npz")
+    objectstore.pull(store.root)  # mask.npz came down in the first pull: the store's word now goes
+    assert pending.exists() and not (store.level_dir(0) / "mask.npz").exists()
