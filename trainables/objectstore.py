@@ -234,7 +234,11 @@ class Mirror:
                 if self.rejected.get(key) == listed[key]:
                     continue  # a DONE found wanting before, unchanged since: still not trusted, not re-warned
                 if self.seen.get(key) != listed[key] or not local.is_file():
-                    self.remote.get(key, local)
+                    try:
+                        self.remote.get(key, local)
+                    except FileNotFoundError:  # gone since the listing (an old checkpoint, say): as if never listed
+                        listed.pop(key)
+                        continue
                     self.seen[key] = listed[key]
                     fresh.append(key)
             local_root = self.root / prefix

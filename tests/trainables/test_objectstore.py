@@ -176,3 +176,21 @@ def test_a_pull_leaves_alone_what_this_process_has_just_written(s3_server, node)
     s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"runs/cells/{spec().id}/level_0/mask.npz")
     objectstore.pull(store.root)  # mask.npz came down in the first pull: the store's word now goes
     assert pending.exists() and not (store.level_dir(0) / "mask.npz").exists()
+
+
+def test_an_object_gone_between_listing_and_reading_is_skipped(s3_server, node, monkeypatch):  # noqa: F811
+    store = CellStore(check_storage(uri(s3_server)), spec())
+    atomic.write_text(store.level_dir(0) / "a.json", "{}")
+    atomic.write_text(store.level_dir(0) / "b.json", "{}")
+    node()
+    other = CellStore(check_storage(uri(s3_server)), spec())
+    real_get = objectstore.Remote.get
+
+    def vanishing(self, rel, local):
+        if rel.endswith("a.json"):
+            raise FileNotFoundError(rel)  # deleted by its writer after the listing
+        return real_get(self, rel, local)
+
+    monkeypatch.setattr(objectstore.Remote, "get", vanishing)
+    assert objectstore.pull(other.root) == 1
+    assert (other.level_dir(0) / "b.json").exists() and not (other.level_dir(0) / "a.json").exists()
