@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lnsub.trainables import objectstore
+from lnsub.trainables import transfer as transfer_jobs
 from lnsub.trainables.atomic import write_text
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.sweep_state import SweepState, check_storage, load_state, pull_cells, sweep_dir
@@ -33,7 +33,7 @@ def open_sweep(name: str, storage: str, tracking_uri: str | None = None, out: st
     root = check_storage(storage)
     state = load_state(root, name)
     pull_cells(root, state.specs)  # an object store's cells and transfer results, into this process's copy
-    objectstore.pull(root / "transfer", exclude=objectstore.NEVER_PULLED)
+    transfer_jobs.pull_results(root)
     analysis = Path(out).resolve() if out else sweep_dir(root, name) / "analysis"
     return Sweep(name, root, state, state.specs, state.tracking(tracking_uri), analysis)
 

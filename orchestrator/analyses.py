@@ -17,7 +17,6 @@ from lnsub.analysis.similarity_job import similarity as similarity_analysis
 from lnsub.analysis.tables import AnalysisResult
 from lnsub.orchestrator.jobs import Batch, placement_for, prepare_testbed, run_jobs
 from lnsub.orchestrator.tracking import try_log_analysis
-from lnsub.trainables import objectstore
 from lnsub.trainables import transfer as jobs_io
 from lnsub.trainables.sweep_state import FAILURES_DIR
 
@@ -62,7 +61,7 @@ def transfer(name: str, storage: str, level: int, tracking_uri: str | None = Non
         draw = render or (lambda done, total: None)
 
         def progress() -> None:
-            objectstore.pull(p.sweep.root / "transfer", exclude=objectstore.NEVER_PULLED)
+            jobs_io.pull_results(p.sweep.root)
             draw(sum(jobs_io.finished(p.sweep.root, j) for j in p.jobs), len(p.jobs))
 
         errors = run_jobs(batch, placement_for(p.sweep.specs, 1, res["cpus_per_worker"], res["gpus_per_worker"]),
@@ -70,7 +69,7 @@ def transfer(name: str, storage: str, level: int, tracking_uri: str | None = Non
                           max_concurrent=max_concurrent, max_failures=max_failures, resume=True,
                           checkpoint_every=checkpoint_every,
                           watch=progress)
-        objectstore.pull(p.sweep.root / "transfer", exclude=objectstore.NEVER_PULLED)
+        jobs_io.pull_results(p.sweep.root)
     result = transfer_analysis.tabulate(p)
     result.extra["errors"] = {k: v for k, v in errors.items() if v}
     return log(result)

@@ -269,7 +269,7 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
     serve = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if objectstore.mirror_of(root) is not None:
         backend = tracking_uri or f"sqlite:///{Path('lnsub-mlflow.db').resolve()}"
-        if "://" in backend and backend.split("://")[0] in ("http", "https"):
+        if backend.startswith(("http://", "https://")):
             raise LnsubError("--tracking-uri: with --storage on an object store, lnsub ui is the tracking server; "
                              "give it a database (sqlite:///PATH or postgresql://...), not a server's URL")
         artifacts = f"{storage.rstrip('/')}/mlartifacts"

@@ -133,7 +133,7 @@ def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, u
     )
     result = trainer.fit()
     store = CellStore(root, spec)  # storage, not Ray's result, is the source of truth
-    objectstore.pull(store.root, exclude=objectstore.NEVER_PULLED)
+    store.pull()
     if not store.finished():
         raise RuntimeError(f"cell {spec.id}: Ray Train returned but the cell is not finished in {store.root}")
     return CellResult(spec.id, store.all_metrics(), int((result.metrics or {}).get("steps_trained", 0)), store.root)
@@ -150,8 +150,7 @@ def _failure_noted(note: Path):
         with contextlib.suppress(OSError):  # the store may be what failed: the error is Tune's to report then
             write_text(note, f"{type(e).__name__}: {e}\n")
         raise
-    if note.exists() or objectstore.mirror_of(note) is not None:
-        remove(note)
+    remove(note)
 
 
 def _cell_trial(config: dict) -> None:

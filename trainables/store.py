@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from lnsub.trainables import masks as maskio
+from lnsub.trainables import objectstore
 from lnsub.trainables.atomic import (DONE, atomic_path, is_done, mark_done, move, read_json, remove, remove_tree,
                                      write_json)
 from lnsub.trainables.metrics import PEAK_RSS_BYTES, SECONDS, STEPS_TRAINED, WORKERS
@@ -149,6 +150,10 @@ class CellStore:
 
     def finished(self) -> bool:
         return is_done(self.root)
+
+    def pull(self) -> None:
+        """On an object store: bring the cell's finished work (not its checkpoints) into this process's copy."""
+        objectstore.pull(self.root, exclude=objectstore.NEVER_PULLED)
 
     def mark_finished(self) -> None:
         mark_done(self.root)

@@ -127,10 +127,12 @@ def pull_sweep(storage: str | Path, name: str) -> None:
 def pull_cells(storage: str | Path, specs: list[CellSpec], skip_finished: bool = False) -> None:
     """Bring the cells' finished work (not their checkpoints) from an object store; `skip_finished` spares
     the listing of cells this copy already holds finished (a monitor asks every few seconds)."""
+    if objectstore.mirror_of(storage) is None:
+        return  # a local path: nothing to bring
     for spec in specs:
         store = CellStore(storage, spec)
         if not (skip_finished and store.finished()):
-            objectstore.pull(store.root, exclude=objectstore.NEVER_PULLED)
+            store.pull()
 
 
 def exists(storage: str | Path, name: str) -> bool:

@@ -85,6 +85,11 @@ def result(storage: str | Path, job: TransferJob) -> dict:
     return job_store(storage, job).result()
 
 
+def pull_results(storage: str | Path) -> None:
+    """On an object store: bring every transfer job's result (not its checkpoints) into this process's copy."""
+    objectstore.pull(Path(storage) / "transfer", exclude=objectstore.NEVER_PULLED)
+
+
 def random_seed(job: TransferJob) -> int:
     """The random mask depends on the target's seed and the sparsity only: one per row and seed."""
     return hash_seed("random-mask", job.target.seed, f"{job.sparsity:.6f}") >> 24  # its first 4 of 7 bytes
@@ -129,7 +134,7 @@ def run_transfer_job(job: TransferJob, storage: str | Path, *, checkpoint_every:
     store = job_store(storage, job)
     objectstore.fresh(store.root)
     for spec in ([CellSpec.from_dict(job.source_cell)] if job.kind == "ticket" else []) + [job.target]:
-        objectstore.pull(CellStore(storage, spec).root, exclude=objectstore.NEVER_PULLED)
+        CellStore(storage, spec).pull()
     if store.finished():
         return store.result()
     started = time.perf_counter()
