@@ -37,6 +37,7 @@ from lnsub.trainables.tasks import get_task
 from lnsub.trainables.tasks.base import LOCAL_SUFFIXES
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.languages import TWINS, is_synthetic
+from lnsub.trainables.testbed.tinybert import install_layout
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ def load_encoder(path: str):
         if config.model_type not in ENCODER_ONLY:
             raise LnsubError(f"similarity: no encoder-only class for model type {config.model_type!r}")
         return getattr(transformers, ENCODER_ONLY[config.model_type]).from_pretrained(path)
-    return transformers.AutoModel.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path)
+    install_layout(model, path)  # the testbed's decoupled control: its twins' own specials and position rows
+    return model
 
 
 def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
@@ -166,7 +169,7 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     tokenizer = AutoTokenizer.from_pretrained(path)
     base = load_encoder(path).eval()
     rows, p1_rows = [], []
-    for label, model in _encoders(sweep, base, level):  # one at a time: each is a whole encoder's copy
+    for label, model in _encoders(sweep, base, level, path):  # one at a time: each is a whole encoder's copy
         reps = {lang: layer_representations(model, tokenizer, sents, max_length=64)
                 for lang, sents in parallel.texts.items()}
         rows.extend(_compare(label, reps))
@@ -260,12 +263,14 @@ def _write_note(path: Path, parallel: Parallel, orders: dict[str, str] | None) -
                       "word order is not known for real languages: retrieval.csv has the group 'all' only"})
 
 
-def _encoders(sweep, base, level: int | None) -> Iterator[tuple[str, object]]:
+def _encoders(sweep, base, level: int | None, path: str) -> Iterator[tuple[str, object]]:
     """The dense encoder, a random one of its shape, and θ0 ⊙ mask of each finished cell of the first seed,
     built one at a time (at mBERT's size each copy is 0.7 GB)."""
     first = sweep.specs[0]
     yield "dense", base
-    yield "random", random_encoder_like(base, seed=0)
+    random = random_encoder_like(base, seed=0)
+    install_layout(random, path)  # a decoupled control's random twin reads its inputs as the control does
+    yield "random", random
     for spec in sweep.specs:
         store = CellStore(sweep.root, spec)
         k = spec.levels if level is None else level

@@ -22,7 +22,7 @@ from lnsub.orchestrator import ray_backend
 from lnsub.orchestrator.makespan import concurrency_rule
 from lnsub.trainables import objectstore
 from lnsub.trainables.atomic import read_json, remove, write_json
-from lnsub.trainables.spec import TESTBED_MODEL, TESTBED_MODELS, TESTBED_MT5_MODEL, CellSpec
+from lnsub.trainables.spec import TESTBED_BERT_MODELS, TESTBED_MODELS, TESTBED_MT5_MODEL, CellSpec
 from lnsub.trainables.sweep_state import pid_alive
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.tinybert import ensure_tiny_model
@@ -62,7 +62,7 @@ def placement_for(specs: list[CellSpec], workers_per_job: int, cpus_per_worker: 
 
 def prepare_testbed(specs: list[CellSpec]) -> None:
     """Pretrain the tiny model once, in the driver, before trials race to do it."""
-    for config in {s.testbed_config() for s in specs if s.model == TESTBED_MODEL}:
+    for config in {s.testbed_config() for s in specs if s.model in TESTBED_BERT_MODELS}:
         ensure_testbed(config.testbed)
         ensure_tiny_model(config)
     for config in {s.testbed_mt5_config() for s in specs if s.model == TESTBED_MT5_MODEL}:

@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from lnsub.trainables.spec import TESTBED_MODEL, TESTBED_MT5_MODEL, CellSpec
+from lnsub.trainables.spec import TESTBED_BERT_MODELS, TESTBED_MT5_MODEL, CellSpec
 from lnsub.trainables.tasks import Task, get_task
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.languages import is_synthetic
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def model_path(spec: CellSpec) -> str:
     """The folder or hub id that `from_pretrained` gets for this cell."""
-    if spec.model == TESTBED_MODEL:
+    if spec.model in TESTBED_BERT_MODELS:
         return str(ensure_tiny_model(spec.testbed_config()))
     if spec.model == TESTBED_MT5_MODEL:
         return str(ensure_tiny_mt5(spec.testbed_mt5_config()))

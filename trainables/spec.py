@@ -29,7 +29,9 @@ from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
 SCHEMA = 3
 TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
 TESTBED_MT5_MODEL = "testbed-mt5"  # the tiny mT5 of the synthetic testbed (XNLI only, as mt5-base in the paper)
-TESTBED_MODELS = (TESTBED_MODEL, TESTBED_MT5_MODEL)
+TESTBED_DECOUPLED_MODEL = "testbed-decoupled"  # its non-multilingual control (TinyBertConfig.decoupled)
+TESTBED_BERT_MODELS = (TESTBED_MODEL, TESTBED_DECOUPLED_MODEL)
+TESTBED_MODELS = (*TESTBED_BERT_MODELS, TESTBED_MT5_MODEL)
 
 # docs/method.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
 PAPER_DEFAULTS: dict[str, dict] = {
@@ -46,7 +48,7 @@ PAPER_DEFAULTS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class CellSpec:
-    model: str  # hub id, local folder, "testbed" (tiny BERT) or "testbed-mt5" (tiny mT5)
+    model: str  # hub id, local folder, "testbed" (tiny BERT), "testbed-decoupled" (its control) or "testbed-mt5"
     task: str
     language: str
     seed: int = 0
@@ -101,7 +103,7 @@ class CellSpec:
         return cls.from_values(**d)
 
     def testbed_config(self):
-        return TinyBertConfig(testbed=self._testbed())
+        return TinyBertConfig(testbed=self._testbed(), decoupled=self.model == TESTBED_DECOUPLED_MODEL)
 
     def testbed_mt5_config(self):
         return TinyMT5Config(testbed=self._testbed())
@@ -131,7 +133,7 @@ def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides)
     if is_synthetic(language) and "valid_documents" not in overrides:
         values.pop("valid_documents", None)  # the testbed ships a validation split: use it as is
     spec = CellSpec.from_values(model=model, task=task, language=language, **values)
-    if spec.model == TESTBED_MODEL:
+    if spec.model in TESTBED_BERT_MODELS:
         spec = dataclasses.replace(spec, model_revision=spec.testbed_config().id)
     if spec.model == TESTBED_MT5_MODEL:
         if task != "xnli":

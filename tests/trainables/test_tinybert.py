@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from lnsub.trainables.testbed.languages import TWINS
-from lnsub.trainables.testbed.tinybert import (TinyBertConfig, ensure_tiny_model, language_tokenizers, load_layout,
-                                               mask_batch, pretrain_report, pretraining_sentences)
+from lnsub.trainables.testbed.tinybert import (TinyBertConfig, ensure_tiny_model, install_layout, language_tokenizers,
+                                               load_layout, mask_batch, pretrain_report, pretraining_sentences,
+                                               translation_rows)
 
 
 def test_pretraining_beats_the_unigram_baseline_in_every_language(tiny_model):
@@ -116,3 +117,41 @@ def test_replacements_come_from_the_joint_or_the_own_vocabulary(small_models):
         inside = [lo <= t < hi for t in changed]
         assert all(inside) if not joint else not all(inside)
         assert all(ranges["syn-en"][0] <= t < ranges["syn-ar"][1] for t in changed)
+
+
+def test_any_caller_runs_the_decoupled_control_on_its_twins_own_rows(small_models):
+    """Fine-tuning, transfer and similarity call the model with the plain tokenizer: the layout hook must turn
+    that into exactly what LanguageTokenizer feeds (own specials, own position block); a no-op when shared."""
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = {lang: pretraining_sentences(small_config(), lang, "validation")[:2] for lang in SMALL_LANGS}
+    for decoupled, folder in small_models.items():
+        tokenizer, toks = AutoTokenizer.from_pretrained(folder), language_tokenizers(folder)
+        reference, hooked = AutoModel.from_pretrained(folder).eval(), AutoModel.from_pretrained(folder).eval()
+        install_layout(hooked, folder)
+        for lang, sentences in texts.items():
+            plain = tokenizer(sentences, return_tensors="pt", padding=True)
+            own = toks[lang](sentences, return_tensors="pt", padding=True)
+            with torch.no_grad():
+                want = reference(**own).last_hidden_state
+                got = hooked(**plain).last_hidden_state
+                unhooked = reference(**plain).last_hidden_state
+                again = hooked(**own).last_hidden_state  # LanguageTokenizer's inputs pass through unchanged
+            assert torch.equal(got, want) and torch.equal(again, want), (decoupled, lang)
+            # the check can fail: without the hook, the decoupled control reads other rows (syn-en's block
+            # and the shared specials), except syn-en's own position block, which is the first one
+            assert torch.equal(unhooked, want) == (not decoupled), (decoupled, lang)
+
+
+def test_translation_rows_pair_a_sentence_with_its_own_translation():
+    import random
+
+    encoded = {lang: [[100 * k + i, 100 * k + i] for i in range(30)] for k, lang in enumerate(SMALL_LANGS, 1)}
+    rows = translation_rows(encoded, {"cls": 2, "sep": 3}, 200, random.Random(0))
+    seen = set()
+    for lang_index, ids in rows:
+        assert ids[0] == 2 and ids[3] == 3 and ids[-1] == 3 and len(ids) == 7
+        a, b = ids[1] // 100 - 1, ids[4] // 100 - 1
+        assert a == lang_index and a != b and ids[1] % 100 == ids[4] % 100  # sentence i beside sentence i
+        seen.add((a, b))
+    assert len(seen) == 6  # every ordered pair of the three twins occurs

@@ -19,6 +19,7 @@ from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.testbed.generate import data_dir as testbed_data_dir
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.languages import is_synthetic, real_language
+from lnsub.trainables.testbed.tinybert import install_layout
 
 SPLITS = ("train", "validation")
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -144,12 +145,14 @@ class Task:
         auto = getattr(transformers, self.auto_model)
         transformers.logging.set_verbosity_error()  # the expected "head newly initialised" report is noise here
         try:
-            return auto.from_pretrained(name_or_path, **self.model_kwargs())
+            model = auto.from_pretrained(name_or_path, **self.model_kwargs())
         except OSError as e:
             raise LnsubError(
                 f"cannot load model {name_or_path!r}: not a local folder and {_offline_hint()} or it is not "
                 f"cached; download it where there is network (hf download {name_or_path}) and pass its "
                 f"folder as the model") from e
+        install_layout(model, name_or_path)  # the testbed's decoupled control (a no-op for any other model)
+        return model
 
     def load_tokenizer(self, name_or_path: str):
         from transformers import AutoTokenizer

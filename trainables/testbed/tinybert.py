@@ -62,6 +62,8 @@ class TinyBertConfig:
     parallel: bool = True  # every twin realises the same event stream (comparable corpora)
     joint_replacement: bool = True  # MLM random replacements from every twin's words, else the twin's own
     decoupled: bool = False  # the control: per-twin positions and specials, own-twin replacements
+    code_switch: float = 0.0  # DIRECT signal: share of words swapped for the same concept's word in another twin
+    translation_pairs: float = 0.0  # DIRECT signal: share of sequences `[CLS] s [SEP] t [SEP]`, t = s in another twin
     steps: int = 1500
     batch_size: int = 64
     lr: float = 2e-3
@@ -82,9 +84,28 @@ def pretraining_sentences(config: TinyBertConfig, language: str, split: str = "t
     noise = random.Random(f"pretrain-noise|{tb.seed}|{split}|{language}")
     lex = grammar.build_lexicon(TWINS[language], tb.seed, tb.anchor_fraction)
     twin = TWINS[language]
-    return [" ".join(w for w, _ in grammar.add_noise(grammar.realise(grammar.sample_event(latent), twin, lex),
-                                                      lex, tb.noise, noise))
-            for _ in range(n)]
+    sentences = [[w for w, _ in grammar.add_noise(grammar.realise(grammar.sample_event(latent), twin, lex),
+                                                   lex, tb.noise, noise)]
+                 for _ in range(n)]
+    switch = 0.0 if config.decoupled else config.code_switch
+    if switch > 0:
+        sentences = code_switched(sentences, language, config, switch,
+                                  random.Random(f"pretrain-switch|{tb.seed}|{split}|{language}"))
+    return [" ".join(words) for words in sentences]
+
+
+def code_switched(sentences: list[list[str]], language: str, config: TinyBertConfig, share: float,
+                  rng: random.Random) -> list[list[str]]:
+    """Dictionary code-switching: each word, with probability `share`, becomes the word of the same
+    concept in another twin drawn at random. This injects cross-lingual signal directly (a bilingual
+    dictionary); the ablation in docs/testbed.md measures how much of the model's alignment it buys.
+    """
+    tb = config.testbed
+    lexicons = {lang: grammar.build_lexicon(TWINS[lang], tb.seed, tb.anchor_fraction) for lang in tb.languages}
+    concept_of = {w: c for c, w in lexicons[language].items()}
+    others = [lang for lang in tb.languages if lang != language]
+    return [[lexicons[rng.choice(others)][concept_of[w]] if others and rng.random() < share else w
+             for w in words] for words in sentences]
 
 
 def _twin_vocab(texts: list[str], budget: int) -> list[str]:
@@ -143,8 +164,9 @@ def train_tokenizer(texts: dict[str, list[str]], budget: int, extra_specials: tu
 
 def make_layout(config: TinyBertConfig, tokenizer, ranges: dict[str, tuple[int, int]]) -> dict:
     """Per twin: token range, the ids of its [CLS]/[SEP]/[MASK] and its first position row."""
-    out = {"decoupled": config.decoupled, "max_positions": config.max_positions, "languages": {}}
     shared = {k: tokenizer.convert_tokens_to_ids(f"[{k.upper()}]") for k in ("cls", "sep", "mask")}
+    out = {"decoupled": config.decoupled, "max_positions": config.max_positions, "shared_specials": shared,
+           "languages": {}}
     for i, lang in enumerate(config.testbed.languages):
         own = {k: tokenizer.convert_tokens_to_ids(f"[{k.upper()}-{lang}]") for k in shared}
         out["languages"][lang] = {
@@ -178,6 +200,48 @@ def load_layout(model_dir: Path) -> dict:
     return read_json(Path(model_dir) / LAYOUT)
 
 
+def install_layout(model, model_dir) -> None:
+    """Make a decoupled tiny model (`decoupled=True`) runnable by any caller, as `LanguageTokenizer` does.
+
+    A forward pre-hook on the embeddings reads each row's twin from its tokens (the twins' id ranges
+    are disjoint), swaps the shared [CLS]/[SEP]/[MASK] for the twin's own and, unless the caller gave
+    them, sets the twin's position rows. A no-op for any other model: fine-tuning, transfer and
+    similarity run the decoupled control through the same code as the multilingual model.
+    """
+    path = Path(model_dir) / LAYOUT
+    if not path.is_file():
+        return
+    layout = read_json(path)
+    if not layout.get("decoupled"):
+        return
+    embeddings = model.base_model.embeddings
+    entries = list(layout["languages"].values())
+    lang_of = torch.full((embeddings.word_embeddings.num_embeddings,), -1, dtype=torch.long)
+    for i, e in enumerate(entries):
+        lang_of[e["tokens"][0]:e["tokens"][1]] = i
+        lang_of[list(e["specials"].values())] = i
+    own = {k: torch.tensor([e["specials"][k] for e in entries]) for k in ("cls", "sep", "mask")}
+    offsets = torch.tensor([e["position_offset"] for e in entries])
+    shared_ids = layout["shared_specials"]
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            return None
+        known = lang_of.to(ids.device)[ids]
+        counts = torch.zeros(ids.shape[0], len(entries), dtype=torch.long, device=ids.device)
+        counts.scatter_add_(1, known.clamp(min=0), (known >= 0).long())
+        row = counts.argmax(1)
+        for k, tid in shared_ids.items():
+            ids = torch.where(ids == tid, own[k].to(ids.device)[row][:, None], ids)
+        kwargs["input_ids"] = ids
+        if kwargs.get("position_ids") is None:
+            kwargs["position_ids"] = offsets.to(ids.device)[row][:, None] + torch.arange(ids.shape[1], device=ids.device)
+        return args, kwargs
+
+    embeddings.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def language_tokenizers(model_dir: Path, tokenizer=None) -> dict[str, LanguageTokenizer]:
     """A `LanguageTokenizer` per twin of a saved tiny model."""
     from transformers import AutoTokenizer
@@ -195,6 +259,24 @@ def _encode(tokenizers: dict[str, LanguageTokenizer], texts: dict[str, list[str]
         entry = tok.entry["specials"]
         for ids in tok.tokenizer(texts[lang], add_special_tokens=False)["input_ids"]:
             out.append((i, [entry["cls"], *ids[:max_body], entry["sep"]]))
+    return out
+
+
+def translation_rows(encoded: dict[str, list[list[int]]], specials: dict, count: int,
+                     rng: random.Random) -> list[tuple[int, list[int]]]:
+    """`count` sequences `[CLS] s [SEP] t [SEP]`: sentence i of one twin beside sentence i of another.
+
+    Translation language modelling (Conneau & Lample 2019): a masked word can be read off its
+    translation, so this injects cross-lingual signal directly (parallel data). Needs parallel corpora.
+    """
+    languages = list(encoded)
+    n = min(len(v) for v in encoded.values())
+    out = []
+    for _ in range(count):
+        a, b = rng.sample(range(len(languages)), 2)
+        i = rng.randrange(n)
+        out.append((a, [specials["cls"], *encoded[languages[a]][i], specials["sep"],
+                        *encoded[languages[b]][i], specials["sep"]]))
     return out
 
 
@@ -300,7 +382,17 @@ def pretrain(config: TinyBertConfig, out: Path) -> dict:
     tokenizers = {lang: LanguageTokenizer(tokenizer, layout, lang) for lang in languages}
     set_seed(config.seed)
     model = build_model(config, len(tokenizer))
-    losses = _train(model, config, _encode(tokenizers, train), layout, languages, tokenizer.pad_token_id)
+    rows = _encode(tokenizers, train)
+    if config.translation_pairs > 0 and not config.decoupled:
+        if not config.parallel:
+            raise ValueError("translation_pairs needs parallel corpora (parallel=True)")
+        bodies = {lang: [ids for _, ids in _encode({lang: tokenizers[lang]}, {lang: train[lang]}, 62)]
+                  for lang in languages}
+        bodies = {lang: [ids[1:-1] for ids in v] for lang, v in bodies.items()}
+        count = round(len(rows) * config.translation_pairs / (1 - config.translation_pairs))
+        rows += translation_rows(bodies, layout["languages"][languages[0]]["specials"], count,
+                                 random.Random(f"tlm|{config.seed}"))
+    losses = _train(model, config, rows, layout, languages, tokenizer.pad_token_id)
     train_seconds = time.perf_counter() - start
     per_language = {}
     for i, lang in enumerate(languages):
