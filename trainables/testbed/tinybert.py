@@ -41,7 +41,7 @@ from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root
 from lnsub.trainables.testbed.languages import TWINS
 
-SCHEMA = 2
+SCHEMA = 3  # 3: direct-signal knobs (code_switch, translation_pairs); the layout names the shared specials
 PRETRAIN_REPORT = "pretrain.json"
 LAYOUT = "testbed_layout.json"  # languages, their token ranges, special ids and position blocks
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
