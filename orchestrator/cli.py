@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from lnsub.orchestrator import analyses, makespan, tracking
+from lnsub.orchestrator.grid import SHIPPED
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
 from lnsub.trainables import objectstore
@@ -28,6 +29,8 @@ from lnsub.trainables.sweep_state import check_name, check_storage, load_state, 
 from lnsub.trainables.testbed.generate import TestbedConfig
 from lnsub.trainables.testbed.rehearsal import ensure_rehearsal
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
+
+GRID_HELP = f"A shipped grid ({', '.join(SHIPPED)}) or a YAML path."
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Language-neutral sub-networks: lottery-ticket sweeps over languages x tasks x sparsity.")
@@ -96,7 +99,7 @@ def _fmt_hours(h: float) -> str:
 
 
 @app.command()
-def plan(grid: str = typer.Option("smoke", "--grid", help="A shipped grid (smoke, full-synthetic, full) or a YAML path."),
+def plan(grid: str = typer.Option("smoke", "--grid", help=GRID_HELP),
          workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
          gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
          gpus: int = typer.Option(None, "--gpus", help="Also show the sweep's makespan on this many GPUs "
@@ -182,7 +185,7 @@ def _progress_table(statuses) -> Table:
 
 
 @app.command()
-def sweep(grid: str = typer.Option(None, "--grid", help="A shipped grid (smoke, full-synthetic, full) or a YAML path."),
+def sweep(grid: str = typer.Option(None, "--grid", help=GRID_HELP),
           name: str = NameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
           workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
           gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),

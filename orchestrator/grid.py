@@ -24,7 +24,7 @@ from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 from lnsub.trainables.sweep_state import check_name
 from lnsub.trainables.testbed.languages import TWINS, is_synthetic
 
-SHIPPED = ("smoke", "science", "science-control", "full-synthetic", "full", "rehearsal", "smoke-mt5", "full-mt5")
+SHIPPED = ("smoke", "science", "science-control", "science-mt5", "full-synthetic", "full", "rehearsal", "smoke-mt5", "full-mt5")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
              "description"}
 REQUIRED = ("model", "languages", "tasks", "levels", "prune_fraction")

@@ -117,6 +117,28 @@ def test_full_plan_follows_the_paper():
     assert len({c.spec.id for c in p.cells}) == len(p.cells)
 
 
+def test_science_grid_and_its_negative_control_differ_in_the_model_alone():
+    from dataclasses import replace
+
+    from lnsub.trainables.testbed.languages import TWINS
+    from lnsub.trainables.testbed.tinybert import TinyBertConfig
+
+    science, control = plan("science"), plan("science-control")
+    specs = [c.spec for c in science.cells]
+    assert len({s.seed for s in specs}) >= 3  # spreads over seeds, not over language pairs
+    assert {s.task for s in specs} == {"mlm", "ner", "xnli"}
+    assert len({TWINS[s.language].order for s in specs}) == 3  # one twin per basic word order
+    assert min(s.sparsities[-1] for s in specs) >= 0.8 - 1e-9
+    # transfer at about 50% and 80%: levels the README's commands name
+    assert any(abs(x - 0.5) <= 0.05 for x in specs[0].sparsities) and specs[0].sparsities[-1] == pytest.approx(0.8)
+    assert {s.model for s in specs} == {"testbed"}
+    assert {c.spec.model for c in control.cells} == {"testbed-decoupled"}
+    mirrored = [replace(c.spec, model="testbed", model_revision=TinyBertConfig().id) for c in control.cells]
+    assert [m.id for m in mirrored] == [s.id for s in specs]  # the same cells, the model aside
+    assert {c.spec.model_revision for c in control.cells} == {TinyBertConfig(decoupled=True).id}
+    assert control.total_cost_hours == pytest.approx(science.total_cost_hours)
+
+
 def test_cell_ids_are_stable_and_change_with_any_default():
     from dataclasses import replace
 

@@ -146,3 +146,19 @@ def test_rewinding_restores_every_backbone_tensor_and_carries_the_head(untie):
         assert not torch.equal(state["lm_head.weight"], head0["lm_head.weight"])
     else:
         assert torch.equal(state["lm_head.weight"], theta0["shared.weight"])
+
+
+def test_the_testbeds_tiny_mt5_counts_by_the_closed_form():
+    """The tiny mT5 the testbed pretrains (TinyMT5Config's defaults), built on the meta device."""
+    from lnsub.trainables.testbed.tinymt5 import TinyMT5Config, build_model
+
+    c = TinyMT5Config()
+    with torch.device("meta"):
+        model = build_model(c, c.vocab_size)
+    inner = c.heads * c.d_kv
+    encoder = c.layers * (4 * c.d_model * inner + 3 * c.d_model * c.d_ff)
+    decoder = c.layers * (8 * c.d_model * inner + 3 * c.d_model * c.d_ff)
+    assert (encoder, decoder) == (122_880, 172_032)  # the figures the README gives
+    params = pruning.prunable_parameters(model)
+    by_unit = {u: pruning.prunable_count([p for p in params if p.unit == u]) for u in pruning.pruning_units(params)}
+    assert by_unit == {"encoder": encoder, "decoder": decoder} == _walk(model)

@@ -8,8 +8,9 @@ from itertools import combinations
 import pytest
 import torch
 
+from lnsub.trainables.tasks import get_task
 from lnsub.trainables.testbed.languages import TWINS
-from lnsub.trainables.testbed.tinybert import (TinyBertConfig, ensure_tiny_model, install_layout, language_tokenizers,
+from lnsub.trainables.testbed.tinybert import (TinyBertConfig, ensure_tiny_model, language_tokenizers,
                                                load_layout, mask_batch, pretrain_report, pretraining_sentences,
                                                translation_rows)
 
@@ -127,8 +128,8 @@ def test_any_caller_runs_the_decoupled_control_on_its_twins_own_rows(small_model
     texts = {lang: pretraining_sentences(small_config(), lang, "validation")[:2] for lang in SMALL_LANGS}
     for decoupled, folder in small_models.items():
         tokenizer, toks = AutoTokenizer.from_pretrained(folder), language_tokenizers(folder)
-        reference, hooked = AutoModel.from_pretrained(folder).eval(), AutoModel.from_pretrained(folder).eval()
-        install_layout(hooked, folder)
+        reference = AutoModel.from_pretrained(folder).eval()
+        hooked = get_task("ner").load_model(str(folder)).base_model.eval()  # the path every cell loads through
         for lang, sentences in texts.items():
             plain = tokenizer(sentences, return_tensors="pt", padding=True)
             own = toks[lang](sentences, return_tensors="pt", padding=True)

@@ -28,9 +28,11 @@ from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.tasks.xnli import XNLI_LABELS, XNLI_PROMPT
 from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
+from lnsub.trainables.testbed import grammar
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root, ensure_testbed
+from lnsub.trainables.testbed.languages import TWINS
 
-SCHEMA = 1
+SCHEMA = 2  # 2: a whole-word vocabulary per twin (word_level), 1500 steps
 PRETRAIN_REPORT = "pretrain.json"
 SPECIALS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2, as mT5's: pad is also the decoder's start token
 log = logging.getLogger(__name__)
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TinyMT5Config:
     testbed: TestbedConfig = field(default_factory=TestbedConfig)
-    vocab_size: int = 1000
+    word_level: bool = True  # each twin's lexicon words as whole pieces (as the tiny BERT), letters as fallback
+    vocab_size: int = 1000  # without word_level: the Unigram tokenizer's budget, all twins together
     d_model: int = 64
     d_ff: int = 128
     layers: int = 3  # encoder blocks; the decoder has as many (mT5 is symmetric)
@@ -49,7 +52,7 @@ class TinyMT5Config:
     block_size: int = 64  # tokens a pretraining block is cut to, before corruption
     noise_density: float = 0.15
     mean_span: float = 3.0
-    steps: int = 400
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0
@@ -63,18 +66,38 @@ def sentinel(i: int) -> str:
     return f"<extra_id_{i}>"
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, sentinels: int):
-    """A Unigram tokenizer with SentencePiece's word boundaries (as mT5's), `</s>` appended to every text."""
+def lexicon_pieces(config: TinyMT5Config) -> list[str]:
+    """The whole-word vocabulary: every twin's lexicon words and the prompt's words, each as one piece after
+    SentencePiece's word boundary; then every letter, alone and after the boundary, as a fallback."""
+    tb = config.testbed
+    words, letters = [], []
+    for lang in tb.languages:
+        words += sorted(set(grammar.build_lexicon(TWINS[lang], tb.seed, tb.anchor_fraction).values()))
+        letters += TWINS[lang].letters
+    words += (XNLI_PROMPT[0] + XNLI_PROMPT[1] + " ".join(XNLI_LABELS)).split()
+    letters += sorted({c for w in words for c in w} - set(letters))
+    pieces = dict.fromkeys(["\u2581" + w for w in words] + ["\u2581"] + letters + ["\u2581" + c for c in letters])
+    return list(pieces)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, sentinels: int, pieces: list[str] | None = None):
+    """A Unigram tokenizer with SentencePiece's word boundaries (as mT5's), `</s>` appended to every text:
+    trained on `texts`, or, given `pieces`, with exactly those (whole words scored far above letters)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(SPECIALS) + [sentinel(i) for i in range(sentinels)]
-    tok = Tokenizer(models.Unigram())
+    if pieces is not None:
+        scored = [(t, 0.0) for t in specials] + [(t, -1.0 if len(t) > 2 else -20.0) for t in pieces]
+        tok = Tokenizer(models.Unigram(scored, unk_id=SPECIALS.index("<unk>")))
+    else:
+        tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    template = [XNLI_PROMPT[0] + XNLI_PROMPT[1] + " ".join(XNLI_LABELS)] * 1000  # whole pieces for the prompt
-    tok.train_from_iterator(texts + template, trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>"))
+    if pieces is None:
+        template = [XNLI_PROMPT[0] + XNLI_PROMPT[1] + " ".join(XNLI_LABELS)] * 1000  # whole pieces for the prompt
+        tok.train_from_iterator(texts + template, trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>"))
     eos = tok.token_to_id("</s>")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", eos)])
@@ -189,7 +212,8 @@ def pretrain(config: TinyMT5Config, out: Path) -> dict:
     testbed = ensure_testbed(config.testbed)
     languages = config.testbed.languages
     texts = {lang: _texts(testbed, lang, "train") for lang in languages}
-    tokenizer = train_tokenizer([t for lang in languages for t in texts[lang]], config.vocab_size, config.sentinels)
+    tokenizer = train_tokenizer([t for lang in languages for t in texts[lang]], config.vocab_size, config.sentinels,
+                                lexicon_pieces(config) if config.word_level else None)
     set_seed(config.seed)
     model = build_model(config, len(tokenizer))
     train = [b for lang in languages for b in blocks(tokenizer, texts[lang], config.block_size)]
