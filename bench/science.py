@@ -61,7 +61,7 @@ def cell_ratios(storage: str, grid: str) -> dict[str, float]:
     cost = yaml.safe_load(grid_path(grid).read_text())["cost_hours"]
     measured: dict[str, list[float]] = {}
     for path in Path(storage, "cells").glob(f"*/{TIMING}"):
-        spec = json.loads((path.parent / "spec.json").read_text())
+        spec = json.loads((path.parent / "spec.json").read_text())["spec"]
         if spec["model"] == MODEL[grid]:
             measured.setdefault(spec["task"], []).append(json.loads(path.read_text())[SECONDS])
     return {t: sum(v) / len(v) / (cost[t] * 3600) for t, v in sorted(measured.items()) if t in cost}
@@ -72,13 +72,14 @@ def main() -> None:
     parser.add_argument("--storage")
     parser.add_argument("--cache")
     parser.add_argument("--no-control", action="store_true")
+    parser.add_argument("--only", choices=list(MODEL), help="run this grid's lines alone (e.g. to resume)")
     args = parser.parse_args()
     storage = args.storage or tempfile.mkdtemp(prefix="lnsub-science-")
     env = {**os.environ, "LNSUB_CACHE": args.cache or tempfile.mkdtemp(prefix="lnsub-science-cache-")}
     print(f"storage {storage}, model cache {env['LNSUB_CACHE']}")
     totals = {}
-    for grid, control in (("science", None if args.no_control else "science-control"),
-                          *(() if args.no_control else (("science-control", None),))):
+    grids = [args.only] if args.only else ["science"] + ([] if args.no_control else ["science-control"])
+    for grid in grids:
         seconds = [run(stage, storage, env) for stage in stages(grid, None)]
         totals[grid] = sum(seconds)
         pretraining = sum(json.loads(p.read_text())["seconds"] for p in Path(env["LNSUB_CACHE"]).glob(
@@ -88,7 +89,7 @@ def main() -> None:
               f"plan's makespan on 2 workers, {makespan_minutes(grid, env):.1f} min")
         print("  per cell, measured / cost_hours: " + ", ".join(f"{t} {r:.2f}" for t, r in
                                                                cell_ratios(storage, grid).items()))
-    if not args.no_control:
+    if "science-control" in grids:
         totals["report with control"] = run(stages("science", "science-control")[-1], storage, env)
     print(f"total {sum(totals.values()) / 60:.1f} min")
 
