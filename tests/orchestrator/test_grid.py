@@ -137,6 +137,11 @@ def test_science_grid_and_its_negative_control_differ_in_the_model_alone():
     assert [m.id for m in mirrored] == [s.id for s in specs]  # the same cells, the model aside
     assert {c.spec.model_revision for c in control.cells} == {TinyBertConfig(decoupled=True).id}
     assert control.total_cost_hours == pytest.approx(science.total_cost_hours)
+    mt5 = [c.spec for c in plan("science-mt5").cells]  # the tiny-mT5 row: XNLI on the same twins, seeds, levels
+    assert {s.model for s in mt5} == {"testbed-mt5"} and {s.task for s in mt5} == {"xnli"}
+    xnli = [s for s in specs if s.task == "xnli"]
+    assert sorted((s.language, s.seed, tuple(s.sparsities)) for s in mt5) == \
+        sorted((s.language, s.seed, tuple(s.sparsities)) for s in xnli)
 
 
 def test_cell_ids_are_stable_and_change_with_any_default():
