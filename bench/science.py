@@ -1,6 +1,6 @@
 """The science grid end to end, as the README runs it, timed stage by stage; then its negative control.
 
-Usage: python bench/science.py [--storage DIR] [--cache DIR] [--no-control]
+Usage: python bench/science.py [--storage DIR] [--cache DIR] [--no-control | --only science|science-control]
     --cache: where the tiny models are pretrained (a fresh folder = a fresh clone's cold start;
              default: a new temporary folder).
 Prints each command's wall time, the sweep's time against `lnsub plan --gpus 2`'s makespan, and
