@@ -386,9 +386,9 @@ def pretrain(config: TinyBertConfig, out: Path) -> dict:
     if config.translation_pairs > 0 and not config.decoupled:
         if not config.parallel:
             raise ValueError("translation_pairs needs parallel corpora (parallel=True)")
-        bodies = {lang: [ids for _, ids in _encode({lang: tokenizers[lang]}, {lang: train[lang]}, 62)]
-                  for lang in languages}
-        bodies = {lang: [ids[1:-1] for ids in v] for lang, v in bodies.items()}
+        bodies = {lang: [] for lang in languages}  # each sentence's tokens without its specials, cut to fit 2 in 128
+        for i, ids in rows:
+            bodies[languages[i]].append(ids[1:-1][:62])
         count = round(len(rows) * config.translation_pairs / (1 - config.translation_pairs))
         rows += translation_rows(bodies, layout["languages"][languages[0]]["specials"], count,
                                  random.Random(f"tlm|{config.seed}"))
