@@ -26,7 +26,8 @@ from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
 # 2: values are canonical by field type (epochs 3 -> 3.0), so ids differ from schema 1's
 # 3: valid_documents (MLM's validation carved from Wikipedia's only split); MLM blocks run across documents
 #    and validation masks are drawn per block from the seed, so MLM results differ from schema 2's
-SCHEMA = 3
+# 4: testbed_pretrain_steps (a grid may pretrain its tiny model for fewer or more steps than the default)
+SCHEMA = 4
 TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
 TESTBED_MT5_MODEL = "testbed-mt5"  # the tiny mT5 of the synthetic testbed (XNLI only, as mt5-base in the paper)
 TESTBED_DECOUPLED_MODEL = "testbed-decoupled"  # its non-multilingual control (TinyBertConfig.decoupled)
@@ -72,6 +73,7 @@ class CellSpec:
     testbed_seed: int = 0  # the synthetic testbed and tiny model, when model or language is synthetic
     testbed_noise: float = 0.0
     testbed_anchor_fraction: float = 0.0
+    testbed_pretrain_steps: int | None = None  # the tiny model's pretraining steps; None: its config's default
     model_revision: str = ""  # resolved: the tiny model's config hash for "testbed" and "testbed-mt5"
 
     @property
@@ -103,10 +105,14 @@ class CellSpec:
         return cls.from_values(**d)
 
     def testbed_config(self):
-        return TinyBertConfig(testbed=self._testbed(), decoupled=self.model == TESTBED_DECOUPLED_MODEL)
+        return TinyBertConfig(testbed=self._testbed(), decoupled=self.model == TESTBED_DECOUPLED_MODEL,
+                              **self._pretraining())
 
     def testbed_mt5_config(self):
-        return TinyMT5Config(testbed=self._testbed())
+        return TinyMT5Config(testbed=self._testbed(), **self._pretraining())
+
+    def _pretraining(self) -> dict:
+        return {} if self.testbed_pretrain_steps is None else {"steps": self.testbed_pretrain_steps}
 
     def _testbed(self) -> TestbedConfig:
         return TestbedConfig(seed=self.testbed_seed, noise=self.testbed_noise,
@@ -143,7 +149,7 @@ def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides)
 
 
 POSITIVE = ("steps", "epochs", "lr", "batch_size", "max_length", "grad_accum", "max_grad_norm", "adam_eps",
-            "train_size", "valid_size")
+            "train_size", "valid_size", "testbed_pretrain_steps")
 NON_NEGATIVE = ("seed", "levels", "weight_decay", "warmup_steps", "testbed_seed")
 BELOW_ONE = ("testbed_noise", "testbed_anchor_fraction")  # in [0, 1)
 

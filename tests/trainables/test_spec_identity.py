@@ -16,9 +16,9 @@ from lnsub.trainables.spec import CellSpec, make_spec
 # (Testbed cells also change with the tiny model: its config hash is their model_revision.)
 PINNED = [
     (("ner", "syn-en"), {"steps": 20, "lr": 1.0e-3, "batch_size": 32, "max_length": 32, "levels": 3},
-     "ner-syn-en-d9a719c22057e88a"),
-    (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-b83569ff99a6bab9"),
-    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-91709fa9cede11ce"),
+     "ner-syn-en-4d6f727bebc0f48c"),
+    (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-eb11962c51c9fb77"),
+    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-e303df6f4f2dc59c"),
 ]
 
 
@@ -77,6 +77,7 @@ REFUSED = [
     ({"steps": 0}, "steps: steps must be positive, got 0"),
     ({"steps": 5, "epochs": 1}, "steps/epochs: must give exactly one of the two"),
     ({"testbed_noise": 1.0}, "testbed_noise: must lie in [0, 1)"),
+    ({"testbed_pretrain_steps": 0}, "testbed_pretrain_steps: testbed_pretrain_steps must be positive, got 0"),
     ({"learning_rate": 1e-3}, "learning_rate: unknown field"),
 ]
 
@@ -102,3 +103,16 @@ def test_mlm_validation_rule_is_part_of_the_id():
         make_spec("ner", "en", valid_documents=0.1)
     with pytest.raises(LnsubError, match="valid_documents"):
         make_spec("mlm", "en", valid_documents=1.0)
+
+
+def test_testbed_pretrain_steps_names_the_model_it_pretrains():
+    from lnsub.trainables.testbed.tinybert import TinyBertConfig
+    from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
+
+    default = make_spec("ner", "syn-en", steps=20)
+    quick = make_spec("ner", "syn-en", steps=20, testbed_pretrain_steps=300)
+    assert default.model_revision == TinyBertConfig().id
+    assert quick.model_revision == TinyBertConfig(steps=300).id != default.model_revision
+    assert quick.id != default.id
+    mt5 = make_spec("xnli", "syn-en", model="testbed-mt5", steps=20, testbed_pretrain_steps=300)
+    assert mt5.model_revision == TinyMT5Config(steps=300).id != TinyMT5Config().id

@@ -12,9 +12,13 @@ Design (docs/testbed.md has the measurements behind it), after Dufter & Schütze
     merged vocabulary is disjoint per twin, anchors aside);
   * MLM's random replacements are drawn from the joint vocabulary (every twin's words);
   * the twins' pretraining corpora are comparable: each twin realises the same stream of
-    latent events (`parallel=True`), shuffled into separate sequences, so no sequence
-    ever holds two twins. Anchors (TestbedConfig.anchor_fraction) are the one ingredient
-    that injects cross-lingual signal directly; they are off by default.
+    latent events (`parallel=True`), shuffled into separate sequences;
+  * the pretraining events describe a world (`world=1.0`, testbed/world.py): Zipfian names
+    and word-specific associations, so no two words of a slot are exchangeable;
+  * dictionary code-switching (`code_switch=0.6`): each word, with that probability, is
+    written as the same concept's word of another twin. This injects cross-lingual signal
+    DIRECTLY (a bilingual dictionary), as do anchors (TestbedConfig.anchor_fraction, off) and
+    translation pairs (`translation_pairs`, off). The decoupled control never code-switches.
 
 `decoupled=True` is the non-multilingual control: each twin has its own block of
 position rows, its own [CLS]/[SEP]/[MASK] and draws replacements from its own words
@@ -36,12 +40,14 @@ import torch
 
 from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, read_json
 from lnsub.trainables.ids import canonical, stable_id
-from lnsub.trainables.testbed import grammar
+from lnsub.trainables.testbed import grammar, world
 from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root
 from lnsub.trainables.testbed.languages import TWINS
 
-SCHEMA = 3  # 3: direct-signal knobs (code_switch, translation_pairs); the layout names the shared specials
+# 3: direct-signal knobs (code_switch, translation_pairs); the layout names the shared specials. New fields
+#    (world) change every config's hash by themselves, so they need no bump.
+SCHEMA = 3
 PRETRAIN_REPORT = "pretrain.json"
 LAYOUT = "testbed_layout.json"  # languages, their token ranges, special ids and position blocks
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -62,9 +68,10 @@ class TinyBertConfig:
     parallel: bool = True  # every twin realises the same event stream (comparable corpora)
     joint_replacement: bool = True  # MLM random replacements from every twin's words, else the twin's own
     decoupled: bool = False  # the control: per-twin positions and specials, own-twin replacements
-    code_switch: float = 0.0  # DIRECT signal: share of words swapped for the same concept's word in another twin
+    code_switch: float = 0.6  # DIRECT signal: share of words swapped for the same concept's word in another twin
     translation_pairs: float = 0.0  # DIRECT signal: share of sequences `[CLS] s [SEP] t [SEP]`, t = s in another twin
-    steps: int = 1500
+    world: float = 1.0  # pretraining events follow a world (testbed/world.py) with this probability per part; 0: uniform
+    steps: int = 1500  # the smoke grid's; the science grids pretrain 5000 (testbed_pretrain_steps)
     batch_size: int = 64
     lr: float = 2e-3
     dropout: float = 0.0  # the synthetic corpus is large for this model; dropout only slows it on CPU
@@ -84,10 +91,15 @@ def pretraining_sentences(config: TinyBertConfig, language: str, split: str = "t
     noise = random.Random(f"pretrain-noise|{tb.seed}|{split}|{language}")
     lex = grammar.build_lexicon(TWINS[language], tb.seed, tb.anchor_fraction)
     twin = TWINS[language]
-    sentences = [[w for w, _ in grammar.add_noise(grammar.realise(grammar.sample_event(latent), twin, lex),
-                                                   lex, tb.noise, noise)]
-                 for _ in range(n)]
-    switch = 0.0 if config.decoupled else config.code_switch
+    if config.world > 0:
+        w = world.build_world(tb.seed)
+        events = [world.sample_event(latent, w, config.world) for _ in range(n)]
+    else:
+        events = [grammar.sample_event(latent) for _ in range(n)]
+    sentences = [[w for w, _ in grammar.add_noise(grammar.realise(e, twin, lex), lex, tb.noise, noise)]
+                 for e in events]
+    # held-out sentences stay monolingual: the masked-accuracy report asks whether each twin was learned
+    switch = 0.0 if config.decoupled or split != "train" else config.code_switch
     if switch > 0:
         sentences = code_switched(sentences, language, config, switch,
                                   random.Random(f"pretrain-switch|{tb.seed}|{split}|{language}"))
