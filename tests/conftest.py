@@ -19,6 +19,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 
 
+SMOKE_FIXTURES = {"smoke_sweep", "analysed"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), keep each file on one worker, so its
+    module fixtures run once, and every test of the README's smoke sweep on one worker, so it runs once."""
+    path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
+    smoke = {path(i) for i in items if SMOKE_FIXTURES & set(getattr(i, "fixturenames", ()))}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("smoke" if path(item) in smoke else path(item)))
+
+
 @pytest.fixture
 def fault_plan(tmp_path, monkeypatch):
     """`fault_plan([{unit, level, step, action, marker}, ...])`: the plan every process of this test reads.
