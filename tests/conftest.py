@@ -20,15 +20,52 @@ os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 
 
 SMOKE_FIXTURES = {"smoke_sweep", "analysed"}
+# Builds the models the slow tests need (the tiny BERT and smoke-mt5's tiny mT5) in a process of its own,
+# one thread, while the quick tests run. Each build holds its folder's build lock, so a test that needs a
+# model meanwhile waits for it, and if this process fails a test builds the model itself.
+PREBUILD = """
+import torch
+torch.set_num_threads(1)
+from lnsub.orchestrator.grid import plan
+from lnsub.trainables.testbed.tinybert import ensure_tiny_model
+from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
+ensure_tiny_model()
+ensure_tiny_mt5(plan("smoke-mt5").cells[0].spec.testbed_mt5_config())
+"""
+
+
+def _needs_models(item) -> bool:
+    return item.get_closest_marker("slow") is not None or "tiny_model" in getattr(item, "fixturenames", ())
 
 
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), keep each file on one worker, so its
-    module fixtures run once, and every test of the README's smoke sweep on one worker, so it runs once."""
+    module fixtures run once, and every test of the README's smoke sweep on one worker, so it runs once.
+    Files that need no tiny model go first, while the models are built beside them (`_prebuild`)."""
     path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     smoke = {path(i) for i in items if SMOKE_FIXTURES & set(getattr(i, "fixturenames", ()))}
+    heavy = {path(i) for i in items if _needs_models(i)}
+    items.sort(key=lambda i: path(i) in heavy)  # stable: the order within each part is kept
     for item in items:
         item.add_marker(pytest.mark.xdist_group("smoke" if path(item) in smoke else path(item)))
+    if heavy and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
+        _prebuild(config)
+
+
+def _prebuild(config) -> None:
+    cache = Path(os.environ["LNSUB_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+    log = open(cache / "prebuild.log", "a")
+    config._lnsub_prebuild = subprocess.Popen([sys.executable, "-c", PREBUILD], stdout=log, stderr=subprocess.STDOUT,
+                                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    log.close()
+
+
+def pytest_unconfigure(config):
+    proc = getattr(config, "_lnsub_prebuild", None)
+    if proc is not None and proc.poll() is None:
+        proc.terminate()  # a build it leaves unfinished is never trusted: DONE is written last
+        proc.wait(timeout=60)
 
 
 @pytest.fixture
