@@ -39,15 +39,16 @@ def _needs_models(item) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), keep each file on one worker, so its
-    module fixtures run once, and every test of the README's smoke sweep on one worker, so it runs once.
-    Files that need no tiny model go first, while the models are built beside them (`_prebuild`)."""
+    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), keep each file's other tests on one
+    worker, so its module fixtures run once, and every test of the README's smoke sweep on one worker, so
+    the sweep runs once. Files that need no tiny model go first, while the models are built beside them
+    (`_prebuild`)."""
     path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
-    smoke = {path(i) for i in items if SMOKE_FIXTURES & set(getattr(i, "fixturenames", ()))}
     heavy = {path(i) for i in items if _needs_models(i)}
     items.sort(key=lambda i: path(i) in heavy)  # stable: the order within each part is kept
     for item in items:
-        item.add_marker(pytest.mark.xdist_group("smoke" if path(item) in smoke else path(item)))
+        smoke = SMOKE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.xdist_group("smoke" if smoke else path(item)))
     if heavy and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
         _prebuild(config)
 
