@@ -92,8 +92,8 @@ def pretraining_sentences(config: TinyBertConfig, language: str, split: str = "t
     lex = grammar.build_lexicon(TWINS[language], tb.seed, tb.anchor_fraction)
     twin = TWINS[language]
     if config.world > 0:
-        w = world.build_world(tb.seed)
-        events = [world.sample_event(latent, w, config.world) for _ in range(n)]
+        described = world.build_world(tb.seed)
+        events = [world.sample_event(latent, described, config.world) for _ in range(n)]
     else:
         events = [grammar.sample_event(latent) for _ in range(n)]
     sentences = [[w for w, _ in grammar.add_noise(grammar.realise(e, twin, lex), lex, tb.noise, noise)]
