@@ -38,6 +38,7 @@ def _needs_models(item) -> bool:
     return item.get_closest_marker("slow") is not None or "tiny_model" in getattr(item, "fixturenames", ())
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), keep each file's other tests on one
     worker, so its module fixtures run once, and every test of the README's smoke sweep on one worker, so
