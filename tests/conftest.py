@@ -19,7 +19,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 
 
-SMOKE_FIXTURES = {"smoke_sweep", "analysed"}
 # Builds the models the slow tests need (the tiny BERT and smoke-mt5's tiny mT5) in a process of its own,
 # one thread, while the quick tests run. Each build holds its folder's build lock, so a test that needs a
 # model meanwhile waits for it, and if this process fails a test builds the model itself.
@@ -38,19 +37,12 @@ def _needs_models(item) -> bool:
     return item.get_closest_marker("slow") is not None or "tiny_model" in getattr(item, "fixturenames", ())
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks set here
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`, pyproject's addopts), keep each file's other tests on one
-    worker, so its module fixtures run once, and every test of the README's smoke sweep on one worker, so
-    the sweep runs once. Files that need no tiny model go first, while the models are built beside them
-    (`_prebuild`)."""
+    """Files that need no tiny model go first, while the models are built beside them (`_prebuild`)."""
     path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     heavy = {path(i) for i in items if _needs_models(i)}
     items.sort(key=lambda i: path(i) in heavy)  # stable: the order within each part is kept
-    for item in items:
-        smoke = SMOKE_FIXTURES & set(getattr(item, "fixturenames", ()))
-        item.add_marker(pytest.mark.xdist_group("smoke" if smoke else path(item)))
-    if heavy and os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
+    if heavy:
         _prebuild(config)
 
 
