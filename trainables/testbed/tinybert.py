@@ -353,7 +353,9 @@ def masked_accuracy(model, rows, layout: dict, languages: list[str], pad_id: int
     gen = torch.Generator().manual_seed(1234)
     hits = n = base = concept_hits = concept_base = 0
     top = unigram.most_common(1)[0][0]
-    concepts = Counter(concept_of.get(t) for t in unigram.elements()) if concept_of else Counter()
+    concepts = Counter()
+    for t, count in unigram.items() if concept_of else ():
+        concepts[concept_of.get(t)] += count
     top_concept = concepts.most_common(1)[0][0] if concepts else None
     model.eval()
     with torch.no_grad():
