@@ -76,7 +76,7 @@ BAD_GRIDS = [
     ("inf-lr", _replace("lr: 2.0e-3, batch_size: 32, max_length: 32", "lr: .inf, batch_size: 32, max_length: 32"),
      "tasks.ner.lr: must be a finite number, got inf"),
     ("inf-levels", _replace("levels: 3", "levels: .inf"), "levels: must be int, got float inf"),
-    ("nan-steps", _replace("steps: 40, lr: 2.0e-3, batch_size: 32, max_length: 48",
+    ("nan-steps", _replace("steps: 80, lr: 2.0e-3, batch_size: 32, max_length: 48",
                            "steps: .nan, lr: 2.0e-3, batch_size: 32, max_length: 48"), "tasks.xnli.steps: must be int"),
     ("nan-cost", _replace("ner: 0.003", "ner: .nan"), "cost_hours.ner: must be a finite number"),
     ("inf-cost", _replace("ner: 0.003", "ner: .inf"), "cost_hours.ner: must be a finite number"),

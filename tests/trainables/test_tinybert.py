@@ -13,6 +13,35 @@ from lnsub.trainables.testbed.languages import TWINS
 from lnsub.trainables.testbed.tinybert import (TinyBertConfig, ensure_tiny_model, language_tokenizers,
                                                load_layout, mask_batch, pretrain_report, pretraining_sentences,
                                                translation_rows)
+from lnsub.trainables.testbed.pretraining import masked_positions_loss
+
+
+def test_the_masked_positions_loss_is_the_models_own_loss_and_gradients():
+    """Pretraining runs the head on masked positions only; HF's BertForMaskedLM loss (every position) is the reference."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                                       attention_probs_dropout_prob=0.0))
+    ids = torch.randint(5, 97, (6, 11))
+    attention = torch.ones_like(ids)
+    attention[2, 7:] = 0
+    labels = ids.masked_fill(torch.rand(ids.shape) > 0.3, -100)
+    batch = {"input_ids": ids, "attention_mask": attention, "position_ids": torch.arange(11).expand(6, 11),
+             "labels": labels}
+    grads = []
+    for loss_of in (lambda m, b: m(**b).loss, masked_positions_loss):
+        loss = loss_of(model, batch)
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad()
+    (reference, expected), (loss, got) = grads
+    assert 0 < (labels != -100).sum() < labels.numel() and torch.isfinite(reference)
+    torch.testing.assert_close(loss, reference)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
 
 
 def test_pretraining_beats_the_unigram_baseline_in_every_language(tiny_model):
