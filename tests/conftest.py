@@ -19,18 +19,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 
 
-# Builds the models the slow tests need (the tiny BERT and smoke-mt5's tiny mT5) in a process of its own,
-# one thread, while the quick tests run. Each build holds its folder's build lock, so a test that needs a
-# model meanwhile waits for it, and if this process fails a test builds the model itself.
-PREBUILD = """
+# Builds the models the slow tests need (the tiny BERT and smoke-mt5's tiny mT5), each in a process of its
+# own with one thread, while the quick tests run. The quick tests end long before the tiny BERT is ready,
+# so the mT5 takes the core the waiting tests leave idle instead of competing with the slow tests later.
+# Each build holds its folder's build lock, so a test that needs a model meanwhile waits for it, and if a
+# build process fails the test builds the model itself.
+PREBUILD = {
+    "tinybert": """
+import torch
+torch.set_num_threads(1)
+from lnsub.trainables.testbed.tinybert import ensure_tiny_model
+ensure_tiny_model()
+""",
+    "tinymt5": """
 import torch
 torch.set_num_threads(1)
 from lnsub.orchestrator.grid import plan
-from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
-ensure_tiny_model()
 ensure_tiny_mt5(plan("smoke-mt5").cells[0].spec.testbed_mt5_config())
-"""
+""",
+}
 
 
 def _needs_models(item) -> bool:
@@ -49,17 +57,19 @@ def pytest_collection_modifyitems(config, items):
 def _prebuild(config) -> None:
     cache = Path(os.environ["LNSUB_CACHE"])
     cache.mkdir(parents=True, exist_ok=True)
-    log = open(cache / "prebuild.log", "a")
-    config._lnsub_prebuild = subprocess.Popen([sys.executable, "-c", PREBUILD], stdout=log, stderr=subprocess.STDOUT,
-                                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    log.close()
+    config._lnsub_prebuild = []
+    for name, code in PREBUILD.items():
+        with open(cache / f"prebuild-{name}.log", "a") as log:
+            config._lnsub_prebuild.append(subprocess.Popen(
+                [sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)}))
 
 
 def pytest_unconfigure(config):
-    proc = getattr(config, "_lnsub_prebuild", None)
-    if proc is not None and proc.poll() is None:
-        proc.terminate()  # a build it leaves unfinished is never trusted: DONE is written last
-        proc.wait(timeout=60)
+    for proc in getattr(config, "_lnsub_prebuild", []):
+        if proc.poll() is None:
+            proc.terminate()  # a build it leaves unfinished is never trusted: DONE is written last
+            proc.wait(timeout=60)
 
 
 @pytest.fixture

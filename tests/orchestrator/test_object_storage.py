@@ -86,7 +86,9 @@ def test_sweep_on_s3_across_nodes_with_no_shared_directory_survives_a_kill_and_a
     # an outage is noticed within seconds here (the defaults give a real cluster minutes)
     monkeypatch.setenv(objectstore.TIMEOUT_ENV, "2")
     monkeypatch.setenv(objectstore.RETRY_ENV, "2")
-    scratch = {name: tmp_path / name / "scratch" for name in ("driver", "node1", "node2", "ui", "analyses")}
+    scratch = {name: tmp_path / name / "scratch" for name in ("driver", "node1", "node2", "ui")}
+    scratch.update({name: tmp_path / f"analysis-{name}" / "scratch" for name in ("analyze", "transfer", "similarity",
+                                                                             "report")})
     for folder in scratch.values():
         folder.mkdir(parents=True)
 
@@ -120,11 +122,14 @@ def test_sweep_on_s3_across_nodes_with_no_shared_directory_survives_a_kill_and_a
         assert sorted(runs) == sorted([crashed.id, stalled.id]) and all(len(r) == 1 for r in runs.values())
         ray.shutdown()
         cluster.shutdown()
-        # every analysis command, in a process (and scratch folder) of its own, reads the sweep from S3
-        for args in (["analyze"], ["transfer", "--level", "2"], ["similarity", "--sentences", "20"], ["report"]):
-            proc = _cli(*args, "--name", "s3", "--storage", storage, scratch=scratch["analyses"])
-            said = proc.communicate(timeout=600)[0]
-            assert proc.returncode == 0, (args, said[-3000:])
+        # every analysis command, in a process (and scratch folder) of its own, reads the sweep from S3: the
+        # three that read only the cells at once, then the report, which reads what they wrote
+        for batch in ([["analyze"], ["transfer", "--level", "2"], ["similarity", "--sentences", "20"]], [["report"]]):
+            procs = [(args, _cli(*args, "--name", "s3", "--storage", storage,
+                                 scratch=scratch[args[0]])) for args in batch]
+            for args, proc in procs:
+                said = proc.communicate(timeout=600)[0]
+                assert proc.returncode == 0, (args, said[-3000:])
         analysis = s3_server.list("runs/sweeps/s3/analysis/")
         for name in ("overlap/overlap.csv", "transfer/transfer_matrix_level2.csv", "similarity/similarity.csv",
                      "similarity/similarity_cka.png", "report/report.html"):
