@@ -37,7 +37,8 @@ def main() -> None:
     model = build_model(config, len(tokenizer))
     timings = {"every position": [], "masked positions": []}
     for _ in range(2):  # interleaved, so that a busy neighbour slows both alike
-        for name, loss_of in (("every position", lambda m, b: m(**b).loss), ("masked positions", masked_positions_loss)):
+        for name, loss_of in (("every position", lambda m, b: m(**b).loss),
+                              ("masked positions", masked_positions_loss)):
             start = time.perf_counter()
             for batch in batches:
                 loss_of(model, batch).backward()

@@ -17,7 +17,7 @@ from lnsub.trainables.testbed.pretraining import masked_positions_loss
 
 
 def test_the_masked_positions_loss_is_the_models_own_loss_and_gradients():
-    """Pretraining runs the head on masked positions only; HF's BertForMaskedLM loss (every position) is the reference."""
+    """Pretraining runs the head on masked positions only; HF's BertForMaskedLM loss (all positions) is the reference"""
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
