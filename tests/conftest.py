@@ -41,15 +41,21 @@ ensure_tiny_mt5(plan("smoke-mt5").cells[0].spec.testbed_mt5_config())
 }
 
 
-def _needs_models(item) -> bool:
-    return item.get_closest_marker("slow") is not None or "tiny_model" in getattr(item, "fixturenames", ())
+def _needs_bert(item) -> bool:
+    return "tiny_model" in getattr(item, "fixturenames", ())
+
+
+def _needs_models(item) -> bool:  # the slow tests without the tiny_model fixture: the mT5 one, the rehearsal
+    return item.get_closest_marker("slow") is not None or _needs_bert(item)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files that need no tiny model go first, while the models are built beside them (`_prebuild`)."""
+    """Files that need no tiny model go first, while the models are built beside them (`_prebuild`); then the
+    slow files that do without the tiny BERT (its build, the longer, ends while they run); then the rest."""
     path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     heavy = {path(i) for i in items if _needs_models(i)}
-    items.sort(key=lambda i: path(i) in heavy)  # stable: the order within each part is kept
+    bert = {path(i) for i in items if _needs_bert(i)}
+    items.sort(key=lambda i: (path(i) in heavy) + (path(i) in bert))  # stable: each part keeps its order
     if heavy:
         _prebuild(config)
 

@@ -221,14 +221,17 @@ print(hashlib.sha256(repr((valid["input_ids"], valid["labels"])).encode()).hexdi
 def test_validation_masks_are_a_function_of_the_seed_alone(hub_data, tmp_path):
     """Defect (c): two processes with different global RNG states (and caches) mask validation alike."""
     here = Path(__file__).parent
-    digests = []
-    for i, rng_seed in enumerate((1, 987)):
+    procs = []
+    for i, rng_seed in enumerate((1, 987)):  # both at once: they share nothing but the input files
         env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / f"cache-{i}"),
                "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), os.environ.get("PYTHONPATH", "")])}
-        out = subprocess.run([sys.executable, "-c", MASK_SCRIPT, str(hub_data), str(rng_seed)], env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        digests.append(out.stdout.strip().splitlines()[-1])
+        procs.append(subprocess.Popen([sys.executable, "-c", MASK_SCRIPT, str(hub_data), str(rng_seed)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    digests = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
+        digests.append(stdout.strip().splitlines()[-1])
     assert digests[0] == digests[1]
     torch.manual_seed(5)
     valid = get_task("mlm").prepare("ar", hub_data, word_tokenizer("ar"), 64, seed=3, sizes=(2, 6),
