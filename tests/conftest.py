@@ -31,12 +31,15 @@ torch.set_num_threads(1)
 from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 ensure_tiny_model()
 """,
+    # the mT5 end-to-end test's (tests/analysis/test_mt5_analyses.py): smoke-mt5's, pretrained for 100 steps
     "tinymt5": """
+import dataclasses
 import torch
 torch.set_num_threads(1)
 from lnsub.orchestrator.grid import plan
 from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
-ensure_tiny_mt5(plan("smoke-mt5").cells[0].spec.testbed_mt5_config())
+spec = dataclasses.replace(plan("smoke-mt5").cells[0].spec, testbed_pretrain_steps=100)
+ensure_tiny_mt5(spec.testbed_mt5_config())
 """,
 }
 

@@ -72,10 +72,11 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_smoke_mt5_sweeps_and_every_analysis_runs(tmp_path, lnsub_cli):
-    """smoke-mt5's own settings, cut to 2 twins and 2 levels to keep the suite short: sweep, then every analysis."""
+    """smoke-mt5's own settings, cut to 2 twins, 2 levels and a tiny mT5 pretrained for 100 steps (the one
+    tests/conftest.py builds beside the quick tests) to keep the suite short: sweep, then every analysis."""
     grid = yaml.safe_load(grid_path("smoke-mt5").read_text())
     grid.update(languages=["syn-en", "syn-ar"], levels=2)
-    grid["tasks"]["xnli"].update(steps=10, train_size=640, valid_size=96)
+    grid["tasks"]["xnli"].update(steps=10, train_size=640, valid_size=96, testbed_pretrain_steps=100)
     (tmp_path / "smoke-mt5.yaml").write_text(yaml.safe_dump(grid))
     sweep = lnsub_cli("sweep", "--grid", str(tmp_path / "smoke-mt5.yaml"), cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-3000:]
