@@ -19,11 +19,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 
 
-# Builds the models the slow tests need (the tiny BERT and smoke-mt5's tiny mT5), each in a process of its
-# own with one thread, while the quick tests run. The quick tests end long before the tiny BERT is ready,
-# so the mT5 takes the core the waiting tests leave idle instead of competing with the slow tests later.
-# Each build holds its folder's build lock, so a test that needs a model meanwhile waits for it, and if a
-# build process fails the test builds the model itself.
+# Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5), each in a
+# process of its own with one thread, while the quick tests run: the quick tests end before the tiny BERT is
+# ready, so the mT5 takes the core the waiting tests would leave idle. Each build holds its folder's build
+# lock, so a test that needs a model meanwhile waits for it, and if a build process fails the test builds
+# the model itself.
 PREBUILD = {
     "tinybert": """
 import torch
