@@ -86,12 +86,12 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / DONE).write_text("ok\n")
-        if final.exists() and not is_done(final):
+        if final.exists() and not is_built(final):
             shutil.rmtree(final)  # a stale, unfinished copy: never trusted
         try:
             os.replace(tmp, final)
         except OSError:
-            if not is_done(final):
+            if not is_built(final):
                 raise
         _fsync_dir(final.parent)
     finally:
@@ -113,8 +113,20 @@ def build_lock(final: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def is_done(path: str | os.PathLike) -> bool:
+def is_built(path: str | os.PathLike) -> bool:
+    """Whether a cached folder (atomic_dir: the testbed, a tiny model) was built whole."""
     return (Path(path) / DONE).is_file()
+
+
+def is_done(path: str | os.PathLike) -> bool:
+    """Whether a stage of storage committed: its DONE is a commit record (mark_done). An empty, `{}`, `null` or
+    otherwise unreadable DONE is damage, and the stage counts as unfinished (its checksums are checked on pulls
+    and when a cell resumes)."""
+    try:
+        objectstore.read_done(Path(path) / DONE)
+        return True
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
 
 
 def mark_done(path: str | os.PathLike) -> None:

@@ -30,10 +30,14 @@ S3-compatible server); lnsub never writes them anywhere.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -97,6 +101,49 @@ def _filesystem(uri: str):
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path.rstrip("/")
 
 
+class DiskFull(OSError):
+    """This machine's disk (or quota) is full: not the store's outage, so never retried as one."""
+
+
+@contextlib.contextmanager
+def disk_full_named(path: Path):
+    """Turn a full local disk while writing `path` into DiskFull, which says so in one line."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = SCRATCH_ENV if scratch_base() in Path(path).absolute().parents else "that folder"
+            raise DiskFull(e.errno, f"disk full writing {path} (free space there, or point {where} at a larger "
+                                    f"disk)") from e
+        raise
+
+
+_UPLOADING = re.compile(r"\.lnsub-upload-[0-9a-f]{16}$")  # a temporary key of an upload in flight (or abandoned)
+
+
+def _s3_client():
+    """boto3's S3 client, configured from the environment as pyarrow's is (AWS_ENDPOINT_URL, AWS_PROFILE, roles)."""
+    keys = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+            "AWS_ACCESS_KEY_ID", TIMEOUT_ENV)
+    return _s3_client_for(tuple(os.environ.get(k) for k in keys))
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client_for(environment: tuple) -> object:
+    import boto3
+    from botocore.config import Config
+
+    timeout = float(os.environ.get(TIMEOUT_ENV, "30"))
+    return boto3.client("s3", config=Config(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+                                            retries={"max_attempts": 1, "mode": "standard"}))  # our loop retries
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024)
+
+
 _PERMANENT = ("NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied", "INVALID_ACCESS_KEY_ID",
               "InvalidAccessKeyId", "SIGNATURE_DOES_NOT_MATCH", "SignatureDoesNotMatch", "HTTP status 403")
 
@@ -127,8 +174,8 @@ class Remote:
         while True:
             try:
                 return fn()
-            except FileNotFoundError:
-                raise
+            except (FileNotFoundError, DiskFull):
+                raise  # a missing object is not transient, and a full local disk is not the store's outage
             except OSError as e:
                 if _permanent(e):
                     raise OSError(f"{what} on {self.uri}: {str(e).splitlines()[0][:300]}") from e
@@ -153,11 +200,37 @@ class Remote:
         return self._retry(f"listing {rel or '/'}", go)
 
     def put(self, rel: str, local: Path) -> None:
+        """Upload a file so that the object appears whole or not at all, however the upload is interrupted.
+
+        A stream's close commits whatever it holds, even on an exception, so nothing is streamed to its final
+        key: S3 gets boto3's managed upload (one PUT, or a multipart upload that is aborted, never completed,
+        when interrupted); any other store gets a temporary key, copied to the final key once whole.
+        """
+        if urlparse(self.uri).scheme in ("s3", "s3a"):
+            self._retry(f"writing {rel}", lambda: self._s3_upload(rel, local))
+            return
+        tmp = f"{rel}.lnsub-upload-{secrets.token_hex(8)}"
+
         def go():
-            with open(local, "rb") as src, self.fs.open_output_stream(self.key(rel)) as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
+            try:
+                with open(local, "rb") as src, self.fs.open_output_stream(self.key(tmp)) as dst:
+                    shutil.copyfileobj(src, dst, _CHUNK)
+                self.fs.copy_file(self.key(tmp), self.key(rel))
+            finally:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(self.key(tmp))
 
         self._retry(f"writing {rel}", go)
+
+    def _s3_upload(self, rel: str, local: Path) -> None:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, _, key = self.key(rel).partition("/")
+        try:
+            _s3_client().upload_file(str(local), bucket, key, Config=_transfer_config())
+        except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+            raise OSError(f"{type(e).__name__}: {e}") from e  # the retry loop's kind of error
 
     def get(self, rel: str, local: Path) -> None:
         """Download to a temporary file beside `local`, then rename: a copy is whole or absent."""
@@ -167,7 +240,8 @@ class Remote:
             fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
             try:
                 with os.fdopen(fd, "wb") as dst, self.fs.open_input_stream(self.key(rel)) as src:
-                    shutil.copyfileobj(src, dst, _CHUNK)
+                    with disk_full_named(local):
+                        shutil.copyfileobj(src, dst, _CHUNK)
                 os.replace(tmp, local)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -227,7 +301,8 @@ class Mirror:
         """
         prefix = self.rel(path)
         with self.lock:
-            listed = {k: v for k, v in self.remote.list(prefix).items() if not _excluded(k, prefix, exclude)}
+            listed = {k: v for k, v in self.remote.list(prefix).items()
+                      if not _excluded(k, prefix, exclude) and self._safe_key(k)}
             fresh = []
             for key in sorted(listed, key=lambda k: (k.endswith(DONE), -k.count("/"))):  # DONE last, deepest first
                 local = self.root / key
@@ -261,6 +336,14 @@ class Mirror:
                     if key in listed:
                         self.rejected[key] = listed[key]
         return len(fresh)
+
+    def _safe_key(self, key: str) -> bool:
+        """A key that names a file inside this copy; any other (`a/../../x`, `/etc/x`) is skipped, with a warning."""
+        if safe_relative(key) and not _UPLOADING.search(key):
+            return True
+        if not _UPLOADING.search(key):
+            log.warning("%s holds the key %r, which would leave the storage folder; ignored", self.remote.uri, key)
+        return False
 
     def _came_from_store(self, key: str, path: Path) -> bool:
         """A file a pull brought (so the store's word goes), or an old one; never one this process has just
@@ -398,7 +481,9 @@ def committed_files(folder: Path) -> list[Path]:
             out.append(d / DONE)
             return
         for p in sorted(d.iterdir()):
-            if p.is_dir():
+            if p.is_symlink():  # never followed: a link to /etc must not commit /etc
+                log.warning("%s is a symbolic link; not committed", p)
+            elif p.is_dir():
                 if p.name not in NEVER_PULLED and not p.name.startswith("."):
                     walk(p, False)
             elif p.is_file() and p.name != DONE and not p.name.startswith("."):
@@ -412,17 +497,41 @@ def done_record(folder: Path) -> dict:
     return {"files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in committed_files(folder)}}
 
 
-def verify_done(done: Path) -> bool:
-    """Whether every file a DONE names is here with its checksum (a DONE of the old, plain form passes)."""
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def read_done(done: Path) -> dict[str, str]:
+    """The files a DONE commits, {relative path: SHA-256}; ValueError for anything else (an empty file, `{}`,
+    `null`, the plain "ok" of a cache folder, a path that leaves the folder): such a DONE is damage."""
     try:
-        record = json.loads(done.read_text())
+        record = json.loads(done.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{done}: not a commit record ({type(e).__name__})") from None
+    files = record.get("files") if isinstance(record, dict) and set(record) == {"files"} else None
+    if not isinstance(files, dict):
+        raise ValueError(f"{done}: not a commit record (no files)")
+    for rel, digest in files.items():
+        if not (isinstance(rel, str) and isinstance(digest, str) and _SHA256.match(digest) and safe_relative(rel)):
+            raise ValueError(f"{done}: not a commit record (entry {rel!r})")
+    return files
+
+
+def verify_done(done: Path) -> bool:
+    """Whether a DONE is a commit record and every file it names is here with its checksum."""
+    try:
+        files = read_done(done)
     except (ValueError, OSError):
-        return done.is_file()  # "ok\n": written before DONE carried checksums
-    if not isinstance(record, dict) or "files" not in record:
-        return True
+        return False
     folder = done.parent
-    for rel, digest in record["files"].items():
+    for rel, digest in files.items():
         p = folder / rel
-        if not p.is_file() or sha256_file(p) != digest:
+        if p.is_symlink() or not p.is_file() or sha256_file(p) != digest:
             return False
     return True
+
+
+def safe_relative(rel: str) -> bool:
+    """A store key or recorded path that stays inside its root: relative, no '..', '.', empty part or backslash."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and "\x00" not in rel and all(
+        part not in ("", ".", "..") for part in parts)

@@ -49,6 +49,13 @@ KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest turns 
 DAMAGE = (FileNotFoundError, ValueError, KeyError, EOFError, pickle.UnpicklingError, maskio.CorruptMask)
 
 
+def save_tensors(state: dict, path: Path) -> None:
+    """torch.save through a file object, so that a full disk is an OSError that says so (objectstore.DiskFull),
+    not torch's "unexpected pos" from its own writer."""
+    with objectstore.disk_full_named(path), open(path, "wb") as f:
+        torch.save(state, f)
+
+
 def cells_root(storage: str | Path) -> Path:
     return Path(storage) / "cells"
 
@@ -67,7 +74,7 @@ class Checkpoints:
         """Write state.pt, then meta.json with its checksum; keep the newest KEEP_CHECKPOINTS."""
         target = self.folder / f"step_{step:08d}"
         with atomic_path(target / CHECKPOINT_STATE) as tmp:
-            torch.save(state, tmp)
+            save_tensors(state, tmp)
         write_json(target / CHECKPOINT_META, {"step": step, "sha256": maskio.sha256_file(target / CHECKPOINT_STATE)})
         for old in self.steps()[:-KEEP_CHECKPOINTS]:
             remove_tree(old)

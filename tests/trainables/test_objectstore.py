@@ -130,12 +130,14 @@ def test_an_outage_shorter_than_the_retry_window_costs_a_wait_not_a_write(s3_ser
 
     with caplog.at_level(logging.WARNING, logger=objectstore.__name__):
         threading.Thread(target=write).start()
-        time.sleep(3)
+        deadline = time.time() + 60
+        while not any("retrying" in r.getMessage() for r in caplog.records) and time.time() < deadline:
+            time.sleep(0.2)
         assert not done.is_set()  # the write is held by the outage ...
+        assert any("retrying" in r.getMessage() for r in caplog.records)  # ... it failed at least once ...
         s3_server.resume()
-        assert done.wait(60)
+        assert done.wait(60)  # ... and the retry went through once the store was back
     assert not errors
-    assert any("retrying" in r.getMessage() for r in caplog.records)  # ... it failed at least once, and was retried
     assert f"runs/cells/{spec().id}/level_0/metrics.json" in s3_server.list("runs/")
 
 

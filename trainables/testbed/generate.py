@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, write_json
+from lnsub.trainables.atomic import atomic_dir, build_lock, is_built, write_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar
 from lnsub.trainables.testbed.languages import TWINS, Twin
@@ -150,10 +150,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def ensure_testbed(config: TestbedConfig = TestbedConfig(), root: Path | None = None) -> Path:
     """Generate the testbed once; later calls return the cached folder at once."""
     final = (root or cache_root()) / config.id
-    if is_done(final):
+    if is_built(final):
         return final
     with build_lock(final):
-        if not is_done(final):
+        if not is_built(final):
             with atomic_dir(final) as tmp:
                 for task, make in ROWS.items():
                     for language in config.languages:

@@ -18,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from lnsub.trainables.atomic import atomic_dir, is_done, write_json
+from lnsub.trainables.atomic import atomic_dir, is_built, write_json
 from lnsub.trainables.testbed.hubcopies import LANGUAGES, write_hub_fixtures
 
 log = logging.getLogger(__name__)
@@ -105,11 +105,11 @@ def ensure_rehearsal(out: str | Path) -> dict[str, Path]:
     """Build (once) the rehearsal's data and model under `out`; returns their folders."""
     out = Path(out).expanduser().resolve()
     data, model = out / "data", out / "model"
-    if not is_done(data):
+    if not is_built(data):
         log.info("writing hub-faithful copies for %s to %s", ", ".join(LANGUAGES), data)
         with atomic_dir(data) as tmp:
             write_hub_fixtures(tmp, SIZES)
-    if not is_done(model):
+    if not is_built(model):
         log.info("building the mBERT-shaped model (random weights) in %s", model)
         started = time.perf_counter()
         with atomic_dir(model) as tmp:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, read_json
+from lnsub.trainables.atomic import atomic_dir, build_lock, is_built, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar, world
 from lnsub.trainables.testbed.pretraining import masked_positions_loss, train_step, warmup_cosine
@@ -454,11 +454,11 @@ def pretrain(config: TinyBertConfig, out: Path) -> dict:
 def ensure_tiny_model(config: TinyBertConfig = TinyBertConfig(), root: Path | None = None) -> Path:
     """The tiny model's folder, pretraining it the first time (minutes on 2 cores; docs/testbed.md)."""
     final = (root or cache_root()) / config.id
-    if is_done(final):
+    if is_built(final):
         return final
     log.info("pretraining the tiny multilingual BERT %s (once; cached in %s)", config.id, final)
     with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
-        if not is_done(final):
+        if not is_built(final):
             with atomic_dir(final) as tmp:
                 pretrain(config, tmp)
     return final

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lnsub.trainables.atomic import atomic_dir, build_lock, is_done, read_json
+from lnsub.trainables.atomic import atomic_dir, build_lock, is_built, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.tasks.xnli import XNLI_LABELS, XNLI_PROMPT
 from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
@@ -235,11 +235,11 @@ def pretrain(config: TinyMT5Config, out: Path) -> dict:
 def ensure_tiny_mt5(config: TinyMT5Config = TinyMT5Config(), root: Path | None = None) -> Path:
     """The tiny mT5's folder, pretraining it the first time (a couple of minutes on 2 cores)."""
     final = (root or cache_root()) / config.id
-    if is_done(final):
+    if is_built(final):
         return final
     log.info("pretraining the tiny mT5 %s (once; cached in %s)", config.id, final)
     with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
-        if not is_done(final):
+        if not is_built(final):
             with atomic_dir(final) as tmp:
                 pretrain(config, tmp)
     return final
