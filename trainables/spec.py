@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import FieldError, canonical, coerce, field_types, stable_id
-from lnsub.trainables.tasks import get_task
+from lnsub.trainables.tasks import TASKS, get_task
+from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 from lnsub.trainables.testbed.generate import TestbedConfig
-from lnsub.trainables.testbed.languages import is_synthetic
+from lnsub.trainables.testbed.languages import TWINS, is_synthetic
 from lnsub.trainables.testbed.tinybert import TinyBertConfig
 from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
 
@@ -33,6 +34,7 @@ TESTBED_MT5_MODEL = "testbed-mt5"  # the tiny mT5 of the synthetic testbed (XNLI
 TESTBED_DECOUPLED_MODEL = "testbed-decoupled"  # its non-multilingual control (TinyBertConfig.decoupled)
 TESTBED_BERT_MODELS = (TESTBED_MODEL, TESTBED_DECOUPLED_MODEL)
 TESTBED_MODELS = (*TESTBED_BERT_MODELS, TESTBED_MT5_MODEL)
+MAX_SEED = 2**32  # numpy's and Accelerate's seeds are 32-bit
 
 # docs/method.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
 PAPER_DEFAULTS: dict[str, dict] = {
@@ -158,6 +160,14 @@ def validate(spec: CellSpec) -> None:
     """Refuse a spec that cannot run (FieldError naming the field); grids are checked by this same function."""
     def bad(field: str, why: str):
         raise FieldError(field, why, where=f"cell {spec.task}/{spec.language}: ")
+
+    # task and language name folders and ids (cells/<task>-<language>-<hash>): only known names, never a path
+    if spec.task not in TASKS:
+        bad("task", f"unknown task {spec.task!r} (known: {', '.join(TASKS)})")
+    if spec.language not in PAPER_LANGUAGES and spec.language not in TWINS:
+        bad("language", f"unknown language {spec.language!r} (known: {', '.join(PAPER_LANGUAGES)} and their syn- twins)")
+    if not 0 <= spec.seed < MAX_SEED:
+        bad("seed", f"must lie in [0, 2**32), got {spec.seed}")
 
     for name, (kinds, _) in field_types(CellSpec).items():
         value = getattr(spec, name)

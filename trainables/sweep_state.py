@@ -1,7 +1,6 @@
-"""A sweep as storage holds it: the typed, versioned plan (`sweep.json`), its lease and its cells' states.
+"""A sweep as storage holds it: the typed, versioned plan (`sweep.json`) and its cells' states.
 
     <storage>/sweeps/<name>/sweep.json     the plan: grid, cells (id, spec, expected cost), options
-    <storage>/sweeps/<name>/lease.json     who runs the sweep now: pid, host, heartbeat (absent when no one does)
     <storage>/sweeps/<name>/failures/      the last error of a cell that failed
 
 Storage is a folder, or an object store's URI (s3://bucket/prefix, gs://...): then the
@@ -15,12 +14,11 @@ This is the one module that reads and writes those files; `trainables`, `analysi
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from lnsub.trainables import objectstore
 from lnsub.trainables.atomic import read_json, remove, write_json
@@ -30,10 +28,22 @@ from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
 
 VERSION = 2  # version 1 (no "version" key) had the same fields and is read as is
-STATE_FILE, LEASE_FILE, FAILURES_DIR = "sweep.json", "lease.json", "failures"
-LEASE_TTL = 120.0  # seconds without a heartbeat after which a lease from another host is presumed dead
+STATE_FILE, FAILURES_DIR = "sweep.json", "failures"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STATES = ("done", "running", "interrupted", "failed", "pending")
+
+
+REDACTED = "***"
+
+
+def redact(uri: str) -> str:
+    """A URI fit to store and print: a password in it (http://user:pw@host) becomes ***."""
+    parsed = urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    host = parsed.hostname or ""
+    netloc = f"{parsed.username}:{REDACTED}@{host}" + (f":{parsed.port}" if parsed.port else "")
+    return urlunsplit(parsed._replace(netloc=netloc))
 
 
 def check_name(name: str, where: str = "sweep name") -> str:
@@ -47,6 +57,8 @@ def check_name(name: str, where: str = "sweep name") -> str:
 def check_storage(storage: str | Path) -> Path:
     """The folder to work in: a local path, or (for an object store's URI) this process's scratch copy of it."""
     storage = str(storage)
+    if not storage.strip():
+        raise LnsubError("--storage is empty: give a folder or an object store's URI (default ./lnsub-runs)")
     if objectstore.is_remote(storage):
         try:
             return objectstore.open_root(storage)
@@ -112,7 +124,13 @@ class SweepState:
             raise LnsubError(f"{source}: not a sweep file lnsub can read ({type(e).__name__}: {e})") from e
 
     def tracking(self, override: str | None = None) -> str:
-        return override or self.tracking_uri
+        """The tracking URI to use: the override, or the stored one (which never holds a password)."""
+        if override:
+            return override
+        if REDACTED in self.tracking_uri:
+            raise LnsubError(f"sweep {self.name!r} logs to {self.tracking_uri}, whose password is never stored: give "
+                             f"--tracking-uri again, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        return self.tracking_uri
 
 
 def state_path(storage: str | Path, name: str) -> Path:
@@ -120,8 +138,8 @@ def state_path(storage: str | Path, name: str) -> Path:
 
 
 def pull_sweep(storage: str | Path, name: str) -> None:
-    """Bring the sweep's own files (plan, lease, failures, analyses) from an object store; Tune's stay local."""
-    objectstore.pull(sweep_dir(storage, name), exclude=("tune",))
+    """Bring the sweep's own files (plan, failures, analyses) from an object store; the lease is read in place."""
+    objectstore.pull(sweep_dir(storage, name), exclude=("tune", "lease"))
 
 
 def pull_cells(storage: str | Path, specs: list[CellSpec], skip_finished: bool = False) -> None:
@@ -164,62 +182,6 @@ def save_state(storage: str | Path, state: SweepState) -> None:
     write_json(state_path(storage, state.name), state.to_dict())
 
 
-# --- the lease: which driver runs the sweep now ----------------------------------------------------
-
-@dataclass(frozen=True)
-class Lease:
-    pid: int
-    host: str
-    heartbeat: float
-    started: float
-
-    def alive(self, now: float | None = None) -> bool:
-        """Held by a live driver: on this host, its process exists; elsewhere, its heartbeat is recent."""
-        if self.host == socket.gethostname():
-            return pid_alive(self.pid)
-        return (now or time.time()) - self.heartbeat < LEASE_TTL
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_lease(storage: str | Path, name: str) -> Lease | None:
-    try:
-        d = read_json(sweep_dir(storage, name) / LEASE_FILE)
-        return Lease(int(d["pid"]), str(d["host"]), float(d["heartbeat"]), float(d["started"]))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None  # a lease that cannot be read holds nothing
-
-
-def take_lease(storage: str | Path, name: str) -> Lease:
-    """Hold the sweep for this process; refused while another live driver holds it."""
-    held = read_lease(storage, name)
-    if held is not None and held.alive() and held.pid != os.getpid():
-        raise LnsubError(f"sweep {name!r} is being run by pid {held.pid} on {held.host} (heartbeat "
-                         f"{time.time() - held.heartbeat:.0f} s ago); stop it first, or wait for it")
-    now = time.time()
-    return renew_lease(storage, name, Lease(os.getpid(), socket.gethostname(), now, now))
-
-
-def renew_lease(storage: str | Path, name: str, lease: Lease) -> Lease:
-    lease = Lease(lease.pid, lease.host, time.time(), lease.started)
-    write_json(sweep_dir(storage, name) / LEASE_FILE, asdict(lease))
-    return lease
-
-
-def release_lease(storage: str | Path, name: str) -> None:
-    remove(sweep_dir(storage, name) / LEASE_FILE)
-
-
 # --- where each cell stands, from storage alone ---------------------------------------------------
 
 @dataclass
@@ -250,16 +212,15 @@ def cell_status(store: CellStore, error: str | None, driver_alive: bool) -> Cell
     return CellStatus(store.spec, state, len(done), score, error)
 
 
-def cell_statuses(storage: str | Path, state: SweepState) -> list[CellStatus]:
+def cell_statuses(storage: str | Path, state: SweepState, driver_alive: bool = False) -> list[CellStatus]:
+    """Each cell's state; a started, unfinished cell is `running` only while a driver holds the sweep."""
     objectstore.pull(sweep_dir(storage, state.name) / FAILURES_DIR)
     pull_cells(storage, state.specs, skip_finished=True)
-    lease = read_lease(storage, state.name)
-    alive = lease is not None and lease.alive()
     out = []
     for spec in state.specs:
         note = failure_note(storage, state.name, spec.id)
         error = note.read_text().strip() if note.exists() else None
-        out.append(cell_status(CellStore(storage, spec), error or None, alive))
+        out.append(cell_status(CellStore(storage, spec), error or None, driver_alive))
     return out
 
 

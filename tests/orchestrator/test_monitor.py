@@ -7,7 +7,7 @@ import logging
 from lnsub.orchestrator import sweep as sweep_module
 from lnsub.orchestrator.sweep import Monitor
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state, take_lease
+from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
 
 
 def a_monitor(tmp_path, render) -> Monitor:
@@ -15,7 +15,7 @@ def a_monitor(tmp_path, render) -> Monitor:
     state = SweepState(name="m", grid_name="g", grid_source="g.yaml", grid={}, cells=[PlannedCell(spec.id, spec, 0.1)],
                        skipped=[], tracking_uri="http://127.0.0.1:9", resources={})
     save_state(tmp_path, state)
-    return Monitor(tmp_path, state, state.tracking_uri, render, take_lease(tmp_path, "m"))
+    return Monitor(tmp_path, state, state.tracking_uri, render)
 
 
 def test_every_failure_is_reported_once_with_its_type_and_the_monitor_goes_on(tmp_path, monkeypatch, caplog):
@@ -42,11 +42,3 @@ def test_every_failure_is_reported_once_with_its_type_and_the_monitor_goes_on(tm
     assert len(progress) == 1 and "PermissionError" in progress[0]  # once, with its type
     assert len(sync) == 1 and "KeyError" in sync[0] and "unreachable" not in sync[0]
     assert not monitor.synced
-
-
-def test_a_heartbeat_is_written_every_tick(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep_module.tracking, "sync", lambda *a, **k: {})
-    monitor = a_monitor(tmp_path, lambda statuses: None)
-    before = monitor.lease.heartbeat
-    monitor.tick()
-    assert monitor.lease.heartbeat >= before and monitor.synced
