@@ -9,6 +9,7 @@ retried trial or a rerun of the command continues where the job stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -21,9 +22,10 @@ from typing import Callable
 from lnsub.orchestrator import ray_backend
 from lnsub.orchestrator.makespan import concurrency_rule
 from lnsub.trainables import objectstore
-from lnsub.trainables.atomic import read_json, remove, write_json
+from lnsub.trainables.atomic import remove, write_bytes
+from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.spec import TESTBED_BERT_MODELS, TESTBED_MODELS, TESTBED_MT5_MODEL, CellSpec
-from lnsub.trainables.sweep_state import pid_alive
+from lnsub.orchestrator.lease import pid_alive
 from lnsub.trainables.testbed.generate import ensure_testbed
 from lnsub.trainables.testbed.tinybert import ensure_tiny_model
 from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
@@ -33,11 +35,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Batch:
-    """A list of jobs of one kind and where the scheduler keeps its state for exactly them."""
+    """A list of jobs of one kind, named so that a rerun of the same batch finds what a killed driver left."""
 
     kind: str  # a key of ray_backend.TRIALS: "cell" or "transfer"
     items: list[dict]  # each with a unique "id"; its other keys are what the trial reads
-    experiment: Path  # Tune's experiment folder (restored on a rerun)
+    name: str  # the batch within its storage: "sweep-<name>", "transfer-<plan id>"
     failures: Path  # where a failed job's last error is noted, <id>.txt
     storage: Path
 
@@ -70,33 +72,92 @@ def prepare_testbed(specs: list[CellSpec]) -> None:
         ensure_tiny_mt5(config)
 
 
-@contextlib.contextmanager
-def ray_instance(session: Path, address: str | None = None):
-    """Ray for one driver: the given cluster, or a private local instance stopped on the way out.
+def private_dir(*parts: str) -> Path:
+    """A folder only this user can read or write (0700), for state no trial and no bucket user may touch."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "lnsub"
+    folder = base.joinpath(*parts)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for p in {base, folder}:
+        if p.stat().st_uid != os.getuid():
+            raise LnsubError(f"{p} belongs to another user; lnsub keeps private state there (set XDG_STATE_HOME)")
+        if p.stat().st_mode & 0o077:
+            p.chmod(0o700)
+    return folder
 
-    The private instance's temp dir is written to `session` first, so that after a
-    SIGKILL the next driver using the same session file stops the daemons left
-    behind (only those, found by that temp dir).
-    """
-    if session.exists():
-        old = read_json(session)
-        if old.get("pid") and not pid_alive(old["pid"]):
-            reaped = ray_backend.reap_orphans(old["temp_dir"])
-            if reaped:
-                log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, old["pid"])
-    address = address or os.environ.get("RAY_ADDRESS")
-    temp_dir = None
-    if not address:
-        temp_dir = tempfile.mkdtemp(prefix="lnsub-ray-")
-        write_json(session, {"pid": os.getpid(), "temp_dir": temp_dir})
-    we_started = ray_backend.start(address=address, temp_dir=temp_dir)
+
+def session_file(storage: Path, batch: str) -> Path:
+    """This host's record of the private Ray that a driver of this batch, on this storage, started."""
+    key = f"{objectstore.location_of(storage)}\0{batch}"
+    return private_dir("ray-sessions") / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _reap_left_behind(record_path: Path) -> None:
+    """Stop the Ray daemons a killed driver of the same batch left on this host (ray_backend.reap_orphans)."""
+    if not record_path.exists():
+        return
     try:
-        yield
+        record = ray_backend.SessionRecord.parse(record_path.read_bytes())
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        log.warning("ignored a Ray session record that does not parse (%s): %s", e, record_path)
+        remove(record_path)
+        return
+    if pid_alive(record.pid, record.pid_started):
+        return  # its driver still runs (a second driver is refused by the lease)
+    reaped = ray_backend.reap_orphans(record)
+    if reaped:
+        log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, record.pid)
+    if ray_backend.private_temp_dir(record.temp_dir):
+        shutil.rmtree(record.temp_dir, ignore_errors=True)
+    remove(record_path)
+
+
+@contextlib.contextmanager
+def ray_instance(record_path: Path, address: str | None = None):
+    """Ray for one driver: the given cluster, or a private local instance stopped on the way out; yields a private
+    folder for the scheduler's own state (never in storage: no trial and no bucket user writes there).
+
+    The private instance's temp dir is recorded on this host first (session_file), so that after a SIGKILL the
+    next driver of the same batch stops the daemons left behind: only those (ray_backend.reap_orphans).
+    """
+    _reap_left_behind(record_path)
+    address = address or os.environ.get("RAY_ADDRESS")
+    temp_dir = tempfile.mkdtemp(prefix="lnsub-ray-")  # 0700; Ray's sockets and logs, and Tune's state
+    if not address:
+        write_bytes(record_path, ray_backend.SessionRecord.mine(temp_dir).body())
+    try:
+        we_started = ray_backend.start(address=address, temp_dir=temp_dir if not address else None)
+    except BaseException:
+        remove(record_path)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    try:
+        yield Path(temp_dir) / "scheduler"
     finally:
         if we_started:
             ray_backend.stop()
-            remove(session)  # here and, on an object store, there
-            shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets
+        remove(record_path)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets, Tune's state
+
+
+FIX = 'start Ray from lnsub\'s environment (~/lnsub/.venv/bin/ray start ...): see README "On a cluster"'
+
+
+def check_cluster(probes: dict[str, dict], mine: dict) -> None:
+    """Refuse, in one line and before any trial, a cluster whose nodes do not run lnsub as this driver does."""
+    problems = []
+    for ip, p in sorted(probes.items()):
+        if "error" in p:
+            problems.append(f"node {ip}: lnsub not importable ({p['error']}); {FIX}")
+            continue
+        for what, theirs, ours in (("Ray", p["ray"], mine["ray"]),
+                                   ("Python", p["python"].rsplit(".", 1)[0], mine["python"].rsplit(".", 1)[0]),
+                                   ("lnsub", p["lnsub"], mine["lnsub"]), ("spec schema", p["schema"], mine["schema"])):
+            if theirs != ours:
+                problems.append(f"node {ip}: {what} {theirs}, this driver {ours}; {FIX}")
+                break
+    if problems:
+        more = f" (and {len(problems) - 1} more node(s))" if len(problems) > 1 else ""
+        raise LnsubError(problems[0] + more)
 
 
 def concurrency(placement: Placement, max_concurrent: int | None) -> int:
@@ -107,7 +168,7 @@ def concurrency(placement: Placement, max_concurrent: int | None) -> int:
 
 
 def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, max_concurrent: int | None = None,
-             max_failures: int = 3, resume: bool = True, checkpoint_every: int = 100,
+             max_failures: int = 3, checkpoint_every: int = 100,
              watch: Callable[[], None] | None = None, watch_interval: float = 2.0,
              started: Callable[[int], None] | None = None) -> dict[str, str | None]:
     """Run every job of the batch as a Tune trial (in the given order); job id -> error or None.
@@ -119,7 +180,10 @@ def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, 
         return {}
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(watch, watch_interval, stop), daemon=True) if watch else None
-    with ray_instance(batch.experiment.parent / "ray_session.json", address):
+    address = address or os.environ.get("RAY_ADDRESS")
+    with ray_instance(session_file(batch.storage, batch.name), address) as scheduler:
+        if address:  # a cluster someone else started: every node must run lnsub as this driver does
+            check_cluster(ray_backend.probe_nodes(), ray_backend.node_report())
         k = concurrency(placement, max_concurrent)
         if started:
             started(k)
@@ -131,9 +195,9 @@ def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, 
                       "failures": batch.failures.relative_to(batch.storage).as_posix(),
                       "checkpoint_every": checkpoint_every}
             return ray_backend.run_trials(
-                batch.kind, batch.items, batch.experiment, config, workers_per_cell=placement.workers_per_job,
+                batch.kind, batch.items, scheduler / batch.name, config, workers_per_cell=placement.workers_per_job,
                 cpus_per_worker=placement.cpus_per_worker, gpus_per_worker=placement.gpus_per_worker,
-                max_concurrent=k, max_failures=max_failures, resume=resume,
+                max_concurrent=k, max_failures=max_failures,
                 reuse_actors=placement.reuse_processes)
         finally:
             stop.set()

@@ -13,9 +13,17 @@ and commands such as `lnsub plan` and `lnsub status` never need it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
+import secrets
+import socket
+import stat
 import tempfile
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -23,6 +31,7 @@ import torch
 
 from lnsub.trainables import faults, objectstore
 from lnsub.trainables.atomic import remove, write_text
+from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.imp import CellResult, Hooks, run_cell
 from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
 from lnsub.trainables.spec import CellSpec
@@ -33,12 +42,14 @@ log = logging.getLogger(__name__)
 
 QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 the legacy engine prints nothing; we draw our own progress
-    "RAY_AUTH_MODE": "disabled",  # no token file in ~/.ray for a local instance
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+TOKEN_FILE = "auth_token"  # in a private local instance's temp dir (0700): the token only its own processes read
+TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+_SAVED_ENV: dict[str, str | None] | None = None  # the caller's auth variables, put back by stop()
 
 
 def quiet() -> None:
@@ -46,12 +57,60 @@ def quiet() -> None:
         os.environ.setdefault(key, value)
 
 
+def _use_token(path: str | None) -> None:
+    """Token authentication on for every Ray this process starts or joins (Ray reads it from the environment,
+    and its processes inherit it); `path` is this instance's own token file, None to use the caller's."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    if _SAVED_ENV is None:
+        globals()["_SAVED_ENV"] = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", *TOKEN_SOURCES)}
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if path is not None:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = path
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+    Config.initialize("")  # Ray read its config when it was imported: read it again, with token mode on
+    AuthenticationTokenLoader.instance().reset_cache()  # and forget a token an earlier instance used
+
+
+def write_token(path: str | Path) -> str:
+    """A fresh 256-bit token at `path` (which must not exist), readable by this user only; its path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return str(path)
+
+
+def new_token(folder: str | Path) -> str:
+    """A fresh token in `folder`/auth_token (a private instance's temp dir)."""
+    return write_token(Path(folder) / TOKEN_FILE)
+
+
+def cluster_token(path: Path) -> tuple[Path, bool]:
+    """The token file a cluster's nodes are started with (`lnsub ray-token`): made if missing, in a 0700 folder;
+    (its path, whether it was made now). An existing file that others could read is refused."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise LnsubError(f"{path} is readable by others (mode {path.stat().st_mode & 0o777:o}): chmod 600 it, "
+                             f"or remove it and run lnsub ray-token again")
+        return path, False
+    write_token(path)
+    return path, True
+
+
+def _cluster_token_missing() -> bool:
+    default = Path.home() / ".ray" / TOKEN_FILE
+    return not any(os.environ.get(k) for k in TOKEN_SOURCES) and not default.is_file()
+
+
 def start(address: str | None = None, num_cpus: int | None = None, resources: dict | None = None,
           temp_dir: str | None = None) -> bool:
     """Connect to a running cluster, or start a private local instance; True if we started it.
 
-    A local instance gets a temp dir of its own and no dashboard, so it never
-    touches another Ray on the same machine. Stop it with `stop()`, never `ray stop`.
+    Either way with token authentication on: a private instance gets a fresh token in its own temp dir
+    (nobody else can read it, so nobody else can run code on it); a cluster is joined with the token its
+    nodes were started with (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or ~/.ray/auth_token). A local instance
+    has no dashboard and never touches another Ray on the machine. Stop it with `stop()`, never `ray stop`.
     """
     import ray
 
@@ -59,12 +118,17 @@ def start(address: str | None = None, num_cpus: int | None = None, resources: di
     if ray.is_initialized():
         return False
     if address and address != "local":
+        if _cluster_token_missing():
+            raise LnsubError(f"--address {address}: lnsub joins a Ray cluster only with its token; set "
+                             f"RAY_AUTH_TOKEN_PATH to the file the cluster's nodes were started with (see README "
+                             f"\"On a cluster\")")
+        _use_token(None)
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env())
         return False
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="lnsub-ray-")
-    ray.init(address="local", _temp_dir=str(Path(temp_dir).resolve()), include_dashboard=False,
-             num_cpus=num_cpus, resources=resources, log_to_driver=False, logging_level=logging.WARNING,
-             runtime_env=_runtime_env())
+    temp_dir = str(Path(temp_dir or tempfile.mkdtemp(prefix="lnsub-ray-")).resolve())
+    _use_token(new_token(temp_dir))
+    ray.init(address="local", _temp_dir=temp_dir, include_dashboard=False, num_cpus=num_cpus, resources=resources,
+             log_to_driver=False, logging_level=logging.WARNING, runtime_env=_runtime_env())
     return True
 
 
@@ -73,11 +137,73 @@ def _runtime_env() -> dict | None:
     return {"env_vars": {faults.ENV: os.environ[faults.ENV]}} if faults.active() else None
 
 
+def local_gpus() -> int:
+    """GPUs a private local Ray would see on this machine."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def stop() -> None:
+    """Leave Ray (stopping a private instance), and put the caller's auth variables back: the instance's token
+    file goes with its temp dir, and nothing may point at it afterwards."""
+    global _SAVED_ENV
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    if _SAVED_ENV is not None:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        for key, value in _SAVED_ENV.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _SAVED_ENV = None
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def node_report() -> dict:
+    """What a node runs lnsub with (serialised by value: it must run where lnsub does not import)."""
+    import platform
+    import socket as sock
+
+    import ray as node_ray
+
+    out = {"python": platform.python_version(), "ray": node_ray.__version__, "host": sock.gethostname()}
+    try:
+        from importlib.metadata import version
+
+        from lnsub.trainables.spec import SCHEMA as schema
+
+        out.update(lnsub=version("lnsub"), schema=schema)
+    except Exception as e:  # noqa: BLE001 - what is wrong is the answer
+        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return out
+
+
+def probe_nodes(timeout: float = 300.0) -> dict[str, dict]:
+    """Every alive node's answer to node_report, by node IP (a node that does not answer within `timeout`: an error)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_by_value(node_report))
+    refs = {node["NodeManagerAddress"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node["NodeID"], soft=False)).remote() for node in ray.nodes() if node.get("Alive")}
+    out = {}
+    for ip, ref in refs.items():
+        try:
+            out[ip] = ray.get(ref, timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - a node that cannot even run the probe
+            out[ip] = {"error": one_line(root_cause(e))}
+    return out
+
+
+def _by_value(fn):
+    """A copy of a module-level function that cloudpickle sends by value, so a node need not import lnsub."""
+    import types
+
+    return types.FunctionType(fn.__code__, {"__builtins__": __builtins__}, fn.__name__)
 
 
 def cluster_resources() -> dict:
@@ -141,16 +267,45 @@ def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, u
 
 # --- batches of idempotent jobs: one Tune function trial each -----------------------------------------
 
+def root_cause(e: BaseException) -> BaseException:
+    """The exception underneath Ray's and Tune's wrappers (RayTaskError, TuneError, chained causes)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return e
+
+
+def one_line(e: BaseException) -> str:
+    """`Type: message`, the message's first line only (Ray's stack dumps stay in the traceback file)."""
+    text = str(e).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip() and not line.startswith(
+        ("Traceback", "  File", "ray::", "\x1b"))), "")
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
+def traceback_note(note: Path) -> Path:
+    """Beside a failure note (<id>.txt, one line), the full traceback (<id>.traceback.txt)."""
+    return note.with_name(note.name.removesuffix(".txt") + ".traceback.txt")
+
+
 @contextlib.contextmanager
 def _failure_noted(note: Path):
-    """Leave the last error of a trial where `lnsub status` and the driver read it; clear it on success."""
+    """Leave the last error of a trial where `lnsub status` and the driver read it, as one line of its root cause
+    and the whole traceback beside it; clear both on success."""
     try:
         yield
     except BaseException as e:
         with contextlib.suppress(OSError):  # the store may be what failed: the error is Tune's to report then
-            write_text(note, f"{type(e).__name__}: {e}\n")
+            write_text(note, one_line(root_cause(e)) + "\n")
+        with contextlib.suppress(OSError):
+            write_text(traceback_note(note), "".join(traceback.format_exception(e)))
         raise
     remove(note)
+    remove(traceback_note(note))
 
 
 def _cell_trial(config: dict) -> None:
@@ -225,12 +380,13 @@ def param_space(items: list[dict], config: dict) -> dict:
 
 def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, workers_per_cell: int,
                cpus_per_worker: float, gpus_per_worker: float, max_concurrent: int, max_failures: int,
-               resume: bool, reuse_actors: bool = False) -> dict[str, str | None]:
+               reuse_actors: bool = False) -> dict[str, str | None]:
     """One Tune trial per item (each a dict with an "id"), named by that id; item id -> error or None.
 
-    The experiment lives in `experiment` and is restored from there on resume; a
-    trial that dies is retried up to max_failures times (Tune's FailureConfig), and
-    each item is idempotent in storage, so a retried or restarted one continues.
+    Tune keeps its state in `experiment`, a private folder of this driver: it is never restored (Tune's state
+    holds pickles, and nothing is unpickled from a place a trial or another user could write). A trial that
+    dies is retried up to max_failures times (Tune's FailureConfig); each item is idempotent in storage, so a
+    retried one, or one a later run of the command starts again, continues where it stopped.
     """
     from ray import tune
 
@@ -238,49 +394,96 @@ def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, 
               "gpus_per_worker": gpus_per_worker, "max_failures": max_failures,
               "resources_per_worker": {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}}
     trainable = tune.with_resources(TRIALS[kind], trial_resources(workers_per_cell, cpus_per_worker, gpus_per_worker))
-    tuner = None
-    if resume and tune.Tuner.can_restore(str(experiment)):
-        try:
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
-            log.info("restored the Tune experiment in %s", experiment)
-        except Exception as e:  # noqa: BLE001 - the items' own idempotence covers what Tune cannot
-            log.warning("could not restore the Tune experiment (%s); starting it afresh, finished work is kept", e)
-    if tuner is None:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(items, config),
-            # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name, reuse_actors=reuse_actors),
-            run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=max_failures)),
-        )
+    tuner = tune.Tuner(
+        trainable, param_space=param_space(items, config),
+        # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
+        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name, reuse_actors=reuse_actors),
+        run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+    )
     results = tuner.fit()
-    return {r.config["item"]["id"]: (f"{type(r.error).__name__}: {r.error}"[:2000] if r.error else None)
-            for r in results}
+    return {r.config["item"]["id"]: (one_line(root_cause(r.error)) if r.error else None) for r in results}
 
 
 def _trial_name(trial) -> str:
     return trial.config["item"]["id"]
 
 
-def reap_orphans(temp_dir: str) -> int:
-    """Stop the Ray daemons a killed driver left behind in its private temp dir; never anyone else's."""
+@dataclass(frozen=True)
+class SessionRecord:
+    """A driver's private local Ray, as recorded on its own host (never in storage)."""
+
+    pid: int
+    pid_started: float
+    host: str
+    uid: int
+    temp_dir: str
+    started: float
+
+    @classmethod
+    def mine(cls, temp_dir: str) -> "SessionRecord":
+        me = psutil.Process()
+        return cls(me.pid, me.create_time(), socket.gethostname(), os.getuid(), str(Path(temp_dir).resolve()),
+                   time.time())
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "SessionRecord":
+        d = json.loads(raw.decode("utf-8"))
+        return cls(int(d["pid"]), float(d["pid_started"]), str(d["host"]), int(d["uid"]), str(d["temp_dir"]),
+                   float(d["started"]))
+
+    def body(self) -> bytes:
+        return (json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+
+def private_temp_dir(path: str) -> bool:
+    """Whether `path` is a private Ray temp dir lnsub made (tempfile.mkdtemp("lnsub-ray-")) and this user owns."""
+    p = Path(path)
+    if not p.is_absolute() or p.parent != Path(tempfile.gettempdir()).resolve() or not p.name.startswith("lnsub-ray-"):
+        return False
+    try:
+        st = p.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+
+
+def _uses_dir(cmdline: list[str], folder: str) -> bool:
+    """Whether a command line names `folder`, or a path inside it, as an argument (`--x=PATH` or `PATH`)."""
+    for arg in cmdline:
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if value == folder or value.startswith(folder + "/"):
+            return True
+    return False
+
+
+def reap_orphans(record: SessionRecord) -> int:
+    """Stop the Ray daemons a killed driver left behind; only processes provably its private Ray's.
+
+    A victim runs on this host as this user, was started after that driver, and names the record's private temp
+    dir (one lnsub made, see private_temp_dir) as a path argument. A record from another host or user, or naming
+    any other folder, reaps nothing.
+    """
+    if record.host != socket.gethostname() or record.uid != os.getuid() or not private_temp_dir(record.temp_dir):
+        log.warning("ignored a Ray session record that is not this host's and user's own private Ray (%s)",
+                    record.temp_dir)
+        return 0
     victims = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "uids", "create_time"]):
         try:
-            if proc.pid != os.getpid() and temp_dir in " ".join(proc.info["cmdline"] or []):
+            info = proc.info
+            if (proc.pid != os.getpid() and info["uids"] is not None and info["uids"].real == os.getuid()
+                    and (info["create_time"] or 0) >= record.pid_started - 1
+                    and _uses_dir(info["cmdline"] or [], record.temp_dir)):
                 victims.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     for proc in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(victims, timeout=10)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     return len(victims)

@@ -2,22 +2,22 @@
 
     <storage>/cells/<cell id>/...             each cell's levels (trainables.store), shared by sweeps
     <storage>/sweeps/<name>/sweep.json        the plan (trainables.sweep_state.SweepState)
-    <storage>/sweeps/<name>/lease.json        the driver that runs the sweep now, with its heartbeat
-    <storage>/sweeps/<name>/ray_session.json  the local Ray instance a driver started (to reap after a kill)
-    <storage>/sweeps/<name>/tune/             Ray Tune's experiment (restored on --resume)
+    <storage>/sweeps/<name>/lease/            the driver that runs the sweep now (orchestrator.lease)
     <storage>/sweeps/<name>/failures/         the last error of a cell that failed
     <storage>/mlflow.db, mlartifacts/         the default MLflow store
 """
 
 from __future__ import annotations
 
+import _thread
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lnsub.orchestrator import tracking
+from lnsub.orchestrator import lease, ray_backend, tracking
 from lnsub.orchestrator.grid import Plan, Resources
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.jobs import Batch, placement_for, prepare_testbed, run_jobs
@@ -26,8 +26,8 @@ from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.metrics import LEVEL_SECONDS
 from lnsub.trainables.store import CellStore
 from lnsub.trainables.sweep_state import (FAILURES_DIR, CellStatus, PlannedCell, SweepState, cell_statuses, check_name,
-                                    check_storage, exists, load_state, release_lease, renew_lease, save_state,
-                                    sweep_dir, take_lease)
+                                    check_storage, exists, load_state, pull_cells, redact, save_state,
+                                          sweep_dir)
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "./lnsub-runs"
@@ -51,14 +51,14 @@ def compute_seconds(storage: Path, state: SweepState) -> float:
 
 
 class Monitor:
-    """Keeps MLflow in step with storage, draws progress and renews the sweep's lease, never blocking training.
+    """Keeps MLflow in step with storage and draws progress, never blocking training (the lease has its Keeper).
 
     Every failure is caught and reported once with its type (again only when it changes),
     so a read error or a bug in sync costs a warning, never the rest of the sweep's progress.
     """
 
-    def __init__(self, storage: Path, state: SweepState, tracking_uri: str, render, lease):
-        self.storage, self.state, self.tracking_uri, self.render, self.lease = storage, state, tracking_uri, render, lease
+    def __init__(self, storage: Path, state: SweepState, tracking_uri: str, render):
+        self.storage, self.state, self.tracking_uri, self.render = storage, state, tracking_uri, render
         self.synced = False
         self.settled: set[str] = set()  # cells finished and fully logged: not asked about again
         self.lock = threading.Lock()
@@ -74,32 +74,29 @@ class Monitor:
 
     def sync_once(self) -> bool:
         try:
-            statuses = cell_statuses(self.storage, self.state)
+            statuses = cell_statuses(self.storage, self.state, driver_alive=True)
             with self.lock:
                 tracking.sync(self.state.name, self.state.specs, self.storage, self.tracking_uri,
                               sweep_params={"grid": self.state.grid_name, "cells": len(self.state.cells)},
                               failed={s.spec.id: s.error for s in statuses if s.error}, settled=self.settled)
             self.synced = True
-            self._report(f"MLflow sync to {self.tracking_uri}", None)
+            self._report(f"MLflow sync to {redact(self.tracking_uri)}", None)
         except Exception as e:  # noqa: BLE001 - MLflow is a view; training goes on without it
             self.synced = False
-            self._report(f"MLflow sync to {self.tracking_uri}", e)
+            self._report(f"MLflow sync to {redact(self.tracking_uri)}", e)
         return self.synced
 
     def tick(self) -> None:
-        """One round of the monitor: lease, progress, sync; each guarded on its own."""
-        for what, step in (("renewing the sweep's lease", self._renew), ("reading progress", self._draw),
+        """One round of the monitor: progress, sync; each guarded on its own."""
+        for what, step in (("reading progress", self._draw),
                            ("MLflow sync", self.sync_once)):
             try:
                 step()
             except Exception as e:  # noqa: BLE001 - the monitor outlives any one failure
                 self._report(what, e)
 
-    def _renew(self) -> None:
-        self.lease = renew_lease(self.storage, self.state.name, self.lease)
-
     def _draw(self) -> None:
-        self.render(cell_statuses(self.storage, self.state))
+        self.render(cell_statuses(self.storage, self.state, driver_alive=True))
 
 
 def new_state(p: Plan, name: str, tracking_uri: str) -> SweepState:
@@ -119,8 +116,9 @@ def _check_options(workers_per_cell, gpus_per_worker, max_concurrent) -> None:
 
 
 def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, tracking_uri: str | None,
-                 overrides: dict, data_dir: str | None = None) -> SweepState:
-    """The sweep to run: the stored plan (on --resume) or a new one from the grid, written before anything runs."""
+                 overrides: dict, data_dir: str | None = None, address: str | None = None) -> SweepState:
+    """The sweep to run: the stored plan (on --resume) or a new one from the grid, written before anything runs
+    (and only once it is known to fit where it runs)."""
     if grid is None and not (resume and name):
         raise LnsubError("--grid is required to start a sweep (with --resume, a known --name is enough)")
     if grid is None and data_dir is not None:
@@ -141,9 +139,30 @@ def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, t
         if tracking_uri is None and objectstore.mirror_of(root) is not None:
             raise LnsubError("with --storage on an object store, give --tracking-uri: an MLflow server every node "
                              "reaches (lnsub ui --storage URI starts one whose artifacts go to the same store)")
-        state = new_state(p, name, tracking_uri or tracking.default_tracking_uri(root))
+        state = new_state(p, name, redact(tracking_uri or tracking.default_tracking_uri(root)))
+        check_fits(resources_of(state, overrides), address)
         save_state(root, state)
     return state
+
+
+def resources_of(state: SweepState, overrides: dict) -> Resources:
+    """The stored plan's resources with the command line's overrides (a resume may run on a bigger cluster)."""
+    return Resources(**{**state.resources, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def check_fits(res: Resources, address: str | None) -> None:
+    """Refuse, in one line, a cell that can never start on the private local Ray (it would wait forever).
+
+    On a cluster (--address, RAY_ADDRESS) nodes may come and go, so nothing is refused there."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    cpus, gpus = res.workers_per_cell * res.cpus_per_worker, res.workers_per_cell * res.gpus_per_worker
+    have_cpus, have_gpus = os.cpu_count() or 1, ray_backend.local_gpus()
+    if cpus > have_cpus or gpus > have_gpus:
+        raise LnsubError(f"a cell asks for {cpus:g} CPUs and {gpus:g} GPUs ({res.workers_per_cell} worker(s) x "
+                         f"({res.cpus_per_worker:g} CPU, {res.gpus_per_worker:g} GPU)); this machine has "
+                         f"{have_cpus} CPUs and {have_gpus} GPUs: lower the grid's resources, or run on a cluster "
+                         f"with --address")
 
 
 def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_STORAGE,
@@ -157,30 +176,52 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
     _check_options(workers_per_cell, gpus_per_worker, max_concurrent)
     root = check_storage(storage)
     overrides = {"workers_per_cell": workers_per_cell, "gpus_per_worker": gpus_per_worker}
-    state = open_or_plan(root, grid, name, resume, tracking_uri, overrides, data_dir)
+    state = open_or_plan(root, grid, name, resume, tracking_uri, overrides, data_dir, address)
     tracking_uri = state.tracking(tracking_uri)
-    # a resume runs the stored plan; resource options may change (a bigger cluster, say)
-    res = Resources(**{**state.resources, **{k: v for k, v in overrides.items() if v is not None}})
-    lease = take_lease(root, state.name)
+    res = resources_of(state, overrides)
+    check_fits(res, address)
+    holder = lease.take(root, state.name)
+    lost: list[str] = []
+
+    def on_lost(reason: str) -> None:
+        lost.append(reason)
+        _thread.interrupt_main()  # as a Ctrl-C: Tune stops its trials; the other driver carries on
+
     try:
-        prepare_testbed(state.specs)
-        monitor = Monitor(root, state, tracking_uri, render or (lambda statuses: None), lease)
-        threading.Thread(target=monitor.sync_once, daemon=True).start()  # the experiment, while cells train
-        folder = sweep_dir(root, state.name)
-        batch = Batch("cell", [{"id": c.id, "spec": c.spec.to_dict()} for c in state.cells], folder / "tune",
-                      folder / FAILURES_DIR, root)
-        placement = placement_for(state.specs, res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
-        errors = run_jobs(batch, placement,
-                          address=address, max_concurrent=max_concurrent, max_failures=max_failures, resume=resume,
-                          checkpoint_every=checkpoint_every, watch=monitor.tick, watch_interval=sync_interval,
-                          started=lambda k: log.info("sweep %s: %d cells, up to %d at a time; storage %s",
-                                                     state.name, len(state.cells), k,
-                                                     objectstore.location_of(root)))
-        synced = _final_sync(monitor, final_sync_wait)
+        with lease.Keeper(root, state.name, holder, on_lost):
+            errors, synced = _run_cells(root, state, tracking_uri, res, render, address=address, max_concurrent=max_concurrent,
+                                        max_failures=max_failures, checkpoint_every=checkpoint_every,
+                                        sync_interval=sync_interval, final_sync_wait=final_sync_wait)
+    except KeyboardInterrupt:
+        if lost:
+            raise lease.LeaseLost(lost[0]) from None
+        raise
     finally:
-        release_lease(root, state.name)
+        if not lost:
+            lease.release(root, state.name, holder)
+    if lost:  # Tune took the interruption as a Ctrl-C and stopped its trials
+        raise lease.LeaseLost(lost[0])
     return SweepResult(state.name, root, tracking_uri, errors, cell_statuses(root, state),
                        time.perf_counter() - started, synced, compute_seconds(root, state))
+
+
+def _run_cells(root: Path, state: SweepState, tracking_uri: str, res: Resources, render, *, address, max_concurrent, max_failures,
+               checkpoint_every, sync_interval, final_sync_wait) -> tuple[dict[str, str | None], bool]:
+    """The unfinished cells as Tune trials, the monitor beside them; (errors by cell id, whether MLflow is synced)."""
+    prepare_testbed(state.specs)
+    monitor = Monitor(root, state, tracking_uri, render or (lambda statuses: None))
+    threading.Thread(target=monitor.sync_once, daemon=True).start()  # the experiment, while cells train
+    pull_cells(root, state.specs, skip_finished=True)
+    pending = [c for c in state.cells if not CellStore(root, c.spec).finished()]
+    batch = Batch("cell", [{"id": c.id, "spec": c.spec.to_dict()} for c in pending], f"sweep-{state.name}",
+                  sweep_dir(root, state.name) / FAILURES_DIR, root)
+    placement = placement_for(state.specs, res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
+    errors = run_jobs(batch, placement, address=address, max_concurrent=max_concurrent, max_failures=max_failures,
+                      checkpoint_every=checkpoint_every, watch=monitor.tick, watch_interval=sync_interval,
+                      started=lambda k: log.info("sweep %s: %d of %d cells to run, up to %d at a time; storage %s",
+                                                 state.name, len(pending), len(state.cells), k,
+                                                 objectstore.location_of(root)))
+    return errors, _final_sync(monitor, final_sync_wait)
 
 
 def _final_sync(monitor: Monitor, wait: float) -> bool:
@@ -192,10 +233,16 @@ def _final_sync(monitor: Monitor, wait: float) -> bool:
     return synced
 
 
+def driver_alive(root: Path, name: str) -> bool:
+    """Whether a driver holds the sweep now (its lease is alive)."""
+    held = lease.read_holder(root, name)
+    return held is not None and held.alive()
+
+
 def sweep_status(name: str, storage: str = DEFAULT_STORAGE) -> tuple[SweepState, list[CellStatus]]:
     root = check_storage(storage)
     state = load_state(root, name)
-    return state, cell_statuses(root, state)
+    return state, cell_statuses(root, state, driver_alive(root, name))
 
 
 def sync_sweep(name: str, storage: str = DEFAULT_STORAGE, tracking_uri: str | None = None) -> dict:
@@ -203,6 +250,12 @@ def sync_sweep(name: str, storage: str = DEFAULT_STORAGE, tracking_uri: str | No
     root = check_storage(storage)
     state = load_state(root, name)
     statuses = cell_statuses(root, state)
-    return tracking.sync(name, state.specs, root, state.tracking(tracking_uri),
-                         sweep_params={"grid": state.grid_name, "cells": len(state.cells)},
-                         failed={s.spec.id: s.error for s in statuses if s.error})
+    uri = state.tracking(tracking_uri)
+    try:
+        return tracking.sync(name, state.specs, root, uri, sweep_params={"grid": state.grid_name,
+                                                                         "cells": len(state.cells)},
+                             failed={s.spec.id: s.error for s in statuses if s.error})
+    except Exception as e:  # noqa: BLE001 - MLflow's many ways to fail are one fact for the user
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise LnsubError(f"MLflow at {redact(uri)} did not take the sync ({type(e).__name__}: {first}); storage "
+                         f"keeps everything: run lnsub sync again once it answers") from e

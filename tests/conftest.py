@@ -17,6 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Generated artefacts are keyed by a hash of their configuration, so a cache shared
 # across test runs can only ever return the same thing the test would build.
 os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
+# Drivers keep private state (their local Ray's record) under XDG_STATE_HOME: the tests keep theirs here.
+os.environ.setdefault("XDG_STATE_HOME", str(ROOT / ".cache" / "state"))
 
 
 # Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5), each in a
@@ -156,3 +158,31 @@ def hub_data(tmp_path_factory) -> Path:
     from hub_fixtures import write_hub_fixtures
 
     return write_hub_fixtures(tmp_path_factory.mktemp("hub-data"))
+
+
+@pytest.fixture
+def ray_token(tmp_path):
+    """Token authentication for a Ray cluster a test starts itself (ray.cluster_utils.Cluster), as every node of a
+    real cluster is started: RAY_AUTH_MODE=token and a 0600 token file, in this process's environment (which the
+    cluster's processes inherit, and lnsub's driver presents). Put back afterwards."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    from lnsub.orchestrator.ray_backend import new_token
+
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    saved = {k: os.environ.get(k) for k in keys}
+    folder = tmp_path / "ray-token"
+    folder.mkdir(mode=0o700)
+    path = new_token(folder)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    yield path
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()

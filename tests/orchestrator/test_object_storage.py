@@ -73,7 +73,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def test_sweep_on_s3_across_nodes_with_no_shared_directory_survives_a_kill_and_an_outage(
-        tmp_path, tiny_model, fault_plan, waiter, s3_server, monkeypatch):  # noqa: F811
+        tmp_path, tiny_model, fault_plan, waiter, s3_server, monkeypatch, ray_token):  # noqa: F811
     import ray
     from ray.cluster_utils import Cluster
 

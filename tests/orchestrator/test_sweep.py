@@ -21,6 +21,7 @@ import yaml
 
 from lnsub.orchestrator import tracking
 from lnsub.orchestrator.grid import plan
+from lnsub.orchestrator.jobs import session_file
 from lnsub.orchestrator.sweep import run_sweep
 from lnsub.trainables.store import CellStore
 from lnsub.trainables.sweep_state import load_state
@@ -117,7 +118,7 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_model, fault_plan, waiter):
     waiter(lambda: paused.exists() or driver.poll() is not None, "the victim to reach level 1, step 9")
     assert driver.poll() is None, driver.stdout.read()[-3000:]
     waiter(lambda: sum(s.finished() for s in _stores(storage, "killed")) >= 1, "another cell to finish")
-    session = json.loads((storage / "sweeps/killed/ray_session.json").read_text())
+    session = json.loads(session_file(storage, "sweep-killed").read_text())  # on this host, never in storage
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     specs = load_state(storage, "killed").specs
@@ -151,7 +152,7 @@ def _node_of(cluster, pid: int):
     raise AssertionError(f"no node hosts pid {pid}")
 
 
-def test_a_node_removed_mid_sweep_loses_nothing(tmp_path, tiny_model, fault_plan, waiter):
+def test_a_node_removed_mid_sweep_loses_nothing(tmp_path, tiny_model, fault_plan, waiter, ray_token):
     """Remove the very node on which a cell is paused mid-round; Tune reruns it elsewhere from its checkpoint."""
     import ray
     from ray.cluster_utils import Cluster
