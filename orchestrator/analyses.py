@@ -18,7 +18,8 @@ from lnsub.analysis.tables import AnalysisResult
 from lnsub.orchestrator.jobs import Batch, placement_for, prepare_testbed, run_jobs
 from lnsub.orchestrator.tracking import try_log_analysis
 from lnsub.trainables import transfer as jobs_io
-from lnsub.trainables.sweep_state import FAILURES_DIR
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.sweep_state import FAILURES_DIR, check_storage, load_state
 
 
 def log(result: AnalysisResult) -> AnalysisResult:
@@ -35,6 +36,10 @@ def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str |
 
 def similarity(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
                level: int | None = None, sentences: int = 200) -> AnalysisResult:
+    if level is not None:  # before anything is built or loaded
+        levels = min(s.levels for s in load_state(check_storage(storage), name).specs)
+        if not 1 <= level <= levels:
+            raise LnsubError(f"--level {level}: the sweep's sub-networks are levels 1..{levels} (level 0 is dense)")
     result = similarity_analysis(name, storage, tracking_uri, out, level, sentences)
     return log(result)
 
@@ -56,7 +61,7 @@ def transfer(name: str, storage: str, level: int, tracking_uri: str | None = Non
     if pending:
         prepare_testbed(p.sweep.specs)
         res = p.sweep.state.resources
-        batch = Batch("transfer", [{"id": j.id, "job": j.to_dict()} for j in pending], p.experiment / "tune",
+        batch = Batch("transfer", [{"id": j.id, "job": j.to_dict()} for j in pending], f"transfer-{p.experiment.name}",
                       p.experiment / FAILURES_DIR, p.sweep.root)
         draw = render or (lambda done, total: None)
 
@@ -66,7 +71,7 @@ def transfer(name: str, storage: str, level: int, tracking_uri: str | None = Non
 
         errors = run_jobs(batch, placement_for(p.sweep.specs, 1, res["cpus_per_worker"], res["gpus_per_worker"]),
                           address=address,
-                          max_concurrent=max_concurrent, max_failures=max_failures, resume=True,
+                          max_concurrent=max_concurrent, max_failures=max_failures,
                           checkpoint_every=checkpoint_every,
                           watch=progress)
         jobs_io.pull_results(p.sweep.root)

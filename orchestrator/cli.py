@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import subprocess
 import sys
 import time
 import typing
@@ -19,13 +18,14 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lnsub.orchestrator import analyses, makespan, tracking
+from lnsub.orchestrator import analyses, makespan, ray_backend, tracking
+from lnsub.orchestrator import ui as mlflow_ui
 from lnsub.orchestrator.grid import SHIPPED
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
 from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
-from lnsub.trainables.sweep_state import check_name, check_storage, load_state, status_counts
+from lnsub.trainables.sweep_state import check_name, check_storage, load_state, redact, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
 from lnsub.trainables.testbed.rehearsal import ensure_rehearsal
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
@@ -40,9 +40,10 @@ console = Console()
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False)], force=True)
-    for noisy in ("datasets", "transformers", "urllib3", "filelock", "fsspec", "httpx", "mlflow", "alembic",
-                  "ray", "ray.tune", "ray.train"):
+    for noisy in ("datasets", "transformers", "urllib3", "filelock", "fsspec", "httpx", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for ray_logger in ("ray", "ray.tune", "ray.train"):  # a trial's failure is one line of ours; Ray's dump with -v
+        logging.getLogger(ray_logger).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
@@ -84,6 +85,16 @@ def rehearsal(out: str = typer.Option("lnsub-rehearsal", "--out", help="Folder f
                   f"{paths['model'].parent.name}/, as the grid's paths are relative)")
 
 
+@app.command("ray-token")
+def ray_token(path: str = typer.Option("~/.lnsub/ray_auth_token", "--path",
+                                       help="Where the token lives (the cluster configs mount it from here).")) -> None:
+    """Make the token a Ray cluster's nodes are started with (mode 0600; kept if it exists): `ray up` mounts it
+    on every node, and only who holds it runs code on the cluster."""
+    token, made = ray_backend.cluster_token(Path(path).expanduser())
+    console.print(f"{'made' if made else 'kept'} the cluster's Ray token: [bold]{token}[/bold]  (next: ray up "
+                  f"cluster.yaml; a driver elsewhere joins with RAY_AUTH_TOKEN_PATH={token})")
+
+
 # --- options shared by every command that reads a sweep ---------------------------------------------
 NameOpt = typer.Option(None, "--name", help="The sweep's name (default: the grid's name).")
 StorageOpt = typer.Option(DEFAULT_STORAGE, "--storage", help="Where cells, sweeps and the default MLflow store live.")
@@ -107,10 +118,10 @@ def plan(grid: str = typer.Option("smoke", "--grid", help=GRID_HELP),
          max_concurrent: int = typer.Option(None, "--max-concurrent", help="The sweep's cap on cells at once."),
          data_dir: str = DataDirOpt) -> None:
     """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
-    if gpus is not None and gpus < 1:
-        raise LnsubError(f"--gpus must be >= 1, got {gpus}")
-    if max_concurrent is not None and max_concurrent < 1:
-        raise LnsubError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    if gpus is not None and not 1 <= gpus <= makespan.MAX_DEVICES:
+        raise LnsubError(f"--gpus must lie in [1, {makespan.MAX_DEVICES:,}], got {gpus}")
+    if max_concurrent is not None and not 1 <= max_concurrent <= makespan.MAX_DEVICES:
+        raise LnsubError(f"--max-concurrent must lie in [1, {makespan.MAX_DEVICES:,}], got {max_concurrent}")
     p = make_plan(grid, data_dir=data_dir, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
     schedule = _schedule(p, gpus, max_concurrent) if gpus is not None else None
     r = p.resources
@@ -221,19 +232,25 @@ def sweep(grid: str = typer.Option(None, "--grid", help=GRID_HELP),
                            checkpoint_every=checkpoint_every, data_dir=data_dir)
     console.print(_progress_table(result.statuses))
     counts = status_counts(result.statuses)
-    console.print(f"sweep [bold]{result.name}[/bold] finished in {result.seconds:.0f} s "
+    console.print(f"sweep [bold]{result.name}[/bold] ran for {result.seconds:.0f} s "
                   f"({result.compute_seconds:.0f} s of cell compute): {counts['done']}/{len(result.statuses)} cells done")
     where = objectstore.location_of(result.storage)  # a store's URI, not this process's scratch copy of it
     console.print(f"results: {where}/cells  (sweep state: {where}/sweeps/{result.name})")
-    console.print(f"MLflow: {result.tracking_uri}" + ("" if result.mlflow_synced else
+    console.print(f"MLflow: {redact(result.tracking_uri)}" + ("" if result.mlflow_synced else
                   "  [red](unreachable: run `lnsub sync` when it is back)[/red]"))
     console.print(f"browse: lnsub ui --name {result.name} --storage {storage}   then open http://127.0.0.1:5000")
     failed = [cid for cid, err in result.errors.items() if err]
     if failed:
         for cid in failed:
-            console.print(f"[red]failed[/red] {cid}: {result.errors[cid].splitlines()[0][:300]}")
+            console.print(f"[red]failed[/red] {cid}: {result.errors[cid].splitlines()[0][:300]}\n"
+                          f"  traceback: {where}/sweeps/{result.name}/failures/{cid}.traceback.txt", soft_wrap=True)
         console.print(f"resume with: lnsub sweep --name {result.name} --storage {storage} --resume")
         raise typer.Exit(1)
+    unfinished = len(result.statuses) - counts["done"]
+    if unfinished:  # stopped before its end (Ctrl-C, a signal): nothing is lost, the next run continues
+        console.print(f"[magenta]stopped[/magenta] with {unfinished} cell(s) unfinished; resume with: lnsub sweep "
+                      f"--name {result.name} --storage {storage} --resume")
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -245,7 +262,7 @@ def status(name: str = typer.Option(..., "--name", help="The sweep's name."), st
     if any(s.state == "interrupted" for s in statuses):
         console.print(f"no driver holds this sweep: resume it with lnsub sweep --name {name} --storage {storage} "
                       f"--resume")
-    console.print(f"MLflow: {state.tracking(tracking_uri)}")
+    console.print(f"MLflow: {redact(tracking_uri or state.tracking_uri)}")
 
 
 @app.command()
@@ -265,27 +282,29 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
     With --storage on an object store this is also the tracking server sweeps log to: its runs live in
     --tracking-uri (a database; default ./lnsub-mlflow.db) and its artifacts in <storage>/mlartifacts.
     """
+    mlflow_ui.check_port(port)
     root = check_storage(storage)
     # One browsing user: one worker, and no GenAI job runner (by default mlflow starts 4 workers and 8 job
     # processes that ignore SIGTERM; on 2 cores the UI took a minute to answer). Set the variable to override.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    serve = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    serve = ["--host", mlflow_ui.HOST, "--port", str(port), "--workers", "1"]
     if objectstore.mirror_of(root) is not None:
         backend = tracking_uri or f"sqlite:///{Path('lnsub-mlflow.db').resolve()}"
         if backend.startswith(("http://", "https://")):
             raise LnsubError("--tracking-uri: with --storage on an object store, lnsub ui is the tracking server; "
                              "give it a database (sqlite:///PATH or postgresql://...), not a server's URL")
-        artifacts = f"{storage.rstrip('/')}/mlartifacts"
+        artifacts = mlflow_ui.artifact_root(storage)
         if os.environ.get("AWS_ENDPOINT_URL") and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
             env["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]  # MLflow's own name for the endpoint
-        console.print(f"MLflow server at http://127.0.0.1:{port}: runs in {backend}, artifacts in {artifacts}\n"
-                      f"sweeps on this storage log to it with --tracking-uri http://127.0.0.1:{port}  (Ctrl-C to stop)")
-        subprocess.run([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-                        "--artifacts-destination", artifacts, "--serve-artifacts", *serve], env=env, check=False)
+        console.print(f"MLflow server at http://127.0.0.1:{port}: runs in {redact(backend)}, artifacts in "
+                      f"{artifacts}\nsweeps on this storage log to it with --tracking-uri http://127.0.0.1:{port}  "
+                      f"(Ctrl-C to stop)")
+        mlflow_ui.serve(["server", "--backend-store-uri", backend, "--artifacts-destination", artifacts,
+                         "--serve-artifacts", *serve], env)
         return
-    uri = tracking_uri or (load_state(root, name).tracking_uri if name else tracking.default_tracking_uri(root))
-    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, *serve], env=env, check=False)
+    uri = tracking_uri or (load_state(root, name).tracking() if name else tracking.default_tracking_uri(root))
+    console.print(f"MLflow UI for {redact(uri)} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    mlflow_ui.serve(["ui", "--backend-store-uri", uri, *serve], env)
 
 
 OutOpt = typer.Option(None, "--out", help="Analysis folder; each analysis writes its own subfolder there "

@@ -18,7 +18,7 @@ import yaml
 
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import FieldError, coerce, field_types
-from lnsub.trainables.spec import CellSpec, make_spec, resolve_values
+from lnsub.trainables.spec import MAX_SEED, CellSpec, make_spec, resolve_values
 from lnsub.trainables.tasks import TASKS
 from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 from lnsub.trainables.sweep_state import check_name
@@ -30,6 +30,10 @@ TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fr
 REQUIRED = ("model", "languages", "tasks", "levels", "prune_fraction")
 GRID_LEVEL_FIELDS = {"model", "task", "language", "seed", "levels", "prune_fraction"}  # not overridable per task
 MAX_GRID_BYTES = 1 << 20
+# What a grid may expand to and ask of a cluster; each refused in one line before anything is written.
+MAX_GRID_NODES = 20_000  # YAML nodes after aliases are expanded (a 1 kB alias bomb expands to millions)
+MAX_SEEDS, MAX_CELLS = 100, 10_000
+MAX_RESOURCES = {"workers_per_cell": 1024, "cpus_per_worker": 256, "gpus_per_worker": 16}
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,28 @@ def load_grid(grid: str) -> tuple[dict, str]:
         raise LnsubError(f"{source}: YAML nested too deeply") from None
     if data is None:
         raise LnsubError(f"{source}: the grid is empty (see orchestrator/grids/smoke.yaml for the shape)")
+    _check_size(data, source)
     if not isinstance(data, dict):
         raise LnsubError(f"{source}: the grid must be a YAML mapping, got {type(data).__name__}")
     return data, source
+
+
+def _check_size(data, source: str) -> None:
+    """Refuse a grid whose YAML expands (through aliases) to more than MAX_GRID_NODES values, before any copy."""
+    budget, stack = MAX_GRID_NODES, [data]
+    while stack:
+        node = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise LnsubError(f"{source}: the grid expands to more than {MAX_GRID_NODES:,} YAML values (aliases "
+                             f"repeat what they name); a grid is a small file")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and len(node) > 10_000:
+            raise LnsubError(f"{source}: a value of {len(node):,} characters; a grid is a small file")
 
 
 def _check_languages(data: dict, source: str) -> None:
@@ -168,6 +191,11 @@ def _check_seeds(data: dict, source: str) -> None:
             _fail(source, f"seeds[{i}]", e.why)
     if len(set(canonical)) != len(canonical):
         _fail(source, "seeds", "duplicate cells: a seed is listed twice")
+    if len(canonical) > MAX_SEEDS:
+        _fail(source, "seeds", f"{len(canonical)} seeds; at most {MAX_SEEDS}")
+    for i, seed in enumerate(canonical):
+        if not 0 <= seed < MAX_SEED:
+            _fail(source, f"seeds[{i}]", f"must lie in [0, 2**32), got {seed}")
 
 
 def _check_tasks(data: dict, source: str) -> None:
@@ -203,6 +231,8 @@ def _check_resources_and_cost(data: dict, source: str) -> None:
         except FieldError as e:
             _fail(source, f"resources.{key}", e.why)
         _check_number(source, f"resources.{key}", value, 1 if key == "workers_per_cell" else 0)
+        if value > MAX_RESOURCES[key]:
+            _fail(source, f"resources.{key}", f"at most {MAX_RESOURCES[key]}, got {value}")
     cost = data.get("cost_hours", {})
     _check_type(source, "cost_hours", cost, dict)
     for task, hours in cost.items():
@@ -225,14 +255,17 @@ def validate_grid(data: dict, source: str) -> None:
     _check_seeds(data, source)
     _check_tasks(data, source)
     _check_resources_and_cost(data, source)
+    cells = len(data["languages"]) * len(data["tasks"]) * len(data.get("seeds", [0]))
+    if cells > MAX_CELLS:
+        _fail(source, "languages x tasks x seeds", f"{cells:,} cells; at most {MAX_CELLS:,} in one grid")
 
 
 def _resources(grid_resources: dict, overrides: dict) -> Resources:
     """The grid's resources with the command line's overrides (checked like the grid's), in canonical types."""
     for key, value in overrides.items():
-        if value is not None and (not math.isfinite(value) or value < (1 if key == "workers_per_cell" else 0)):
-            raise LnsubError(f"--{key.replace('_', '-')} must be {'>= 1' if key == 'workers_per_cell' else '>= 0'} "
-                             f"and finite, got {value}")
+        low = 1 if key == "workers_per_cell" else 0
+        if value is not None and (not math.isfinite(value) or not low <= value <= MAX_RESOURCES[key]):
+            raise LnsubError(f"--{key.replace('_', '-')} must lie in [{low}, {MAX_RESOURCES[key]}], got {value}")
     res = {**grid_resources, **{k: v for k, v in overrides.items() if v is not None}}
     return Resources(**coerce(Resources, res, "resources."))
 

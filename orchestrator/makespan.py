@@ -13,6 +13,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+MAX_DEVICES = 100_000  # a bound on `lnsub plan --gpus`: the simulation keeps one entry per slot
+
 
 def concurrency_rule(fits: int, workers_per_job: int, max_concurrent: int | None) -> int:
     """Jobs at once (jobs.concurrency): what fits, capped by --max-concurrent; multi-worker jobs never more than fits.

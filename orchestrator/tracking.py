@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 
 from lnsub.trainables import metrics as M
+from lnsub.trainables import objectstore
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
+from lnsub.trainables.sweep_state import redact
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ def _client(tracking_uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # it would tear the live view
+    if os.environ.get("AWS_ENDPOINT_URL") and not os.environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        os.environ["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]  # MLflow's own name for it
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # one warning of ours is enough
     from mlflow.tracking import MlflowClient
 
@@ -56,7 +60,11 @@ def _experiment_id(client, sweep: str, storage: Path, tracking_uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
-    location = (storage.resolve() / "mlartifacts").as_uri() if local_store else None  # a server decides its own
+    # a server decides its own; a local store's artifacts go beside the storage's cells, in the store itself when it
+    # is an object store (never into a process's scratch copy of it, gone when the process is)
+    where = objectstore.location_of(storage)
+    location = None if not local_store else (f"{where}/mlartifacts" if objectstore.is_remote(where)
+                                             else (Path(where) / "mlartifacts").as_uri())
     return client.create_experiment(experiment_name(sweep), artifact_location=location, tags={TAG_SWEEP: sweep})
 
 
@@ -183,5 +191,5 @@ def try_log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: s
         return log_analysis(sweep, storage, tracking_uri, role, folder, **kw)
     except Exception as e:  # noqa: BLE001 - the files are the result; MLflow is the view
         log.warning("could not log %s to MLflow at %s (%s); the files are in %s (rerun the command to log them)",
-                    role, tracking_uri, str(e).splitlines()[0][:200], folder)
+                    role, redact(tracking_uri), str(e).splitlines()[0][:200], folder)
         return None

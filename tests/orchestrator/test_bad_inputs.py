@@ -101,6 +101,16 @@ BAD_GRIDS = [
     ("name-backslash", _yaml(name="a\\b"), "name 'a\\\\b'"),
     ("name-newline", _yaml(name="x\n"), "name 'x\\n'"),
     ("name-number", _yaml(name=7), "name 7"),
+    # limits: what a grid may expand to and ask of a cluster
+    ("alias-bomb", SMOKE.encode() + b"description:\n" + b"".join(
+        b"  - &a%d [%s]\n" % (i, b", ".join([b"*a%d" % (i - 1) if i else b"lol"] * 9)) for i in range(7)),
+     "expands to more than 20,000 YAML values"),
+    ("seed-beyond-32-bits", _yaml(seeds=[4294967296]), "seeds[0]: must lie in [0, 2**32), got 4294967296"),
+    ("too-many-seeds", _yaml(seeds=list(range(101))), "seeds: 101 seeds; at most 100"),
+    ("huge-cpus", _replace("cpus_per_worker: 1", "cpus_per_worker: 100000"),
+     "resources.cpus_per_worker: at most 256"),
+    ("huge-workers", _yaml(resources={"workers_per_cell": 5000}), "resources.workers_per_cell: at most 1024"),
+    ("long-description", _yaml(description="x" * 20_000), "a value of 20,000 characters"),
 ]
 
 
@@ -157,13 +167,47 @@ def test_grid_named_by_an_unusable_file_name(lnsub_cli, tmp_path, command):
 
 
 BAD_OPTIONS = [(["--workers-per-cell", "abc"], "Invalid value for '--workers-per-cell'"),
-               (["--gpus-per-worker", "nan"], "--gpus-per-worker must be >= 0 and finite, got nan"),
+               (["--gpus-per-worker", "nan"], "--gpus-per-worker must lie in [0, 16], got nan"),
+               (["--gpus-per-worker", "1e9"], "--gpus-per-worker must lie in [0, 16], got 1000000000.0"),
                (["--bogus"], "No such option: --bogus")]
 
 
 @pytest.mark.parametrize("options,message", BAD_OPTIONS, ids=[m for _, m in BAD_OPTIONS])
 def test_bad_options_are_one_line(lnsub_cli, tmp_path, command, options, message):
     _check(lnsub_cli(*command, "--grid", "smoke", *options, cwd=tmp_path, timeout=120), message, tmp_path / "runs")
+
+
+def test_a_sweep_that_cannot_start_on_this_machine_is_refused_before_anything_is_written(lnsub_cli, tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_bytes(_replace("cpus_per_worker: 1", "cpus_per_worker: 200"))  # allowed, but no laptop has it
+    _check(lnsub_cli("sweep", "--grid", str(path), "--storage", str(tmp_path / "runs"), cwd=tmp_path),
+           "a cell asks for 200 CPUs", tmp_path / "runs")
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--gpus", "100000000000000"], "--gpus must lie in [1, 100,000]"),
+    (["--gpus", "0"], "--gpus must lie in [1, 100,000]"),
+    (["--gpus", "8", "--max-concurrent", "1000000"], "--max-concurrent must lie in [1, 100,000]")])
+def test_plan_bounds_what_it_simulates(lnsub_cli, tmp_path, options, message):
+    _check(lnsub_cli("plan", "--grid", "smoke", *options, cwd=tmp_path), message, tmp_path / "runs")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["ui", "--port", "99999"], "--port 99999: a port lies in 1..65535"),
+    (["status", "--name", "s", "--storage", ""], "--storage is empty"),
+    (["sweep", "--grid", "smoke", "--storage", ""], "--storage is empty")])
+def test_more_bad_options_are_one_line(lnsub_cli, tmp_path, args, message):
+    _check(lnsub_cli(*args, cwd=tmp_path), message, tmp_path / "runs")
+
+
+def test_a_port_in_use_is_one_line(lnsub_cli, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _check(lnsub_cli("ui", "--port", str(port), cwd=tmp_path), f"127.0.0.1:{port} is in use", tmp_path / "runs")
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -66,3 +66,47 @@ def test_sweep_readers_refuse_bad_input_in_one_line(tmp_path, monkeypatch, capsy
         assert len(lines) == 1 and lines[0].startswith("lnsub: error:") and words in lines[0], (case, err)
         assert "Traceback" not in out + err
     assert tree(tmp_path) == before  # nothing written anywhere
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing answers there
+
+
+def test_sync_with_the_tracking_server_down_is_one_line(tmp_path, monkeypatch, capsys):
+    a_sweep(tmp_path)
+    code, out, err = run(monkeypatch, capsys, "sync", "--name", "s", "--storage", str(tmp_path), "--tracking-uri",
+                         f"http://127.0.0.1:{_free_port()}")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "did not take the sync" in lines[0], err
+    assert "Traceback" not in out + err
+
+
+def test_similarity_checks_its_level_before_building_anything(tmp_path, monkeypatch, capsys):
+    a_sweep(tmp_path / "runs")
+    monkeypatch.setenv("LNSUB_CACHE", str(tmp_path / "cache"))
+    before = tree(tmp_path)
+    for level in ("-3", "0", "2"):
+        code, out, err = run(monkeypatch, capsys, "similarity", "--name", "s", "--storage", str(tmp_path / "runs"),
+                             "--level", level)
+        assert code == 2 and f"--level {level}: the sweep's sub-networks are levels 1..1" in err, err
+    assert tree(tmp_path) == before  # no testbed, no model, no analysis folder
+
+
+def test_a_password_in_the_tracking_uri_is_never_stored_nor_printed(tmp_path, monkeypatch, capsys):
+    from lnsub.orchestrator.sweep import open_or_plan
+    from lnsub.trainables.sweep_state import load_state
+
+    secret = f"http://alice:s3cr3t@127.0.0.1:{_free_port()}"
+    state = open_or_plan(tmp_path, "smoke", "s", False, secret, {})
+    stored = (tmp_path / "sweeps/s/sweep.json").read_text()
+    assert "s3cr3t" not in stored and "alice:***@127.0.0.1" in stored
+    assert load_state(tmp_path, "s").tracking(secret) == secret  # the one given now is used, in this process
+    code, out, err = run(monkeypatch, capsys, "status", "--name", "s", "--storage", str(tmp_path))
+    assert code == 0 and "alice:***@" in out and "s3cr3t" not in out + err
+    code, out, err = run(monkeypatch, capsys, "sync", "--name", "s", "--storage", str(tmp_path))
+    assert code == 2 and "password is never stored: give --tracking-uri again" in err, err
+    assert state.name == "s"
