@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import logging
 import os
 import sys
@@ -18,21 +19,23 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lnsub.orchestrator import analyses, makespan, ray_backend, tracking
+from lnsub.orchestrator import analyses, makespan, progress, ray_backend, tracking
 from lnsub.orchestrator import ui as mlflow_ui
 from lnsub.orchestrator.grid import SHIPPED
 from lnsub.orchestrator.grid import plan as make_plan
-from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep, sweep_status, sync_sweep
+from lnsub.orchestrator.sweep import DEFAULT_STORAGE, list_sweeps, run_sweep, sweep_status, sync_sweep
 from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.tasks import TASKS
 from lnsub.trainables.sweep_state import check_name, check_storage, load_state, redact, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
 from lnsub.trainables.testbed.rehearsal import ensure_rehearsal
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 GRID_HELP = f"A shipped grid ({', '.join(SHIPPED)}) or a YAML path."
+TaskName = enum.Enum("TaskName", {t: t for t in TASKS}, type=str)  # --task's choices, shown in --help
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Language-neutral sub-networks: lottery-ticket sweeps over languages x tasks x sparsity.")
 console = Console()
 
@@ -47,8 +50,20 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from lnsub.trainables.spec import SCHEMA
+
+        console.print(f"lnsub {version('lnsub')} (spec schema {SCHEMA})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and Ray's and MLflow's own."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print lnsub's version and exit.")) -> None:
     _setup_logging(verbose)
 
 
@@ -96,10 +111,15 @@ def ray_token(path: str = typer.Option("~/.lnsub/ray_auth_token", "--path",
 
 
 # --- options shared by every command that reads a sweep ---------------------------------------------
-NameOpt = typer.Option(None, "--name", help="The sweep's name (default: the grid's name).")
-StorageOpt = typer.Option(DEFAULT_STORAGE, "--storage", help="Where cells, sweeps and the default MLflow store live.")
-TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: SQLite inside --storage).")
-DataDirOpt = typer.Option(None, "--data-dir", help="Local copies of the datasets, DIR/<task>/<language>/<split>.jsonl "
+NameOpt = typer.Option(None, "--name", metavar="NAME", help="The sweep's name (default: the grid's name).")
+StorageOpt = typer.Option(DEFAULT_STORAGE, "--storage", metavar="PATH|URI", envvar="LNSUB_STORAGE", show_envvar=True,
+                          help="Where cells, sweeps and the default MLflow store live: a folder or s3://bucket/prefix.")
+TrackingOpt = typer.Option(None, "--tracking-uri", metavar="URI", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+                           help="MLflow tracking URI (default: the sweep's own, or SQLite inside --storage).")
+AddressOpt = typer.Option(None, "--address", metavar="HOST:PORT", envvar="RAY_ADDRESS", show_envvar=True,
+                          help="A running Ray cluster ('auto' on one of its nodes; joined with its token, "
+                               "RAY_AUTH_TOKEN_PATH); default: a private local Ray.")
+DataDirOpt = typer.Option(None, "--data-dir", metavar="DIR", help="Local copies of the datasets, DIR/<task>/<language>/<split>.jsonl "
                                                     "(or .json, .parquet) in the hub's schema, for every real-language "
                                                     "cell (over a grid's data_dir; part of the cell ids). "
                                                     "Default: the Hugging Face Hub.")
@@ -110,27 +130,28 @@ def _fmt_hours(h: float) -> str:
 
 
 @app.command()
-def plan(grid: str = typer.Option("smoke", "--grid", help=GRID_HELP),
+def plan(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_HELP),
          workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
          gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
-         gpus: int = typer.Option(None, "--gpus", help="Also show the sweep's makespan on this many GPUs "
-                                                       "(CPU workers for a CPU-only grid) beside its lower bound."),
+         gpus: int = typer.Option(None, "--devices", "--gpus", metavar="N",
+                                  help="Also show the sweep's makespan on N devices beside its lower bound: GPUs, "
+                                       "or CPU workers for a CPU-only grid (--gpus is the same option)."),
          max_concurrent: int = typer.Option(None, "--max-concurrent", help="The sweep's cap on cells at once."),
          data_dir: str = DataDirOpt) -> None:
     """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
     if gpus is not None and not 1 <= gpus <= makespan.MAX_DEVICES:
-        raise LnsubError(f"--gpus must lie in [1, {makespan.MAX_DEVICES:,}], got {gpus}")
+        raise LnsubError(f"--devices must lie in [1, {makespan.MAX_DEVICES:,}], got {gpus}")
     if max_concurrent is not None and not 1 <= max_concurrent <= makespan.MAX_DEVICES:
         raise LnsubError(f"--max-concurrent must lie in [1, {makespan.MAX_DEVICES:,}], got {max_concurrent}")
     p = make_plan(grid, data_dir=data_dir, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
     schedule = _schedule(p, gpus, max_concurrent) if gpus is not None else None
     r = p.resources
     table = Table(title=f"grid {p.name}: {len(p.cells)} cells ({p.source})")
-    for col in ("cell id", "task", "language", "seed", "levels", "sparsity", "expected"):
+    for col in ("cell id", "task", "language", "seed", "levels", "sparsity", "expected"):  # levels: 0 (dense) .. L
         table.add_column(col)
     for c in p.cells:
         s = c.spec
-        table.add_row(s.id, s.task, s.language, str(s.seed), str(s.levels + 1),
+        table.add_row(s.id, s.task, s.language, str(s.seed), f"0..{s.levels}",
                       f"0-{s.sparsities[-1]:.0%}", _fmt_hours(c.cost_hours))
     console.print(table)
     for sk in p.skipped:
@@ -155,7 +176,7 @@ def _schedule(p, devices: int, max_concurrent: int | None) -> makespan.Schedule:
                                  max_concurrent)
     except ValueError:
         per_cell = makespan.devices_per_cell(r.workers_per_cell, r.gpus_per_worker)
-        raise LnsubError(f"--gpus {devices}: one cell holds {per_cell:g} {'GPUs' if r.gpus_per_worker else 'CPU workers'}"
+        raise LnsubError(f"--devices {devices}: one cell holds {per_cell:g} {'GPUs' if r.gpus_per_worker else 'CPU workers'}"
                          f" ({r.workers_per_cell} workers per cell), more than there are") from None
 
 
@@ -183,20 +204,38 @@ def _print_makespan(p, s: makespan.Schedule, max_concurrent: int | None) -> None
                   f"and holds w x {r.gpus_per_worker or 1:g} {unit}(s) while it runs")
 
 
-def _progress_table(statuses) -> Table:
+def _progress_title(statuses, estimate=None, elapsed: float | None = None) -> str:
     counts = status_counts(statuses)
-    table = Table(title=", ".join(f"{v} {k}" for k, v in counts.items()))
-    for col in ("cell", "state", "level", "score"):
+    parts = [f"{counts['done']}/{len(statuses)} cells done"] + [f"{v} {k}" for k, v in counts.items()
+                                                               if v and k != "done"]
+    if elapsed is not None:
+        parts.append(f"elapsed {progress.duration(elapsed)}")
+    if estimate is not None and estimate.done < estimate.total:
+        basis = (f"grid's cost x {estimate.factor:.2f} measured on {estimate.measured_levels} level(s)"
+                 if estimate.measured_levels else "grid's cost_hours")
+        parts.append(f"ETA ~{progress.duration(estimate.remaining_seconds)} ({basis})")
+    return ", ".join(parts)
+
+
+def _progress_table(statuses, estimate=None, elapsed: float | None = None) -> Table:
+    """One row a cell: its state, its last finished level of the grid's `levels` (0: dense) with that level's
+    sparsity, and the score there with its metric's name."""
+    table = Table(title=_progress_title(statuses, estimate, elapsed))
+    for col in ("cell", "id", "state", "level", "sparsity", "score"):
         table.add_column(col)
     colour = {"done": "green", "running": "yellow", "interrupted": "magenta", "failed": "red", "pending": "dim"}
     for st in statuses:
-        table.add_row(st.spec.id, f"[{colour[st.state]}]{st.state}[/]", f"{st.levels_done}/{st.spec.levels + 1}",
-                      "" if st.score is None else f"{st.score:.4f}")
+        s = st.spec
+        level = "-" if st.last_level is None else f"{st.last_level} of {s.levels}"
+        score = "" if st.score is None else f"{s.task} {st.metric} {st.score:.4g}"
+        table.add_row(f"{s.task}/{s.language}/s{s.seed}", s.id.rsplit("-", 1)[-1][:8],
+                      f"[{colour[st.state]}]{st.state}[/]", level,
+                      "" if st.sparsity is None else f"{st.sparsity:.0%}", score)
     return table
 
 
 @app.command()
-def sweep(grid: str = typer.Option(None, "--grid", help=GRID_HELP),
+def sweep(grid: str = typer.Option(None, "--grid", metavar="GRID", help=GRID_HELP),
           name: str = NameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
           workers_per_cell: int = typer.Option(None, "--workers-per-cell", help="Ray Train workers per cell."),
           gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
@@ -204,25 +243,27 @@ def sweep(grid: str = typer.Option(None, "--grid", help=GRID_HELP),
           resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of this --name."),
           checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1,
                                                help="Optimizer steps between a round's checkpoints."),
-          address: str = typer.Option(None, "--address", help="Ray cluster to use ('auto' on a cluster node); "
-                                                               "default: a private local instance."),
+          address: str = AddressOpt,
           max_failures: int = typer.Option(3, "--max-failures", min=0,
                                            help="Retries of a cell whose trial dies (a lost node, a store outage)."),
           data_dir: str = DataDirOpt) -> None:
     """Run the grid as a Ray Tune sweep: one trial per cell, fault tolerant, resumable, tracked in MLflow."""
     if name is not None:  # before anything else: an empty --name must not fall back to the grid's name
         check_name(name, "--name")
-    if grid is None and not (resume and name):
+    if resume and name is None:
+        raise LnsubError("--resume continues the sweep named by --name (lnsub status lists the sweeps in --storage)")
+    if grid is None and not resume:
         grid = "smoke"
-    live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
-    last_line = [0.0]
+    # transient: the live view goes when the sweep ends, and the final table is printed once
+    live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+    last_line, began = [0.0], time.time()
 
-    def render(statuses) -> None:
+    def render(statuses, estimate) -> None:
         if live is not None:
-            live.update(_progress_table(statuses))
+            live.update(_progress_table(statuses, estimate, time.time() - began))
         elif time.time() - last_line[0] > 30:
             last_line[0] = time.time()
-            console.print(", ".join(f"{v} {k}" for k, v in status_counts(statuses).items()))
+            console.print(_progress_title(statuses, estimate, time.time() - began))
 
     with live if live is not None else contextlib.nullcontext():
         result = run_sweep(grid, name=name, storage=storage, tracking_uri=tracking_uri,
@@ -232,6 +273,8 @@ def sweep(grid: str = typer.Option(None, "--grid", help=GRID_HELP),
                            checkpoint_every=checkpoint_every, data_dir=data_dir)
     console.print(_progress_table(result.statuses))
     counts = status_counts(result.statuses)
+    if not result.errors and counts["done"] == len(result.statuses):
+        console.print(f"nothing left to do: every cell of sweep [bold]{result.name}[/bold] was done already")
     console.print(f"sweep [bold]{result.name}[/bold] ran for {result.seconds:.0f} s "
                   f"({result.compute_seconds:.0f} s of cell compute): {counts['done']}/{len(result.statuses)} cells done")
     where = objectstore.location_of(result.storage)  # a store's URI, not this process's scratch copy of it
@@ -254,9 +297,21 @@ def sweep(grid: str = typer.Option(None, "--grid", help=GRID_HELP),
 
 
 @app.command()
-def status(name: str = typer.Option(..., "--name", help="The sweep's name."), storage: str = StorageOpt,
-           tracking_uri: str = TrackingOpt) -> None:
-    """Where a sweep stands, read from storage alone (Ray need not run)."""
+def status(name: str = typer.Option(None, "--name", metavar="NAME",
+                                    help="The sweep's name (default: list every sweep in --storage)."),
+           storage: str = StorageOpt, tracking_uri: str = TrackingOpt) -> None:
+    """Where a sweep stands, or every sweep in the storage, read from storage alone (Ray need not run)."""
+    if name is None:
+        sweeps = list_sweeps(storage)
+        table = Table(title=f"sweeps in {objectstore.location_of(check_storage(storage))}")
+        for col in ("sweep", "grid", "cells", "done", "running", "interrupted", "failed", "pending", "driver"):
+            table.add_column(col)
+        for state, counts, alive in sweeps:
+            table.add_row(state.name, state.grid_name, str(len(state.cells)),
+                          *(str(counts[k]) for k in ("done", "running", "interrupted", "failed", "pending")),
+                          "running" if alive else "none")
+        console.print(table if sweeps else "no sweeps here yet (lnsub sweep --grid smoke starts one)")
+        return
     state, statuses = sweep_status(name, storage)
     console.print(_progress_table(statuses))
     if any(s.state == "interrupted" for s in statuses):
@@ -307,9 +362,9 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
     mlflow_ui.serve(["ui", "--backend-store-uri", uri, *serve], env)
 
 
-OutOpt = typer.Option(None, "--out", help="Analysis folder; each analysis writes its own subfolder there "
+OutOpt = typer.Option(None, "--out", metavar="PATH", help="Analysis folder; each analysis writes its own subfolder there "
                                           "(default: <storage>/sweeps/<name>/analysis).")
-SweepNameOpt = typer.Option(..., "--name", help="The sweep's name.")
+SweepNameOpt = typer.Option(..., "--name", metavar="NAME", help="The sweep's name.")
 
 
 @app.command()
@@ -336,18 +391,17 @@ def similarity(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri
 def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt, out: str = OutOpt,
              level: int = typer.Option(..., "--level", help="IMP level whose masks are transferred "
                                                             "(level k has sparsity k x prune_fraction)."),
-             task: list[str] = typer.Option(None, "--task", help="Only this task (repeatable; default: all)."),
+             task: list[TaskName] = typer.Option(None, "--task", metavar="[mlm|ner|xnli]", help="Only this task (repeatable; default: all)."),
              cross_task: bool = typer.Option(False, "--cross-task", help="Add rows: the same language's ticket "
                                                                          "from each other task."),
              max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on jobs at once."),
-             address: str = typer.Option(None, "--address", help="Ray cluster to use (default: a private "
-                                                                  "local instance).")) -> None:
+             address: str = AddressOpt) -> None:
     """Transfer matrix: each source's mask trained on each target language (Ray Tune; rerun to resume)."""
     progress = Progress(TextColumn("transfer jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, disable=not console.is_terminal)
     bar = progress.add_task("jobs", total=None)
     with progress:
-        result = analyses.transfer(name, storage, level, tracking_uri, out, tasks=task or None,
+        result = analyses.transfer(name, storage, level, tracking_uri, out, tasks=[t.value for t in task] or None,
                                    cross_task=cross_task, max_concurrent=max_concurrent, address=address,
                                    render=lambda done, total: progress.update(bar, completed=done, total=total))
     table = Table(title=f"mean relative drop per source at level {level} (successes: within one std)")

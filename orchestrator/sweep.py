@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lnsub.orchestrator import lease, ray_backend, tracking
+from lnsub.orchestrator import lease, progress, ray_backend, tracking
 from lnsub.orchestrator.grid import Plan, Resources
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.jobs import Batch, placement_for, prepare_testbed, run_jobs
@@ -27,7 +27,7 @@ from lnsub.trainables.metrics import LEVEL_SECONDS
 from lnsub.trainables.store import CellStore
 from lnsub.trainables.sweep_state import (FAILURES_DIR, CellStatus, PlannedCell, SweepState, cell_statuses, check_name,
                                     check_storage, exists, load_state, pull_cells, redact, save_state,
-                                          sweep_dir)
+                                          status_counts, sweep_dir)
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "./lnsub-runs"
@@ -59,6 +59,7 @@ class Monitor:
 
     def __init__(self, storage: Path, state: SweepState, tracking_uri: str, render):
         self.storage, self.state, self.tracking_uri, self.render = storage, state, tracking_uri, render
+        self.slots = 1  # cells at once, once the scheduler has chosen (started)
         self.synced = False
         self.settled: set[str] = set()  # cells finished and fully logged: not asked about again
         self.lock = threading.Lock()
@@ -96,7 +97,15 @@ class Monitor:
                 self._report(what, e)
 
     def _draw(self) -> None:
-        self.render(cell_statuses(self.storage, self.state, driver_alive=True))
+        statuses = cell_statuses(self.storage, self.state, driver_alive=True)
+        self.render(statuses, progress.estimate(statuses, {c.id: c.cost_hours for c in self.state.cells},
+                                                self.slots))
+
+    def started(self, slots: int) -> None:
+        self.slots = slots
+        log.info("sweep %s: %d cells to run, up to %d at a time; storage %s", self.state.name,
+                 sum(not CellStore(self.storage, s).finished() for s in self.state.specs), slots,
+                 objectstore.location_of(self.storage))
 
 
 def new_state(p: Plan, name: str, tracking_uri: str) -> SweepState:
@@ -208,19 +217,20 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
 def _run_cells(root: Path, state: SweepState, tracking_uri: str, res: Resources, render, *, address, max_concurrent, max_failures,
                checkpoint_every, sync_interval, final_sync_wait) -> tuple[dict[str, str | None], bool]:
     """The unfinished cells as Tune trials, the monitor beside them; (errors by cell id, whether MLflow is synced)."""
-    prepare_testbed(state.specs)
-    monitor = Monitor(root, state, tracking_uri, render or (lambda statuses: None))
-    threading.Thread(target=monitor.sync_once, daemon=True).start()  # the experiment, while cells train
+    monitor = Monitor(root, state, tracking_uri, render or (lambda statuses, estimate: None))
     pull_cells(root, state.specs, skip_finished=True)
     pending = [c for c in state.cells if not CellStore(root, c.spec).finished()]
+    if not pending:
+        log.info("sweep %s: every cell is done already; nothing left to do", state.name)
+        return {}, _final_sync(monitor, final_sync_wait)
+    prepare_testbed([c.spec for c in pending])
+    threading.Thread(target=monitor.sync_once, daemon=True).start()  # the experiment, while cells train
     batch = Batch("cell", [{"id": c.id, "spec": c.spec.to_dict()} for c in pending], f"sweep-{state.name}",
                   sweep_dir(root, state.name) / FAILURES_DIR, root)
     placement = placement_for(state.specs, res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
     errors = run_jobs(batch, placement, address=address, max_concurrent=max_concurrent, max_failures=max_failures,
                       checkpoint_every=checkpoint_every, watch=monitor.tick, watch_interval=sync_interval,
-                      started=lambda k: log.info("sweep %s: %d of %d cells to run, up to %d at a time; storage %s",
-                                                 state.name, len(pending), len(state.cells), k,
-                                                 objectstore.location_of(root)))
+                      started=monitor.started)
     return errors, _final_sync(monitor, final_sync_wait)
 
 
@@ -243,6 +253,23 @@ def sweep_status(name: str, storage: str = DEFAULT_STORAGE) -> tuple[SweepState,
     root = check_storage(storage)
     state = load_state(root, name)
     return state, cell_statuses(root, state, driver_alive(root, name))
+
+
+def list_sweeps(storage: str = DEFAULT_STORAGE) -> list[tuple[SweepState, dict[str, int], bool]]:
+    """Every sweep in a storage: its plan, its cells' state counts, whether a driver holds it now."""
+    root = check_storage(storage)
+    objectstore.pull(root / "sweeps", exclude=("tune", "lease", "analysis", "transfer"))
+    out = []
+    for path in sorted((root / "sweeps").glob("*/sweep.json")):
+        name = path.parent.name
+        try:
+            state = load_state(root, check_name(name))
+        except LnsubError as e:
+            log.warning("skipped %s: %s", path.parent, e)
+            continue
+        alive = driver_alive(root, name)
+        out.append((state, status_counts(cell_statuses(root, state, alive)), alive))
+    return out
 
 
 def sync_sweep(name: str, storage: str = DEFAULT_STORAGE, tracking_uri: str | None = None) -> dict:

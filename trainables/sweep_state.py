@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from lnsub.trainables import objectstore
 from lnsub.trainables.atomic import read_json, remove, write_json
 from lnsub.trainables.errors import LnsubError
-from lnsub.trainables.metrics import SCORE
+from lnsub.trainables.metrics import LEVEL_SECONDS, METRIC, SCORE, SPARSITY
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
 
@@ -188,9 +188,17 @@ def save_state(storage: str | Path, state: SweepState) -> None:
 class CellStatus:
     spec: CellSpec
     state: str  # one of STATES
-    levels_done: int
-    score: float | None
+    levels_done: int  # levels 0.. finished (the spec's `levels` is the last one: levels + 1 in all)
+    score: float | None  # the last finished level's validation metric ...
     error: str | None = None
+    metric: str | None = None  # ... and its name
+    sparsity: float | None = None  # that level's
+    seconds: float = 0.0  # the finished levels' own wall time
+
+    @property
+    def last_level(self) -> int | None:
+        """The last finished level (0: the dense model), or None before level 0 ends."""
+        return self.levels_done - 1 if self.levels_done else None
 
 
 def failure_note(storage: str | Path, name: str, unit_id: str) -> Path:
@@ -200,7 +208,8 @@ def failure_note(storage: str | Path, name: str, unit_id: str) -> Path:
 
 def cell_status(store: CellStore, error: str | None, driver_alive: bool) -> CellStatus:
     done = [k for k in range(store.spec.levels + 1) if store.level_done(k)]
-    score = store.metrics(done[-1])[SCORE] if done else None
+    records = [store.metrics(k) for k in done]
+    last = records[-1] if records else {}
     if store.finished():
         state = "done"
     elif error:
@@ -209,7 +218,8 @@ def cell_status(store: CellStore, error: str | None, driver_alive: bool) -> Cell
         state = "running" if driver_alive else "interrupted"
     else:
         state = "pending"
-    return CellStatus(store.spec, state, len(done), score, error)
+    return CellStatus(store.spec, state, len(done), last.get(SCORE), error, last.get(METRIC), last.get(SPARSITY),
+                      sum(float(r.get(LEVEL_SECONDS) or 0.0) for r in records))
 
 
 def cell_statuses(storage: str | Path, state: SweepState, driver_alive: bool = False) -> list[CellStatus]:

@@ -185,8 +185,8 @@ def test_a_sweep_that_cannot_start_on_this_machine_is_refused_before_anything_is
 
 
 @pytest.mark.parametrize("options,message", [
-    (["--gpus", "100000000000000"], "--gpus must lie in [1, 100,000]"),
-    (["--gpus", "0"], "--gpus must lie in [1, 100,000]"),
+    (["--gpus", "100000000000000"], "--devices must lie in [1, 100,000]"),
+    (["--gpus", "0"], "--devices must lie in [1, 100,000]"),
     (["--gpus", "8", "--max-concurrent", "1000000"], "--max-concurrent must lie in [1, 100,000]")])
 def test_plan_bounds_what_it_simulates(lnsub_cli, tmp_path, options, message):
     _check(lnsub_cli("plan", "--grid", "smoke", *options, cwd=tmp_path), message, tmp_path / "runs")

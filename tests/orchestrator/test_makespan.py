@@ -163,9 +163,9 @@ def test_plan_full_is_within_five_percent_of_the_bound(monkeypatch, capsys, gpus
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--gpus", "0"], "--gpus must lie in [1, 100,000], got 0"),
+    (["--gpus", "0"], "--devices must lie in [1, 100,000], got 0"),
     (["--gpus", "8", "--max-concurrent", "0"], "--max-concurrent must lie in [1, 100,000], got 0"),
-    (["--gpus", "1", "--workers-per-cell", "2"], "--gpus 1: one cell holds 2 GPUs"),
+    (["--gpus", "1", "--workers-per-cell", "2"], "--devices 1: one cell holds 2 GPUs"),
 ])
 def test_plan_refuses_bad_device_counts_in_one_line(monkeypatch, capsys, args, message):
     code, out = _plan_output(monkeypatch, capsys, "--grid", "full", *args)

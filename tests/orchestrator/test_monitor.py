@@ -21,7 +21,7 @@ def a_monitor(tmp_path, render) -> Monitor:
 def test_every_failure_is_reported_once_with_its_type_and_the_monitor_goes_on(tmp_path, monkeypatch, caplog):
     calls = {"render": 0, "sync": 0}
 
-    def render(statuses):
+    def render(statuses, estimate):
         calls["render"] += 1
         if calls["render"] <= 2:
             raise PermissionError(13, "Permission denied", "cells/x/level_0/DONE")
