@@ -23,6 +23,7 @@ from lnsub.orchestrator import analyses, makespan, progress, ray_backend, tracki
 from lnsub.orchestrator import ui as mlflow_ui
 from lnsub.orchestrator.grid import SHIPPED
 from lnsub.orchestrator.grid import plan as make_plan
+from lnsub.orchestrator.study import run_study
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, list_sweeps, run_sweep, sweep_status, sync_sweep
 from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
@@ -48,6 +49,10 @@ def _setup_logging(verbose: bool) -> None:
     for ray_logger in ("ray", "ray.tune", "ray.train"):  # a trial's failure is one line of ours; Ray's dump with -v
         logging.getLogger(ray_logger).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:  # transformers' "Loading weights" bars would tear the live view
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # MLflow configures its own loggers when imported ("Creating initial MLflow database tables..."): tell it first
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "DEBUG" if verbose else "WARNING")
 
 
 def _version(value: bool) -> None:
@@ -294,6 +299,41 @@ def sweep(grid: str = typer.Option(None, "--grid", metavar="GRID", help=GRID_HEL
         console.print(f"[magenta]stopped[/magenta] with {unfinished} cell(s) unfinished; resume with: lnsub sweep "
                       f"--name {result.name} --storage {storage} --resume")
         raise typer.Exit(130)
+
+
+@app.command()
+def study(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_HELP),
+          name: str = NameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+          control: str = typer.Option(None, "--control", metavar="GRID",
+                                      help="A control grid (the same grid on a non-multilingual model): its study "
+                                           "too, and its claims side by side (default: the grid's study.control)."),
+          max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on cells or jobs at once."),
+          address: str = AddressOpt) -> None:
+    """A grid's whole study: sweep, analyze, transfer, similarity, report; resumable (rerun it), nothing redone."""
+    if name is not None:
+        check_name(name, "--name")
+    live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
+    began = time.time()
+
+    def render(statuses, estimate) -> None:
+        if live is not None:
+            live.update(_progress_table(statuses, estimate, time.time() - began))
+
+    def announce(text: str) -> None:
+        console.print(f"[dim]{progress.duration(time.time() - began):>6}[/dim] study {text}")
+
+    with live if live is not None else contextlib.nullcontext():
+        result = run_study(grid, name=name, storage=storage, tracking_uri=tracking_uri, control=control,
+                           address=address, max_concurrent=max_concurrent, announce=announce, render=render)
+    table = Table(title=f"the paper's claims on {result.name}")
+    for col in ("claim", "verdict", "statement"):
+        table.add_column(col)
+    for row in result.claims:
+        table.add_row(row.get("claim", ""), row.get("verdict", ""), row.get("statement", ""))
+    console.print(table)
+    console.print(f"study [bold]{result.name}[/bold] finished in {progress.duration(time.time() - began)} "
+                  f"({len(result.ran)} step(s) run, {len(result.skipped)} kept from before)")
+    console.print(f"report: [bold]{result.report}[/bold]  (open it in a browser: file://{result.report})", soft_wrap=True)
 
 
 @app.command()

@@ -26,7 +26,8 @@ from lnsub.trainables.testbed.languages import TWINS, is_synthetic
 
 SHIPPED = ("smoke", "science", "science-control", "science-mt5", "full-synthetic", "full", "rehearsal", "smoke-mt5", "full-mt5")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
-             "description"}
+             "description", "study"}
+STUDY_FIELDS = {"transfer_levels", "transfer_tasks", "control"}  # what `lnsub study` reads (orchestrator/study.py)
 REQUIRED = ("model", "languages", "tasks", "levels", "prune_fraction")
 GRID_LEVEL_FIELDS = {"model", "task", "language", "seed", "levels", "prune_fraction"}  # not overridable per task
 MAX_GRID_BYTES = 1 << 20
@@ -241,6 +242,28 @@ def _check_resources_and_cost(data: dict, source: str) -> None:
         _check_number(source, f"cost_hours.{task}", hours, 0)
 
 
+def _check_study(data: dict, source: str) -> None:
+    study = data.get("study", {})
+    _check_type(source, "study", study, dict)
+    for key in study:
+        if key not in STUDY_FIELDS:
+            _fail(source, f"study.{key}", f"unknown field (known: {', '.join(sorted(STUDY_FIELDS))})")
+    levels = study.get("transfer_levels", [])
+    _check_type(source, "study.transfer_levels", levels, list)
+    for i, level in enumerate(levels):
+        _check_type(source, f"study.transfer_levels[{i}]", level, int)
+        if not 1 <= level <= data["levels"]:
+            _fail(source, f"study.transfer_levels[{i}]", f"must lie in 1..{data['levels']} (the grid's levels), "
+                                                        f"got {level}")
+    tasks = study.get("transfer_tasks", [])
+    _check_type(source, "study.transfer_tasks", tasks, list)
+    for i, task in enumerate(tasks):
+        if task not in data["tasks"]:
+            _fail(source, f"study.transfer_tasks[{i}]", f"{task!r} is not one of the grid's tasks")
+    if "control" in study:
+        _check_type(source, "study.control", study["control"], str)
+
+
 def validate_grid(data: dict, source: str) -> None:
     unknown = set(data) - TOP_LEVEL
     if unknown:
@@ -255,6 +278,7 @@ def validate_grid(data: dict, source: str) -> None:
     _check_seeds(data, source)
     _check_tasks(data, source)
     _check_resources_and_cost(data, source)
+    _check_study(data, source)
     cells = len(data["languages"]) * len(data["tasks"]) * len(data.get("seeds", [0]))
     if cells > MAX_CELLS:
         _fail(source, "languages x tasks x seeds", f"{cells:,} cells; at most {MAX_CELLS:,} in one grid")

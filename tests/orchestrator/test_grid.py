@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -260,3 +261,25 @@ def test_relative_model_and_data_paths_are_read_from_the_current_folder(tmp_path
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(LnsubError, match=r"tasks\.ner\.data_dir: '\./data' is not a folder"):
         plan(str(grid))
+
+
+def test_a_study_transfers_near_50_percent_and_at_the_end_unless_the_grid_says():
+    from lnsub.orchestrator.study import transfer_levels
+    from lnsub.orchestrator.sweep import new_state
+
+    assert transfer_levels(new_state(plan("smoke"), "s", "sqlite:///x")) == [3]  # 30% is nearest 50%, and last
+    assert transfer_levels(new_state(plan("full"), "f", "sqlite:///x")) == [5, 9]  # 50% and 90%
+    assert transfer_levels(new_state(plan("science"), "s", "sqlite:///x")) == [3, 5]  # the grid's study levels
+
+
+@pytest.mark.parametrize("study, words", [
+    ({"transfer_levels": [9]}, "study.transfer_levels[0]: must lie in 1..3"),
+    ({"transfer_tasks": ["pos"]}, "study.transfer_tasks[0]: 'pos' is not one of the grid's tasks"),
+    ({"colour": 1}, "study.colour: unknown field"),
+])
+def test_a_bad_study_section_is_one_line(tmp_path, study, words):
+    grid = yaml.safe_load(grid_path("smoke").read_text())
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({**grid, "study": study}))
+    with pytest.raises(LnsubError, match=re.escape(words)):
+        plan(str(path))
