@@ -27,9 +27,12 @@ from lnsub.trainables.sweep_state import redact
 
 log = logging.getLogger(__name__)
 
-# what a level logs (names from trainables.metrics, their one home)
-LEVEL_METRICS = (M.SPARSITY, M.DENSITY, M.SCORE, *M.TASK_METRICS, M.TRAIN_LOSS, M.LEVEL_SECONDS, M.SECONDS_PER_STEP)
-MARKER_METRIC = M.SPARSITY  # a level is logged when this metric has its step
+# what a level logs (names from trainables.metrics, their one home); a task's own metrics carry its name, so
+# that `accuracy` never means masked-token accuracy in one run and XNLI's in another
+LEVEL_METRICS = (M.LEVEL, M.SPARSITY, M.DENSITY, M.TRAIN_LOSS, M.LEVEL_SECONDS, M.SECONDS_PER_STEP)
+TASK_METRIC_NAMES = {("mlm", M.ACCURACY): "mlm_masked_accuracy"}  # the rest are <task>_<metric>
+MARKER_METRIC = M.LEVEL  # a level is logged when this metric holds its value
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow's classic view, not its GenAI one
 TAG_SWEEP, TAG_CELL, TAG_ROLE = "lnsub.sweep", "lnsub.cell_id", "lnsub.role"
 CELL_TAGS = ("model", "task", "language", "seed")
 
@@ -65,7 +68,8 @@ def _experiment_id(client, sweep: str, storage: Path, tracking_uri: str) -> str:
     where = objectstore.location_of(storage)
     location = None if not local_store else (f"{where}/mlartifacts" if objectstore.is_remote(where)
                                              else (Path(where) / "mlartifacts").as_uri())
-    return client.create_experiment(experiment_name(sweep), artifact_location=location, tags={TAG_SWEEP: sweep})
+    return client.create_experiment(experiment_name(sweep), artifact_location=location,
+                                    tags={TAG_SWEEP: sweep, **EXPERIMENT_KIND})
 
 
 def _runs_by_tag(client, experiment_id: str, sweep: str) -> tuple[object | None, dict[str, object]]:
@@ -80,6 +84,34 @@ def _runs_by_tag(client, experiment_id: str, sweep: str) -> tuple[object | None,
     return parent, cells
 
 
+def task_metric(task: str, metric: str) -> str:
+    """The MLflow name of a task's metric: xnli_accuracy, mlm_perplexity, mlm_masked_accuracy, ner_f1, ..."""
+    return TASK_METRIC_NAMES.get((task, metric), f"{task}_{metric}")
+
+
+def run_name(spec: CellSpec) -> str:
+    """A cell's run as a person reads it: xnli/syn-en/s0."""
+    return f"{spec.task}/{spec.language}/s{spec.seed}"
+
+
+def level_steps(spec: CellSpec) -> dict[int, int]:
+    """The step each level is logged at: its sparsity in percent, so MLflow's charts run against sparsity (the
+    level itself where two levels would round to one percent)."""
+    steps = {k: int(round(100 * s)) for k, s in enumerate(spec.sparsities)}
+    return steps if len(set(steps.values())) == len(steps) else {k: k for k in steps}
+
+
+def level_metrics(spec: CellSpec, record: dict, now: int) -> list:
+    """A finished level's metrics, each at the level's step."""
+    from mlflow.entities import Metric
+
+    step = level_steps(spec)[record[M.LEVEL]]
+    names = {k: k for k in LEVEL_METRICS}
+    names.update({k: task_metric(spec.task, k) for k in M.TASK_METRICS})
+    return [Metric(name, float(record[k]), now, step) for k, name in names.items()
+            if isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool)]
+
+
 def _flat_params(spec: CellSpec) -> dict[str, str]:
     return {k: "None" if v is None else str(v) for k, v in spec.to_dict().items()}
 
@@ -92,7 +124,7 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
     `settled` (updated in place) holds cells known to be finished and fully logged in
     this tracking store; a caller that syncs repeatedly passes the same set to skip them.
     """
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     storage = Path(storage)
     client = _client(tracking_uri)
@@ -113,23 +145,21 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
         if run is None:
             if not store.has_spec():
                 continue  # not started: no run yet, so the UI lists what ran
-            tags = {TAG_SWEEP: sweep, TAG_CELL: spec.id, TAG_ROLE: "cell", "mlflow.parentRunId": parent.info.run_id,
+            # a run of its own, listed directly (not folded under the sweep's run), named as a person reads it
+            tags = {TAG_SWEEP: sweep, TAG_CELL: spec.id, TAG_ROLE: "cell",
                     **{f"lnsub.{k}": str(getattr(spec, k)) for k in CELL_TAGS}}
-            run = client.create_run(exp_id, run_name=spec.id, tags=tags)
+            run = client.create_run(exp_id, run_name=run_name(spec), tags=tags)
             client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in _flat_params(spec).items()])
             counts["runs_created"] += 1
         run_id = run.info.run_id
-        logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
+        logged = {int(m.value) for m in client.get_metric_history(run_id, MARKER_METRIC)}
         for record in store.all_metrics():
             level = record[M.LEVEL]
             if level in logged:
                 continue
             for path in store.mask_files(level):
                 client.log_artifact(run_id, str(path), artifact_path=f"masks/level_{level}")
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, float(record[k]), now, level) for k in LEVEL_METRICS
-                       if isinstance(record.get(k), (int, float))]
-            client.log_batch(run_id, metrics=metrics)
+            client.log_batch(run_id, metrics=level_metrics(spec, record, int(time.time() * 1000)))
             counts["levels_logged"] += 1
         if store.finished():
             if run.info.status != "FINISHED":
@@ -141,6 +171,15 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
     if len(settled) == len(specs) and parent.info.status != "FINISHED":
         client.set_terminated(parent.info.run_id, "FINISHED")
     return counts
+
+
+def experiment_id(tracking_uri: str, sweep: str) -> str | None:
+    """The id of a sweep's experiment in a tracking store (None if it has none yet, or the store does not answer)."""
+    try:
+        exp = _client(tracking_uri).get_experiment_by_name(experiment_name(sweep))
+    except Exception:  # noqa: BLE001 - only a convenience for the URL lnsub ui prints
+        return None
+    return None if exp is None else exp.experiment_id
 
 
 def find_cell_runs(sweep: str, tracking_uri: str) -> dict[str, list]:
@@ -172,8 +211,10 @@ def log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: str, 
     exp_id = _experiment_id(client, sweep, Path(storage), tracking_uri)
     tag = f"analysis:{role}"
     runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_ROLE}` = '{tag}'")
+    parent, _ = _runs_by_tag(client, exp_id, sweep)
+    nested = {"mlflow.parentRunId": parent.info.run_id} if parent is not None else {}
     run = runs[0] if runs else client.create_run(exp_id, run_name=f"{sweep}-{role}",
-                                                 tags={TAG_SWEEP: sweep, TAG_ROLE: tag})
+                                                 tags={TAG_SWEEP: sweep, TAG_ROLE: tag, **nested})
     run_id = run.info.run_id
     client.log_artifacts(run_id, str(folder), artifact_path=role)
     now = int(time.time() * 1000)  # options as tags: a rerun with other options updates them, params cannot change

@@ -68,10 +68,15 @@ def assert_complete_in_storage_and_mlflow(storage: Path, name: str, tracking_uri
         assert tags["lnsub.sweep"] == name and tags["lnsub.cell_id"] == spec.id
         assert (tags["lnsub.model"], tags["lnsub.task"], tags["lnsub.language"], tags["lnsub.seed"]) == \
             (spec.model, spec.task, spec.language, str(spec.seed))
+        levels = sorted(m.value for m in client.get_metric_history(run.info.run_id, "level"))
+        assert levels == list(range(spec.levels + 1)), (spec.id, levels)  # every level exactly once
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "sparsity"))
-        assert steps == list(range(spec.levels + 1)), (spec.id, steps)  # every level exactly once
-        scores = sorted(m.step for m in client.get_metric_history(run.info.run_id, "score"))
-        assert scores == steps
+        assert steps == sorted(tracking.level_steps(spec).values())  # charted against sparsity, in percent
+        metric = CellStore(storage, spec).metrics(0)["metric"]
+        scores = sorted(m.step for m in client.get_metric_history(run.info.run_id,
+                                                                   tracking.task_metric(spec.task, metric)))
+        assert scores == steps and run.info.run_name == f"{spec.task}/{spec.language}/s{spec.seed}"
+        assert "mlflow.parentRunId" not in tags  # listed directly, not folded under the sweep's run
         for k in range(spec.levels + 1):
             names = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, f"masks/level_{k}")}
             assert names == {"mask.npz", "mask.json"}, (spec.id, k)
@@ -94,7 +99,7 @@ def test_smoke_sweep_through_the_cli(smoke_sweep):
         assert dense["ner", lang] > 0.8, dense
     status = lnsub("status", "--name", "smoke", cwd=cwd)
     text, _ = status.communicate(timeout=120)
-    assert status.returncode == 0 and "9 done, 0 running, 0 interrupted, 0 failed, 0 pending" in text
+    assert status.returncode == 0 and "9/9 cells done" in text and "running" not in text and "interrupted" not in text
     again = lnsub("sweep", "--grid", "smoke", cwd=cwd)  # same name without --resume: refused
     text, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and "add --resume" in text

@@ -215,11 +215,11 @@ def test_experiment_page_lists_one_run_per_cell(served, tmp_path):
                               experiment_id)
     # every run of the experiment is a row (sorted by name, cells are not folded under the sweep's run) ...
     assert total == len(everything) and {run_id for run_id, _ in rows} == everything, (total, rows)
-    # ... and each cell is exactly one row, named by its cell id, linking to that cell's run
-    cells = {s.id for s in sweep.specs}
+    # ... and each cell is exactly one row, named as a person reads it (task/language/seed), linking to its run
+    cells = {tracking.run_name(s): s.id for s in sweep.specs}
     named = [(run_id, name) for run_id, name in rows if name in cells]
     assert sorted(name for _, name in named) == sorted(cells)
-    assert dict((name, run_id) for run_id, name in named) == {c: r.info.run_id for c, r in runs.items()}
+    assert {cells[name]: run_id for run_id, name in named} == {c: r.info.run_id for c, r in runs.items()}
     # the same reading of an experiment without runs (MLflow's "Default") finds none: the rows above came
     # from the sweep's runs, not from anything every page shows
     total, rows = listed_runs(render(f"{url}/#/experiments/0/runs?{BY_NAME}", tmp_path / "p0"), "0")
