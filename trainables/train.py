@@ -53,7 +53,7 @@ def per_device_batch(spec: CellSpec, num_processes: int) -> int:
     return spec.batch_size // share
 
 
-def _order(data: RoundData, spec: CellSpec, level: int, epoch: int, batch: int) -> list[int]:
+def epoch_order(data: RoundData, spec: CellSpec, level: int, epoch: int, batch: int) -> list[int]:
     """The epoch's example order: a permutation drawn from (seed, level, epoch) alone.
 
     With spec.group_by_length, Hugging Face's length grouping of that draw: mega-batches of up to 50
@@ -74,7 +74,7 @@ def hash_seed(*parts: object) -> int:
 def train_loader(data: RoundData, spec: CellSpec, level: int, epoch: int, accelerator):
     batch = per_device_batch(spec, accelerator.num_processes)
     loader = torch.utils.data.DataLoader(
-        data.train, batch_size=batch, sampler=_order(data, spec, level, epoch, batch),
+        data.train, batch_size=batch, sampler=epoch_order(data, spec, level, epoch, batch),
         collate_fn=_UnpaddedMaskDropped(data.train_collator), drop_last=True, pin_memory=_pin(accelerator))
     return accelerator.prepare_data_loader(loader)
 
