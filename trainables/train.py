@@ -41,8 +41,11 @@ class RoundData:
     train_lengths: list[int] | None = None  # tokens of each training example, read once (group_by_length)
 
     def lengths(self) -> list[int]:
+        """Tokens of each training example, read from the Arrow list offsets (no ids are materialised)."""
         if self.train_lengths is None:
-            self.train_lengths = [len(ids) for ids in self.train["input_ids"]]
+            import pyarrow.compute as pc  # heavy: only when grouping
+
+            self.train_lengths = pc.list_value_length(self.train.with_format("arrow")["input_ids"]).to_pylist()
         return self.train_lengths
 
 
@@ -56,15 +59,21 @@ def per_device_batch(spec: CellSpec, num_processes: int) -> int:
 def epoch_order(data: RoundData, spec: CellSpec, level: int, epoch: int, batch: int) -> list[int]:
     """The epoch's example order: a permutation drawn from (seed, level, epoch) alone.
 
-    With spec.group_by_length, Hugging Face's length grouping of that draw: mega-batches of up to 50
-    batches, each sorted by length, so a batch holds examples of similar length and pads little.
+    With spec.group_by_length, Hugging Face's length grouping of that draw (mega-batches of up to 50
+    batches, each sorted by length, the longest example in the first batch), so that a batch holds
+    examples of similar length and pads little; then the batches after the first are shuffled, by the
+    same generator, so that an epoch does not run from long to short batches within each mega-batch.
     """
     g = torch.Generator().manual_seed(hash_seed(spec.seed, level, epoch))
     if not spec.group_by_length:
         return torch.randperm(len(data.train), generator=g).tolist()
     from transformers.trainer_pt_utils import get_length_grouped_indices  # heavy: only when grouping
 
-    return get_length_grouped_indices(data.lengths(), batch, generator=g)
+    grouped = get_length_grouped_indices(data.lengths(), batch, generator=g)
+    whole = len(grouped) // batch  # an incomplete last batch stays last, where drop_last drops it
+    batches = [grouped[i * batch:(i + 1) * batch] for i in range(whole)]
+    rest = torch.randperm(max(whole - 1, 0), generator=g).tolist()
+    return [i for b in [*batches[:1], *(batches[1 + k] for k in rest)] for i in b] + grouped[whole * batch:]
 
 
 def hash_seed(*parts: object) -> int:
