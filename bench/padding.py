@@ -22,7 +22,8 @@ from lnsub.trainables.spec import make_spec
 from lnsub.trainables.testbed.lengths import XNLI_TRAIN_EXAMPLES, mbert_lengths
 
 SIZES = {"ner": 20_000, "xnli": XNLI_TRAIN_EXAMPLES}
-LANGUAGES = {"ner": ("en", "fr", "de", "es", "ar", "fa"), "xnli": ("en", "fr", "de", "es", "ar", "ru", "ur", "hi", "sw")}
+LANGUAGES = {"ner": ("en", "fr", "de", "es", "ar", "fa"),
+             "xnli": ("en", "fr", "de", "es", "ar", "ru", "ur", "hi", "sw")}
 
 
 def main() -> None:

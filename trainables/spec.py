@@ -72,7 +72,7 @@ class CellSpec:
     data_dir: str | None = None  # local copies in the hub schema; None = the Hub (or the testbed for syn-*)
     valid_documents: float | None = None  # MLM: share of train documents held out as validation; None = own split
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
-    group_by_length: bool = False  # batches from length-sorted mega-batches (HF group_by_length); per seed, level, epoch
+    group_by_length: bool = False  # batches from length-sorted mega-batches (HF group_by_length), per seed/level/epoch
     lr_schedule: str = "per_round"  # linear decay to 0 within each round (the paper); "whole_run": the authors' code
     compile: bool = False  # torch.compile the model in place (nn.Module.compile: parameter names unchanged)
     testbed_seed: int = 0  # the synthetic testbed and tiny model, when model or language is synthetic

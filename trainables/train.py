@@ -204,7 +204,7 @@ class _Round:
 
 def _prepare_round(model, data: RoundData, spec: CellSpec, level: int, accelerator,
                    checkpoints: Checkpoints) -> _Round:
-    """A fresh AdamW and linear schedule (spec.lr_schedule), prepared; restored from the newest whole checkpoint if any."""
+    """A fresh AdamW and linear schedule (spec.lr_schedule), prepared; restored from the newest whole checkpoint."""
     from accelerate.utils import set_seed  # heavy: imported when training starts, not with the package
 
     set_seed(hash_seed(spec.seed, "level", level) % 2**31, device_specific=True)  # + rank

@@ -1,4 +1,4 @@
-"""The learning-rate schedule of a round, against its closed form: per_round (the paper) and whole_run (the authors' code)."""
+"""A round's learning-rate schedule against its closed form: per_round (the paper), whole_run (the authors' code)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ WIKIANN_TRAIN_BYTES = {  # unimelb-nlp/wikiann card, dataset_info, train num_byt
 }
 SAME_SCRIPT = {"ar": "fa", "ur": "fa"}  # WikiANN's ar and ur card figures were not read: fa's, same script
 BYTES_PER_WORD = {"latin": 5.9, "arabic": 10.2, "cyrillic": 12.0, "devanagari": 12.7}  # assumed, a space included
-SCRIPT = {"en": "latin", "fr": "latin", "es": "latin", "de": "latin", "sw": "latin", "ar": "arabic", "fa": "arabic", "ur": "arabic", "ru": "cyrillic", "hi": "devanagari"}
+SCRIPT = {"en": "latin", "fr": "latin", "es": "latin", "de": "latin", "sw": "latin",
+          "ar": "arabic", "fa": "arabic", "ur": "arabic", "ru": "cyrillic", "hi": "devanagari"}
 SUBWORDS_PER_WORD = {"latin": 1.3, "arabic": 1.5, "cyrillic": 1.5, "devanagari": 1.5}  # assumed (mBERT)
 LOG_SPREAD = {"ner": 0.6, "premise": 0.5, "hypothesis": 0.4}  # assumed sigma of log(words)
 PREMISE_SHARE = 2 / 3  # of a pair's words: MNLI's hypotheses are single sentences, about half a premise
