@@ -28,7 +28,9 @@ from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
 # 3: valid_documents (MLM's validation carved from Wikipedia's only split); MLM blocks run across documents
 #    and validation masks are drawn per block from the seed, so MLM results differ from schema 2's
 # 4: testbed_pretrain_steps (a grid may pretrain its tiny model for fewer or more steps than the default)
-SCHEMA = 4
+# 5: group_by_length, lr_schedule, compile (how a round is batched, scheduled and compiled; defaults as before)
+SCHEMA = 5
+LR_SCHEDULES = ("per_round", "whole_run")
 TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
 TESTBED_MT5_MODEL = "testbed-mt5"  # the tiny mT5 of the synthetic testbed (XNLI only, as mt5-base in the paper)
 TESTBED_DECOUPLED_MODEL = "testbed-decoupled"  # its non-multilingual control (TinyBertConfig.decoupled)
@@ -72,6 +74,9 @@ class CellSpec:
     data_dir: str | None = None  # local copies in the hub schema; None = the Hub (or the testbed for syn-*)
     valid_documents: float | None = None  # MLM: share of train documents held out as validation; None = own split
     mixed_precision: str = "no"  # "no", "bf16" or "fp16"
+    group_by_length: bool = False  # batches from length-sorted mega-batches (HF group_by_length), per seed/level/epoch
+    lr_schedule: str = "per_round"  # linear decay to 0 within each round (the paper); "whole_run": the authors' code
+    compile: bool = False  # torch.compile the model in place (nn.Module.compile: parameter names unchanged)
     testbed_seed: int = 0  # the synthetic testbed and tiny model, when model or language is synthetic
     testbed_noise: float = 0.0
     testbed_anchor_fraction: float = 0.0
@@ -196,3 +201,5 @@ def validate(spec: CellSpec) -> None:
                                f"got {spec.valid_documents} for {spec.task}")
     if spec.mixed_precision not in ("no", "bf16", "fp16"):
         bad("mixed_precision", f"must be no, bf16 or fp16, got {spec.mixed_precision!r}")
+    if spec.lr_schedule not in LR_SCHEDULES:
+        bad("lr_schedule", f"must be {' or '.join(LR_SCHEDULES)}, got {spec.lr_schedule!r}")

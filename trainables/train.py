@@ -1,11 +1,12 @@
 """One round of IMP training with Accelerate: masked, checkpointed, resumable.
 
-A fresh AdamW and linear schedule each round (docs/method.md). Pruned weights stay
+A fresh AdamW and linear schedule each round (docs/method.md; spec.lr_schedule "whole_run" stretches each
+round's schedule over the whole run, as the authors' code does). Pruned weights stay
 exactly zero: their gradients are zeroed before clipping (so AdamW's moments
 never move them) and the mask is reapplied after every optimizer step.
 Checkpoints carry model, optimizer, scheduler, every rank's RNG state and the
-step; the data order is a pure function of (seed, level, epoch), so resuming
-skips the batches already seen and continues exactly. The store
+step; the data order is a pure function of (seed, level, epoch) (and of the examples' lengths with
+spec.group_by_length), so resuming skips the batches already seen and continues exactly. The store
 (trainables.store.Checkpoints) writes and reads them, and quarantines a damaged one.
 """
 
@@ -37,6 +38,15 @@ class RoundData:
     valid: object
     train_collator: Callable
     valid_collator: Callable
+    train_lengths: list[int] | None = None  # tokens of each training example, read once (group_by_length)
+
+    def lengths(self) -> list[int]:
+        """Tokens of each training example, read from the Arrow list offsets (no ids are materialised)."""
+        if self.train_lengths is None:
+            import pyarrow.compute as pc  # heavy: only when grouping
+
+            self.train_lengths = pc.list_value_length(self.train.with_format("arrow")["input_ids"]).to_pylist()
+        return self.train_lengths
 
 
 def per_device_batch(spec: CellSpec, num_processes: int) -> int:
@@ -46,9 +56,24 @@ def per_device_batch(spec: CellSpec, num_processes: int) -> int:
     return spec.batch_size // share
 
 
-def _order(n: int, spec: CellSpec, level: int, epoch: int) -> list[int]:
+def epoch_order(data: RoundData, spec: CellSpec, level: int, epoch: int, batch: int) -> list[int]:
+    """The epoch's example order: a permutation drawn from (seed, level, epoch) alone.
+
+    With spec.group_by_length, Hugging Face's length grouping of that draw (mega-batches of up to 50
+    batches, each sorted by length, the longest example in the first batch), so that a batch holds
+    examples of similar length and pads little; then the batches after the first are shuffled, by the
+    same generator, so that an epoch does not run from long to short batches within each mega-batch.
+    """
     g = torch.Generator().manual_seed(hash_seed(spec.seed, level, epoch))
-    return torch.randperm(n, generator=g).tolist()
+    if not spec.group_by_length:
+        return torch.randperm(len(data.train), generator=g).tolist()
+    from transformers.trainer_pt_utils import get_length_grouped_indices  # heavy: only when grouping
+
+    grouped = get_length_grouped_indices(data.lengths(), batch, generator=g)
+    whole = len(grouped) // batch  # an incomplete last batch stays last, where drop_last drops it
+    batches = [grouped[i * batch:(i + 1) * batch] for i in range(whole)]
+    rest = torch.randperm(max(whole - 1, 0), generator=g).tolist()
+    return [i for b in [*batches[:1], *(batches[1 + k] for k in rest)] for i in b] + grouped[whole * batch:]
 
 
 def hash_seed(*parts: object) -> int:
@@ -56,10 +81,10 @@ def hash_seed(*parts: object) -> int:
 
 
 def train_loader(data: RoundData, spec: CellSpec, level: int, epoch: int, accelerator):
+    batch = per_device_batch(spec, accelerator.num_processes)
     loader = torch.utils.data.DataLoader(
-        data.train, batch_size=per_device_batch(spec, accelerator.num_processes),
-        sampler=_order(len(data.train), spec, level, epoch), collate_fn=_UnpaddedMaskDropped(data.train_collator),
-        drop_last=True, pin_memory=_pin(accelerator))
+        data.train, batch_size=batch, sampler=epoch_order(data, spec, level, epoch, batch),
+        collate_fn=_UnpaddedMaskDropped(data.train_collator), drop_last=True, pin_memory=_pin(accelerator))
     return accelerator.prepare_data_loader(loader)
 
 
@@ -95,6 +120,25 @@ def total_steps(spec: CellSpec, steps_per_epoch: int) -> int:
     if spec.steps is not None:
         return spec.steps
     return max(1, math.ceil(spec.epochs * steps_per_epoch))
+
+
+def lr_factor(spec: CellSpec, total: int) -> Callable[[int], float]:
+    """The learning rate at step s of a round of `total` steps, as a fraction of spec.lr.
+
+    per_round (the paper's text): linear warm-up over spec.warmup_steps, then linear decay to 0 at the
+    round's end. whole_run (the authors' code): each round rebuilds the same schedule over the whole
+    run, (levels + 1) x total steps, and stops after `total`, so every round decays from 100% to
+    levels / (levels + 1) of the peak (90% with 10 rounds).
+    """
+    horizon = total * (spec.levels + 1) if spec.lr_schedule == "whole_run" else total
+    warmup = spec.warmup_steps
+    return lambda s: (s + 1) / warmup if s < warmup else max(0.0, (horizon - s) / max(1, horizon - warmup))
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """torch.compile the model in place, once: its __call__ is compiled, its parameters and their names stay."""
+    if getattr(model, "_compiled_call_impl", None) is None:
+        model.compile()
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -160,7 +204,7 @@ class _Round:
 
 def _prepare_round(model, data: RoundData, spec: CellSpec, level: int, accelerator,
                    checkpoints: Checkpoints) -> _Round:
-    """A fresh AdamW and linear schedule, prepared; restored from the newest whole checkpoint if any."""
+    """A fresh AdamW and linear schedule (spec.lr_schedule), prepared; restored from the newest whole checkpoint."""
     from accelerate.utils import set_seed  # heavy: imported when training starts, not with the package
 
     set_seed(hash_seed(spec.seed, "level", level) % 2**31, device_specific=True)  # + rank
@@ -170,9 +214,9 @@ def _prepare_round(model, data: RoundData, spec: CellSpec, level: int, accelerat
     if steps_per_epoch == 0:
         raise LnsubError(f"cell {spec.id}: fewer training examples than one batch of {spec.batch_size}")
     total = total_steps(spec, steps_per_epoch)
-    warmup = spec.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(spec, total))
+    if spec.compile:
+        compile_model(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     run = _Round(model, accelerator.unwrap_model(model), optimizer, scheduler, steps_per_epoch, total, 0, None)
     state = checkpoints.load_newest()

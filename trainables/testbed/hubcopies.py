@@ -13,6 +13,9 @@ Used by the loader tests (tests/hub_fixtures.py) and by `lnsub rehearsal` (testb
 
 Words are drawn deterministically from a per-language syllable set in the language's script; the
 text means nothing. `vocabulary(language)` lists every word, for a WordPiece tokenizer in tests.
+Sentence lengths in words follow the real datasets' (testbed/lengths.py: log-normal around the mean
+that each language's dataset card implies): a WikiANN sentence about 6-10 words, an XNLI premise
+about 15-23 and its hypothesis about half that.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import random
 from pathlib import Path
 
 from lnsub.trainables.tasks import TASKS
+from lnsub.trainables.testbed.lengths import draw_words
 
 LANGUAGES = ("en", "fr", "ar", "fa", "hi", "sw")
 SIZES = {"mlm": {"train": 120}, "ner": {"train": 60, "validation": 20, "test": 20},
@@ -52,8 +56,8 @@ def vocabulary(language: str) -> list[str]:
     return words + [w.capitalize() for w in words if w.capitalize() != w]
 
 
-def _sentence(rng: random.Random, words: list[str]) -> str:
-    body = [rng.choice(words) for _ in range(rng.randint(6, 14))]
+def _sentence(rng: random.Random, words: list[str], n: int | None = None) -> str:
+    body = [rng.choice(words) for _ in range(n or rng.randint(6, 14))]
     return " ".join([body[0].capitalize(), *body[1:]]) + "."
 
 
@@ -76,31 +80,44 @@ def wikipedia_rows(language: str, n: int) -> list[dict]:
 
 def wikiann_rows(language: str, split: str, n: int) -> list[dict]:
     rng, words = random.Random(f"wikiann-{language}-{split}"), _words(language)
+    return [_wikiann_row(rng, words, language, draw_words(rng, "ner", language)) for _ in range(n)]
+
+
+def _wikiann_row(rng: random.Random, words: list[str], language: str, length: int) -> dict:
+    """A sentence of `length` words holding one to three entities (at least one word each), the rest O."""
     names = TASKS["ner"].features()["ner_tags"].feature.names
-    rows = []
-    for _ in range(n):
-        tokens, tags, spans = [], [], []
-        for _ in range(rng.randint(1, 3)):
-            tokens += [rng.choice(words) for _ in range(rng.randint(0, 3))]
-            tags += [0] * (len(tokens) - len(tags))
+    entities = [rng.randint(1, 3) for _ in range(rng.randint(1, 3))]
+    while sum(entities) > length:  # a short sentence holds fewer, shorter entities
+        entities = entities[:-1] if len(entities) > 1 else [length]
+    gaps = [0] * (len(entities) + 1)  # the O words before, between and after the entities
+    for _ in range(length - sum(entities)):
+        gaps[rng.randrange(len(gaps))] += 1
+    tokens, tags, spans = [], [], []
+    for gap, size in zip(gaps, entities + [0]):
+        tokens += [rng.choice(words) for _ in range(gap)]
+        tags += [0] * gap
+        if size:
             kind = rng.choice(("PER", "ORG", "LOC"))
-            entity = [rng.choice(words).capitalize() for _ in range(rng.randint(1, 3))]
+            entity = [rng.choice(words).capitalize() for _ in range(size)]
             tokens += entity
-            tags += [names.index(f"B-{kind}")] + [names.index(f"I-{kind}")] * (len(entity) - 1)
+            tags += [names.index(f"B-{kind}")] + [names.index(f"I-{kind}")] * (size - 1)
             spans.append(f"{kind}: {' '.join(entity)}")
-        rows.append({"tokens": tokens, "ner_tags": tags, "langs": [language] * len(tokens), "spans": spans})
-    return rows
+    return {"tokens": tokens, "ner_tags": tags, "langs": [language] * len(tokens), "spans": spans}
 
 
 def xnli_rows(language: str, split: str, n: int) -> list[dict]:
     rng, words = random.Random(f"xnli-{language}-{split}"), _words(language)
+
+    def sentence(kind: str) -> str:
+        return _sentence(rng, words, draw_words(rng, kind, language))
+
     if split == "train":
-        return [{"premise": _sentence(rng, words), "hypothesis": _sentence(rng, words), "label": rng.randrange(3)}
+        return [{"premise": sentence("premise"), "hypothesis": sentence("hypothesis"), "label": rng.randrange(3)}
                 for _ in range(n)]
     rows = []
     for _ in range(n):  # one premise, three hypotheses in a row, one per label, in no fixed order
-        premise = _sentence(rng, words)
-        rows += [{"premise": premise, "hypothesis": _sentence(rng, words), "label": label}
+        premise = sentence("premise")
+        rows += [{"premise": premise, "hypothesis": sentence("hypothesis"), "label": label}
                  for label in rng.sample(range(3), 3)]
     return rows
 
