@@ -27,6 +27,7 @@ from lnsub.orchestrator.study import run_study
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, list_sweeps, run_sweep, sweep_status, sync_sweep
 from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.spec import SCHEMA
 from lnsub.trainables.tasks import TASKS
 from lnsub.trainables.sweep_state import check_name, check_storage, load_state, redact, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
@@ -58,8 +59,6 @@ def _setup_logging(verbose: bool) -> None:
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version
-
-        from lnsub.trainables.spec import SCHEMA
 
         console.print(f"lnsub {version('lnsub')} (spec schema {SCHEMA})")
         raise typer.Exit()
@@ -443,7 +442,7 @@ def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: 
                         console=console, disable=not console.is_terminal)
     bar = progress.add_task("jobs", total=None)
     with progress:
-        result = analyses.transfer(name, storage, level, tracking_uri, out, tasks=[t.value for t in task] or None,
+        result = analyses.transfer(name, storage, level, tracking_uri, out, tasks=[t.value for t in task or []] or None,
                                    cross_task=cross_task, max_concurrent=max_concurrent, address=address,
                                    render=lambda done, total: progress.update(bar, completed=done, total=total))
     table = Table(title=f"mean relative drop per source at level {level} (successes: within one std)")

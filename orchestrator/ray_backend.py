@@ -172,11 +172,11 @@ def node_report() -> dict:
 
     out = {"python": platform.python_version(), "ray": node_ray.__version__, "host": sock.gethostname()}
     try:
+        import importlib
         from importlib.metadata import version
 
-        from lnsub.trainables.spec import SCHEMA as schema
-
-        out.update(lnsub=version("lnsub"), schema=schema)
+        # imported by name: this function runs on nodes that may lack lnsub, which is what it finds out
+        out.update(lnsub=version("lnsub"), schema=importlib.import_module("lnsub.trainables.spec").SCHEMA)
     except Exception as e:  # noqa: BLE001 - what is wrong is the answer
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     return out

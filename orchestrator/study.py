@@ -30,6 +30,7 @@ from typing import Callable
 
 from lnsub.analysis.tables import read_csv
 from lnsub.orchestrator import analyses
+from lnsub.orchestrator.grid import plan
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep
 from lnsub.trainables import faults, objectstore
 from lnsub.trainables.atomic import read_json, write_json
@@ -130,8 +131,6 @@ def _sweep_steps(steps: Steps, grid: str, name: str | None, storage: str, tracki
 
 
 def _planned_name(grid: str) -> str:
-    from lnsub.orchestrator.grid import plan
-
     return plan(grid).name
 
 
