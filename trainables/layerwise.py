@@ -57,6 +57,11 @@ class Structure:
         return 1 - self.n / self.m
 
 
+def _work(t: torch.Tensor) -> torch.Tensor:
+    """A detached copy of `t` in float32, or float64 where `t` is."""
+    return t.detach().to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k smallest of a 1-D tensor; equal scores: the lower index first."""
     return torch.sort(scores, stable=True).indices[:k]
@@ -96,7 +101,7 @@ def _check(sparsity: float) -> None:
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, structure: Structure = Structure()) -> torch.Tensor:
     """Layer-wise magnitude pruning: the smallest |W| of the matrix (or of each N:M group)."""
-    scores = weight.detach().abs().float()
+    scores = _work(weight).abs()
     if structure.nm:
         return nm_mask(scores, structure)
     _check(sparsity)
@@ -105,7 +110,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float, structure: Structure =
 
 def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
     """|W_ij| · ‖X_j‖₂: the weight's magnitude times its input feature's L2 norm over the calibration tokens."""
-    return weight.detach().abs().float() * input_norms.float().reshape(1, -1)
+    return _work(weight).abs() * _work(input_norms).reshape(1, -1)
 
 
 def wanda_mask(weight: torch.Tensor, input_norms: torch.Tensor, sparsity: float,
@@ -151,7 +156,7 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, stru
         _check(sparsity)
     if structure.nm and block_size % structure.m:
         raise LnsubError(f"SparseGPT's block size {block_size} must be a multiple of M = {structure.m}")
-    w = weight.detach().clone().to(torch.float64 if weight.dtype == torch.float64 else torch.float32)
+    w = _work(weight).clone()
     rows, cols = w.shape
     u = inverse_hessian_factor(hessian.to(w.dtype), damping)
     pruned = torch.zeros_like(w, dtype=torch.bool)
