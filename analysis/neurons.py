@@ -131,6 +131,11 @@ class LanguageNeurons:
     def sizes(self) -> dict[str, int]:
         return {lang: int(self.specific[:, :, i].sum()) for i, lang in enumerate(self.languages)}
 
+    def per_language(self) -> dict[str, dict[int, list[int]]]:
+        """{language: {layer: neuron indices}}, the shape of the authors' activation_mask files."""
+        return {lang: {layer: torch.nonzero(self.specific[i, :, a]).flatten().tolist()
+                       for i, layer in enumerate(self.layers)} for a, lang in enumerate(self.languages)}
+
     def selected(self) -> torch.Tensor:
         """(layers, neurons) bool: specific to at least one language."""
         return self.specific.any(-1)

@@ -145,6 +145,7 @@ def test_lape_finds_planted_language_specific_and_shared_neurons():
         got = {(l, j) for l, j in torch.nonzero(found.specific[:, :, i]).tolist()}
         assert got == {n for n, lang in planted.items() if lang == i}
     assert {(l, j) for l, j in torch.nonzero(found.agnostic).tolist()} == set(shared)
+    assert found.per_language()["z"] == {0: [499], 1: [300, 301]}
 
 
 def _masks_for(model, seed: int) -> dict[str, torch.Tensor]:
