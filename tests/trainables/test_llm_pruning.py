@@ -129,3 +129,14 @@ def test_bloom_names_locate_and_the_head_is_never_pruned():
     assert pruning.is_backbone(model, "transformer.word_embeddings.weight")
     masks = pruning.one_shot_masks(dict(model.named_parameters()), params, 0.5)
     assert sum(int((~m).sum()) for m in masks.values()) == round(0.5 * pruning.prunable_count(params))
+
+
+def test_overlap_groups_decoder_masks_by_layer_and_component():
+    from lnsub.analysis.overlap import group_of
+
+    assert group_of("model.layers.3.mlp.gate_proj.weight", "layer") == "layer_3"
+    assert group_of("model.layers.3.mlp.gate_proj.weight", "component") == "gate"
+    assert group_of("transformer.h.11.self_attention.query_key_value.weight", "component") == "qkv"
+    assert group_of("transformer.h.11.mlp.dense_4h_to_h.weight", "layer") == "layer_11"
+    assert group_of("roberta.encoder.layer.5.output.dense.weight", "component") == "output"
+    assert group_of("model.layers.0.self_attn.o_proj.weight", "stack") is None
