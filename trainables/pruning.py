@@ -4,12 +4,17 @@ Prunable weights are found from the model's architecture:
 
 - BERT: in each encoder layer the query, key, value, attention-output, intermediate
   and output weight matrices, plus the pooler's when the model has one.
+- XLM-R: BERT's layout under `roberta.`, so BERT's rule (72 matrices in the base model,
+  plus the pooler's where the model has one).
 - T5 and mT5: in every encoder and every decoder block the attention matrices q, k, v
   and o (self-attention, and the decoder's cross-attention) and the feed-forward
   matrices wi (wi_0 and wi_1 where gated, as in mT5) and wo.
+- Decoder-only LLMs, every linear map of the repeated blocks: the Llama family (Llama,
+  Mistral, Qwen2, Qwen3) q, k, v, o and the gated MLP's gate, up, down; BLOOM its fused
+  qkv, the attention output (o) and the MLP's up (dense_h_to_4h) and down (dense_4h_to_h).
 
-Never pruned: embeddings (T5's shared embedding), biases, LayerNorms, T5's relative-
-attention bias, lm_head and any task head.
+Never pruned: embeddings (T5's shared embedding), biases, LayerNorms (RMSNorms, Qwen3's
+q/k norms), T5's relative-attention bias, lm_head and any task head.
 
 A model's prunable set falls into pruning units, each pruned to the level's sparsity on
 its own: BERT has one ("all"); T5 has two, its encoder and its decoder, as the authors'
@@ -36,6 +41,14 @@ ARCHITECTURES: dict[str, re.Pattern] = {
     "t5": T5_PATTERN,
     "mt5": T5_PATTERN,
 }
+ARCHITECTURES["xlm-roberta"] = ARCHITECTURES["bert"]
+# Decoder-only families: named groups, layer and component (the block's index in the base model's stack)
+LLAMA_PATTERN = re.compile(r"^layers\.(?P<layer>\d+)\.(?P<component>self_attn\.[qkvo]_proj|mlp\.gate_proj"
+                           r"|mlp\.up_proj|mlp\.down_proj)$")
+BLOOM_PATTERN = re.compile(r"^h\.(?P<layer>\d+)\.(?P<component>self_attention\.query_key_value"
+                           r"|self_attention\.dense|mlp\.dense_h_to_4h|mlp\.dense_4h_to_h)$")
+ARCHITECTURES.update({family: LLAMA_PATTERN for family in ("llama", "mistral", "qwen2", "qwen3")})
+ARCHITECTURES["bloom"] = BLOOM_PATTERN
 COMPONENTS = {
     "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
     "attention.output.dense": "attention_output", "intermediate.dense": "intermediate",
@@ -43,6 +56,10 @@ COMPONENTS = {
     **{f"SelfAttention.{m}": f"self_{m}" for m in "qkvo"},
     **{f"EncDecAttention.{m}": f"cross_{m}" for m in "qkvo"},
     **{f"DenseReluDense.{m}": m for m in ("wi", "wi_0", "wi_1", "wo")},
+    **{f"self_attn.{m}_proj": m for m in "qkvo"},
+    **{f"mlp.{m}_proj": m for m in ("gate", "up", "down")},
+    "self_attention.query_key_value": "qkv", "self_attention.dense": "o",
+    "mlp.dense_h_to_4h": "up", "mlp.dense_4h_to_h": "down",
 }
 # the modules of a T5 model with an LM head that hold its backbone (it has no base-model attribute)
 T5_BACKBONE = ("shared.", "encoder.", "decoder.")
@@ -52,7 +69,8 @@ T5_BACKBONE = ("shared.", "encoder.", "decoder.")
 class Prunable:
     name: str  # full parameter name in the task model, e.g. "bert.encoder.layer.0.attention.self.query.weight"
     layer: int | None  # None for the pooler; a block's index within its stack for T5
-    component: str  # query, key, value, attention_output, intermediate, output, pooler; T5: self_q, cross_k, wo...
+    component: str  # query, key, value, attention_output, intermediate, output, pooler; T5: self_q, cross_k, wo...;
+    #                 Llama family: q, k, v, o, gate, up, down; BLOOM: qkv, o, up, down
     shape: tuple[int, ...]
     stack: str | None = None  # T5: "encoder" or "decoder"; BERT: None
     unit: str = "all"  # the pruning unit it belongs to: "all" (BERT), the stack (T5)
@@ -65,6 +83,8 @@ def locate(stem: str, model_type: str) -> tuple[str | None, int | None, str] | N
         return None
     if ARCHITECTURES[model_type] is T5_PATTERN:
         return m.group(1), int(m.group(2)), COMPONENTS[m.group(3)]
+    if "component" in m.re.groupindex:  # the decoder-only families
+        return None, int(m.group("layer")), COMPONENTS[m.group("component")]
     return None, (int(m.group(1)) if m.group(1) is not None else None), COMPONENTS[m.group(2) or m.group(3)]
 
 
@@ -73,7 +93,7 @@ def locate_name(name: str) -> tuple[str | None, int | None, str]:
     stem = name.removesuffix(".weight")
     starts = [0] + [i + 1 for i, c in enumerate(stem) if c == "."]
     for start in starts:
-        for model_type in ("bert", "t5"):
+        for model_type in ("bert", "t5", "llama", "bloom"):
             found = locate(stem[start:], model_type)
             if found:
                 return found
