@@ -238,7 +238,10 @@ def sweep(grid: str = typer.Option(None, "--grid", help=GRID_HELP),
     console.print(f"results: {where}/cells  (sweep state: {where}/sweeps/{result.name})")
     console.print(f"MLflow: {redact(result.tracking_uri)}" + ("" if result.mlflow_synced else
                   "  [red](unreachable: run `lnsub sync` when it is back)[/red]"))
-    console.print(f"browse: lnsub ui --name {result.name} --storage {storage}   then open http://127.0.0.1:5000")
+    if result.tracking_uri.startswith(("http://", "https://")):  # a tracking server is its own UI
+        console.print(f"browse: {redact(result.tracking_uri)}")
+    else:
+        console.print(f"browse: lnsub ui --name {result.name} --storage {storage}   then open http://127.0.0.1:5000")
     failed = [cid for cid, err in result.errors.items() if err]
     if failed:
         for cid in failed:
@@ -303,6 +306,10 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
                          "--serve-artifacts", *serve], env)
         return
     uri = tracking_uri or (load_state(root, name).tracking() if name else tracking.default_tracking_uri(root))
+    if uri.startswith(("http://", "https://")):  # MLflow serves a database or a folder, not another server
+        raise LnsubError(f"{redact(uri)} is an MLflow server: browse it there (on a cluster's head: ray attach "
+                         f"cluster.yaml --port-forward 5000, then http://127.0.0.1:5000), or give lnsub ui its "
+                         f"database with --tracking-uri")
     console.print(f"MLflow UI for {redact(uri)} at http://127.0.0.1:{port}  (Ctrl-C to stop)")
     mlflow_ui.serve(["ui", "--backend-store-uri", uri, *serve], env)
 
