@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -330,7 +329,8 @@ class Rehearsal:
         statuses = self.statuses(self.shared / "runs")
         check(len(statuses) == 2 and all(st.state == "done" for st in statuses), "both cells done",
               str([(st.spec.id, st.state) for st in statuses]))
-        s.checks.append(f"driver line: exit 0; cells {[(st.spec.language, st.state, st.levels_done) for st in statuses]}")
+        cells = [(st.spec.language, st.state, st.levels_done) for st in statuses]
+        s.checks.append(f"driver line: exit 0; cells (language, state, levels done): {cells}")
         busy = watch.hosts_seen()
         check(len(busy) == len(self.hosts), "a trial on every host", f"trials seen on {busy}")
         s.checks.append(f"trials ran on {sorted(busy)}")
@@ -366,7 +366,8 @@ class Rehearsal:
         down = self.ray_cli("down", "-y", str(config), log=self.logs / f"{config.stem}-down.log")
         text = (self.logs / f"{config.stem}-down.log").read_text()
         check(down.returncode == 0, "ray down", text[-800:])
-        check("'ray stop' stops only this host's Ray" in text, "ray down's `ray stop` went to the head's shim", text[-800:])
+        check("'ray stop' stops only this host's Ray" in text, "ray down's `ray stop` went to the head's shim",
+              text[-800:])
         check(not fake_hosts.ray_pids(head.netns_id()), "the head's Ray stopped by ray down")
         s.checks.append("ray down: exit 0; its `ray stop` reached the head's shim; the head's Ray is gone")
         if check_survivors:

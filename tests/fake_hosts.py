@@ -157,7 +157,8 @@ class Network:
         run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
         run("ip", "link", "set", outer, "master", self.bridge, "up")
         run("ip", "link", "set", inner, "netns", ns)
-        for args in (("link", "set", "lo", "up"), ("addr", "add", f"{ip}/24", "dev", inner), ("link", "set", inner, "up"),
+        for args in (("link", "set", "lo", "up"), ("addr", "add", f"{ip}/24", "dev", inner),
+                     ("link", "set", inner, "up"),
                      ("route", "add", "default", "via", self.bridge_ip)):  # Ray finds its address by the default route
             run("ip", "-n", ns, *args)
         return ns, ip
@@ -188,7 +189,9 @@ exec ~/lnsub/.venv/bin/ray "$@"
 GUARD = """#!/bin/bash
 # sshd's ForceCommand on {name}: log every command, refuse a `ray stop` called by its path (it would pass the shim)
 echo "$(date +%T) ${{SSH_ORIGINAL_COMMAND:-<login shell>}}" >> {log}
-case "${{SSH_ORIGINAL_COMMAND:-}}" in */ray\\ stop*) echo "rehearsal guard on {name}: refusing $SSH_ORIGINAL_COMMAND" >&2; exit 1;; esac
+case "${{SSH_ORIGINAL_COMMAND:-}}" in
+  */ray\\ stop*) echo "rehearsal guard on {name}: refusing $SSH_ORIGINAL_COMMAND" >&2; exit 1;;
+esac
 [ -z "${{SSH_ORIGINAL_COMMAND:-}}" ] && exec bash -l
 exec bash -c "$SSH_ORIGINAL_COMMAND"
 """
@@ -247,8 +250,9 @@ class Host:
         mounts = f"mount --rbind {self.home} /root && mount --bind {self.tmp} /tmp"
         sshd = f"exec /usr/sbin/sshd -D -e -f {self.folder / 'sshd_config'}"
         with open(self.folder / "sshd.log", "ab") as log:
-            subprocess.Popen(["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private", "sh", "-c",
-                              f"{mounts} && {sshd}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            subprocess.Popen(["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private",
+                              "sh", "-c", f"{mounts} && {sshd}"], stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
         wait_until(lambda: _accepts(self.ip, 22), f"{self.name}'s sshd on {self.ip}:22", 30)
 
     def netns_id(self) -> str:

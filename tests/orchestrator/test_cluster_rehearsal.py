@@ -84,3 +84,21 @@ def test_a_hosts_ray_stop_selects_the_sessions_that_name_a_ray_session_dir_and_n
                     child.kill()
             p.kill()
             p.wait()
+
+
+def test_a_hosts_sshd_refuses_a_ray_stop_called_by_its_path(tmp_path):
+    """The shim on PATH catches `ray stop`; a `ray stop` by its path would pass it, so the host's sshd refuses it
+    (the command here is `echo`: nothing is stopped either way)."""
+    guard = tmp_path / "guard.sh"
+    guard.write_text(fake_hosts.GUARD.format(name="head", log=tmp_path / "commands.log"))
+
+    def ssh(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(guard)], env={**os.environ, "SSH_ORIGINAL_COMMAND": command},
+                              capture_output=True, text=True, timeout=30)
+
+    for command in ("~/lnsub/.venv/bin/ray stop", "bash --login -c -i 'source ~/.bashrc && (/opt/x/bin/ray stop -f)'"):
+        refused = ssh(command)
+        assert refused.returncode == 1 and "refusing" in refused.stderr, refused
+    passed = ssh("echo ray stop goes to the shim")
+    assert passed.returncode == 0 and passed.stdout == "ray stop goes to the shim\n"
+    assert len((tmp_path / "commands.log").read_text().splitlines()) == 3
