@@ -406,6 +406,7 @@ class Rehearsal:
         if self.network is not None:
             self.network.down([h.netns for h in self.hosts])
         self.stop_sentinel()
+        remove_ssh_control_dirs(yaml.safe_load(TEMPLATE.read_text())["cluster_name"])
         left = [h.netns for h in self.hosts if h.netns in run("ip", "netns", "list").stdout]
         links = self.network.links_left() if self.network is not None else []
         s.checks.append(f"namespaces left: {left or 'none'}; interfaces left: {links or 'none'}; sentinel stopped")
@@ -524,6 +525,17 @@ def copy_differences(copy: Path) -> tuple[list[str], list[str]]:
     there = {p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file() or p.is_symlink()}
     there = {f for f in there if not any(m in f for m in made_there)}
     return sorted(there - wanted), sorted(wanted - there)
+
+
+def remove_ssh_control_dirs(cluster_name: str) -> None:
+    """The launcher's ssh control folders, /tmp/ray_ssh_<user hash>/<cluster hash> (a path Ray fixes), once empty:
+    their masters exit 10 s after the last command (ControlPersist)."""
+    cluster = hashlib.sha256(cluster_name.encode()).hexdigest()[:10]
+    for folder in Path("/tmp").glob(f"ray_ssh_*/{cluster}"):
+        with contextlib.suppress(OSError):  # not empty: a master still runs, or another launcher uses it
+            wait_until(lambda: not any(folder.iterdir()), "ssh's control masters to exit", 20)
+            folder.rmdir()
+            folder.parent.rmdir()
 
 
 def cmdline(pid: int) -> list[str]:
