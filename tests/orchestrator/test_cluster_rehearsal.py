@@ -1,8 +1,8 @@
 """The cluster rehearsal (bench/cluster_rehearsal.py) rehearses the shipped config, and its `ray stop` picks only
 one Ray's processes.
 
-The rehearsal itself took 496 and 576 s on 2 cores (two fresh installs of lnsub take most of it): a benchmark,
-not a test. These check the two things it rests on.
+The rehearsal itself takes 281 s on 2 idle cores, 496 to 576 s beside other jobs (two fresh installs of lnsub
+are most of it): a benchmark, not a test. These check what it rests on.
 """
 
 from __future__ import annotations
