@@ -285,7 +285,10 @@ def sweep(grid: str = typer.Option(None, "--grid", metavar="GRID", help=GRID_HEL
     console.print(f"results: {where}/cells  (sweep state: {where}/sweeps/{result.name})")
     console.print(f"MLflow: {redact(result.tracking_uri)}" + ("" if result.mlflow_synced else
                   "  [red](unreachable: run `lnsub sync` when it is back)[/red]"))
-    console.print(f"browse: lnsub ui --name {result.name} --storage {storage}   (it prints the page to open)")
+    if result.tracking_uri.startswith(("http://", "https://")):  # a tracking server is its own UI
+        console.print(f"browse: {redact(result.tracking_uri)}")
+    else:
+        console.print(f"browse: lnsub ui --name {result.name} --storage {storage}   (it prints the page to open)")
     failed = [cid for cid, err in result.errors.items() if err]
     if failed:
         for cid in failed:
@@ -397,6 +400,10 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
                          "--serve-artifacts", *serve], env)
         return
     uri = tracking_uri or (load_state(root, name).tracking() if name else tracking.default_tracking_uri(root))
+    if uri.startswith(("http://", "https://")):  # MLflow serves a database or a folder, not another server
+        raise LnsubError(f"{redact(uri)} is an MLflow server: browse it there (on a cluster's head: ray attach "
+                         f"cluster.yaml --port-forward 5000, then http://127.0.0.1:5000), or give lnsub ui its "
+                         f"database with --tracking-uri")
     found = tracking.experiment_id(uri, name) if name else None
     page = f"http://127.0.0.1:{port}/#/experiments/{found}" if found else f"http://127.0.0.1:{port}"
     console.print(f"MLflow UI for {redact(uri)}: open {page}  (the sweep's runs; Ctrl-C to stop)", soft_wrap=True)

@@ -210,6 +210,17 @@ def test_a_port_in_use_is_one_line(lnsub_cli, tmp_path):
         _check(lnsub_cli("ui", "--port", str(port), cwd=tmp_path), f"127.0.0.1:{port} is in use", tmp_path / "runs")
 
 
+def test_lnsub_ui_on_a_tracking_server_is_one_line(lnsub_cli, tmp_path):
+    """A sweep that logs to a server (a cluster's head) is browsed on that server: MLflow cannot serve a server."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _check(lnsub_cli("ui", "--tracking-uri", "http://127.0.0.1:5000", "--port", str(port), cwd=tmp_path),
+           "http://127.0.0.1:5000 is an MLflow server: browse it there", tmp_path / "runs")
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

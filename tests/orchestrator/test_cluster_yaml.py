@@ -135,3 +135,15 @@ def test_a_copy_with_a_mistake_fails(mistake):
     MISTAKES[mistake](cfg)
     with pytest.raises(Exception):
         _validate(cfg)
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_no_command_looks_for_itself(path):
+    """`pgrep -f PATTERN` in a command also finds the shell that runs the command, whose text holds PATTERN: a
+    guard such as `pgrep -f X || start X` would never start X."""
+    cfg = yaml.safe_load((ROOT / path).read_text())
+    for command in _commands(cfg).splitlines():
+        for pattern in re.findall(r"pgrep\s+(?:-\w+\s+)*-f\s+[\"']([^\"']+)[\"']", command):
+            assert not re.search(pattern, command), command
+    mlflow = next(c for c in cfg["head_setup_commands"] if "mlflow server" in c)
+    assert mlflow.startswith("(exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null ||")  # by its port, not its name
