@@ -6,9 +6,18 @@ one or more cells; its standard error is the delete-one-cell jackknife (Efron 19
 over pairs of units, the jackknife of a U-statistic, Arvesen 1969): every cell is left out in turn,
 with every observation it takes part in, and the spread of the results is the standard error.
 Leaving units out rather than drawing them with replacement keeps each kind of pair in the design,
-which a bootstrap of cells or of languages and seeds does not (a language drawn twice has no
-cross-language pair with itself): the bootstrap's standard errors of differences between kinds of
-pairs came out two to three times too large in the calibration simulations, the jackknife's right.
+which a bootstrap does not (a language drawn twice has no cross-language pair with itself): in the
+calibration simulations a bootstrap over languages and seeds jointly put the standard error of a
+difference between kinds of pairs at 2 to 3.6 times its true value, and of a mean at 0.4 to 2 times
+(so false verdicts up to 43% of the time). The jackknife's is right where the variation belongs to the
+cells (0.95 to 1.05 of the truth for means), and errs on the safe side for the 2×2 blocks (about 1.2)
+and for variation that belongs to pairs rather than cells (1.2 to 1.9): fewer definite verdicts.
+
+Assumed: cells of different seeds are independent. Languages are the study's fixed factor (the claims
+are about these languages, as the paper's are), seeds the replicates; an effect that a seed shares
+across all its cells would make the standard error too small (with 3 seeds no rule could measure it:
+a t test on 3 seeds has 2 degrees of freedom). That is why the primary comparisons pair cells of
+different seeds; the within-seed confound is reported beside claim (b).
 
 A statistic pooled over tasks is the mean of the tasks' statistics; each task's cells are its own
 (stratified jackknife), and the degrees of freedom of the t distribution follow Welch–Satterthwaite
@@ -18,10 +27,13 @@ is over languages (the seed is then fixed: what another seed would do is not mea
 Verdict of an effect m oriented so that m > 0 supports the claim, with t = m / SE on df degrees of
 freedom: holds when P(T ≥ t) ≤ ALPHA_HOLDS (one-sided, the claim's direction); does not hold when
 P(T ≤ t) ≤ ALPHA_FAILS (significantly the opposite way); cannot tell otherwise, or without a
-standard error. Without an effect a definite verdict comes out at most ALPHA_HOLDS + ALPHA_FAILS
-= 5% of the time. The split between the two is pre-registered: "holds" is the paper's directional
-hypothesis; "does not hold" claims the opposite direction and is held to the stricter level.
-tests/analysis/test_verdicts.py checks both rates by simulation on the grids' actual designs.
+standard error. The split is pre-registered: "holds" is the paper's directional hypothesis; "does not
+hold" claims the opposite and is held to the stricter level. Nominally a definite verdict without an
+effect comes out 4.5% of the time; the t distribution only approximates a jackknife standard error over
+a few cells, and the simulations measured up to half a point more, so the half-point margin keeps it
+within 5%. tests/analysis/test_verdicts.py checks both rates by simulation on the grids' actual designs
+(docs/method.md has the table); an effect of 3 standard errors reads "holds" at least 80% of the time
+where the design has the degrees of freedom for it (the paper's grid; the science grid's overlap).
 
 Profiles (every task and level beside the pre-registered one) are a family of tests: Holm's
 step-down procedure keeps the chance of any false "holds" in the family at ALPHA_HOLDS, and of any
@@ -37,7 +49,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA_HOLDS = 0.04  # one-sided, in the claim's direction
-ALPHA_FAILS = 0.01  # one-sided, in the opposite direction
+ALPHA_FAILS = 0.005  # one-sided, in the opposite direction (see the module docstring)
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "cannot tell"
 
 
