@@ -217,11 +217,16 @@ def not_computed(claim: str, command: str) -> tuple[dict, list[dict]]:
 
 # --- overlap claims: (a), (b), (e) -----------------------------------------------------------------
 
+ONE_SEED = ("one seed: pairs of languages of that seed, the cells being the languages; the two cells of a pair "
+            "share their data order, head initialisation and random stream, so part of the overlap may be the "
+            "seed's rather than the language's (with several seeds, pairs of other seeds measure it)")
+
+
 def cross_kind(pairs: list[dict]) -> tuple[str, str]:
-    """The cross-language pairs a claim reads, and how to say it: other seeds, or (one seed) the same seed."""
+    """The cross-language pairs a claim reads, and the note that says which: other seeds, or (one seed) the same."""
     if any(r["kind"] == CROSS_CROSS for r in pairs):
-        return CROSS_CROSS, "other languages, other seeds"
-    return CROSS_SAME, "other languages of the same seed (one seed: the cells are the languages)"
+        return CROSS_CROSS, "pairs: other languages, other seeds"
+    return CROSS_SAME, ONE_SEED
 
 
 def _mean(rows: list[dict], key: str) -> float:
@@ -262,12 +267,12 @@ def claim_a(inp: ClaimInputs) -> tuple[dict, list[dict]]:
 
     def describe(rows):
         mine = [r for r in rows if r["kind"] == kind]
-        return (f"Jaccard {_mean(mine, 'jaccard'):.3f} ({which})",
+        return (f"Jaccard {_mean(mine, 'jaccard'):.3f}",
                 f"random masks of the same per-matrix densities {_mean(mine, 'random_matched'):.3f} "
                 f"(one density everywhere, d/(2−d): {_mean(mine, 'random_uniform'):.3f})")
 
     return overlap_claim("a", inp, lambda rows: pair_term(
-        rows, kind, lambda r: float(r["jaccard"]) - float(r["random_matched"])), describe)
+        rows, kind, lambda r: float(r["jaccard"]) - float(r["random_matched"])), describe, which)
 
 
 def claim_b(inp: ClaimInputs) -> tuple[dict, list[dict]]:
@@ -296,11 +301,12 @@ def claim_e(inp: ClaimInputs) -> tuple[dict, list[dict]]:
     def describe(rows):
         mine = [r for r in rows if r["kind"] == kind]
         strict = _mean(mine, "excess_jaccard_trained")
-        return (f"Jaccard {_mean(mine, 'jaccard'):.3f}, ratio to θ0's expectation {_mean(mine, 'ratio'):.3f} ({which})",
+        return (f"Jaccard {_mean(mine, 'jaccard'):.3f}, ratio to θ0's expectation {_mean(mine, 'ratio'):.3f}",
                 f"expected given θ0's magnitudes {_mean(mine, 'expected_jaccard'):.3f}; given also the level-0 "
                 f"trained weights: excess {'n/a' if math.isnan(strict) else f'{strict:+.3f}'}")
 
-    return overlap_claim("e", inp, lambda rows: pair_term(rows, kind, lambda r: float(r["excess_jaccard"])), describe)
+    return overlap_claim("e", inp, lambda rows: pair_term(rows, kind, lambda r: float(r["excess_jaccard"])), describe,
+                         which)
 
 
 # --- (c): the winning tickets --------------------------------------------------------------------
@@ -329,7 +335,9 @@ def claim_c(inp: ClaimInputs) -> tuple[dict, list[dict]]:
     comparison = f"50% ± one step ({_pct(step)}); the grid ends at {_pct(last)}"
     u = Unit("all", grid.index(min(grid, key=lambda x: abs(x - median))), median, effect, text, comparison, True, result)
     note = "" if result != UNSURE else f"the grid ends at {_pct(last)}: a ticket there could be sparser still"
-    return claim_row("c", text, comparison, result, effect, note), [u.row("c")]
+    row = claim_row("c", text, comparison, result, effect, note)
+    row["effect_text"] = f"{effect.value:+.3f} (one pruning step minus the median's distance from 50%; a rule, no test)"
+    return row, [u.row("c")]
 
 
 # --- (d): transfer -------------------------------------------------------------------------------

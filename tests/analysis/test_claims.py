@@ -101,7 +101,7 @@ def test_a_overlap_above_matched_random_masks():
 def test_one_seed_compares_languages_of_that_seed_and_says_so():
     row = by_id(inputs(pairs=pair_rows("ner", 5, noisy(5, cross=0.8), seeds=(0,))))["a"]
     assert row["verdict"] == C.HOLDS
-    assert "one seed: the cells are the languages" in row["testbed"]
+    assert "one seed: pairs of languages of that seed" in row["note"] and "the seed's rather than" in row["note"]
     assert "SE over 4 cells" in row["effect_text"]
 
 
