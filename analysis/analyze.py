@@ -2,7 +2,9 @@
 
 Reads cells by id from storage (never Ray results), one level at a time, and
 writes tidy CSVs and figures to <analysis folder>/overlap, where the analysis
-folder is --out (default <storage>/sweeps/<name>/analysis).
+folder is --out (default <storage>/sweeps/<name>/analysis). Every pair of cells, its
+kind, baselines and overlap beyond θ0 are analysis/pairs.py's (it loads the pretrained
+model once per task and seed, for θ0).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 
 from lnsub.analysis.figures import line_plot, new_figure, save_png
 from lnsub.analysis.overlap import (GROUPINGS, cluster_order, group_slices, heatmap_png, jaccard_matrix,
-                                    random_jaccard, random_jaccard_empirical, read_packed, winning_ticket)
+                                    random_jaccard, read_packed, winning_ticket)
+from lnsub.analysis.pairs import CROSS_CROSS, CROSS_SAME, pair_tables
 from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
@@ -73,15 +76,13 @@ def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[d
                     heatmap_png(matrix[index][:, index], order, f"{task}: mask overlap at {sparsity:.0%} sparsity "
                                 f"(seed {seed})", out / f"overlap_{task}_s{seed}_level{level}.png",
                                 baseline=random_jaccard(density))
-            # how much of it the pretrained magnitudes alone explain: each mask against θ0's one-shot mask
-            n = next(iter(masks.values())).n_weights
+            # each mask against θ0's one-shot mask: how close the ticket stays to the pretrained magnitudes
             for lang, st in ready.items():
                 if st.has_baseline(ONESHOT_PRETRAINED, sparsity):
                     oneshot = st.baseline_mask_path(ONESHOT_PRETRAINED, sparsity)
                     _, m = jaccard_matrix({"ticket": masks[lang], "oneshot": read_packed(oneshot)}, by="total")["all"]
                     baselines.append({"task": task, "seed": seed, "level": level, "sparsity": sparsity,
                                       "language": lang, "random_closed_form": random_jaccard(density),
-                                      "random_empirical": random_jaccard_empirical(n, density, seed=level),
                                       "oneshot_pretrained": float(m[0, 1])})
     return rows, baselines
 
@@ -127,7 +128,8 @@ def seed_overlap(root: Path, specs: list[CellSpec]) -> list[dict]:
     return rows
 
 
-def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], folder: Path) -> list[Path]:
+def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], folder: Path,
+                   pairs: list[dict] = ()) -> list[Path]:
     """Per task: mean cross-language Jaccard against sparsity, beside its baselines; and by layer/component."""
     paths = []
     for task in sorted({r["task"] for r in rows}):
@@ -148,6 +150,12 @@ def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], f
                 bx, [mean([b for b in base if b["sparsity"] == x], "oneshot_pretrained") for x in bx],
                 dict(color="C1", ls="-."))
         series["random masks, d/(2-d)"] = (xs, [random_jaccard(1 - x) for x in xs], dict(color="grey", ls="--"))
+        cross = [p for p in pairs if p["task"] == task and p["kind"] in (CROSS_CROSS, CROSS_SAME)]
+        if cross:
+            px = sorted({p["sparsity"] for p in cross})
+            series["random masks, each mask's per-matrix densities"] = (
+                px, [mean([p for p in cross if p["sparsity"] == x], "random_matched") for x in px],
+                dict(color="black", ls=":"))
         paths.append(line_plot(series, "sparsity", "Jaccard of kept weights", f"{task}: mask overlap",
                                folder / f"overlap_curve_{task}.png", percent_x=True))
         deepest = max(xs)
@@ -184,11 +192,16 @@ def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str |
     rows, baselines = overlap_tables(sweep.root, sweep.specs, folder)
     seeds = seed_overlap(sweep.root, sweep.specs)
     tickets = winning_tickets(sweep.root, sweep.specs)
+    pairs, excess = pair_tables(sweep.root, sweep.specs)
     write_csv(folder / "overlap.csv", rows)
     write_csv(folder / "overlap_baselines.csv", baselines)
     write_csv(folder / "seed_overlap.csv", seeds)
     write_csv(folder / "winning_tickets.csv", tickets)
-    overlap_curves(rows, baselines, seeds, folder)
+    write_csv(folder / "pair_overlap.csv", pairs)
+    write_csv(folder / "excess_overlap.csv", excess)
+    overlap_curves(rows, baselines, seeds, folder, pairs)
     totals = [r["jaccard"] for r in rows if r["grouping"] == "total"]
-    return AnalysisResult("overlap", sweep, folder, metrics={"pairs": len(totals),
-                                                      "mean_total_jaccard": float(np.mean(totals)) if totals else 0.0})
+    cross = [p["ratio"] for p in pairs if p["kind"] == CROSS_CROSS] or [p["ratio"] for p in pairs if p["kind"] == CROSS_SAME]
+    return AnalysisResult("overlap", sweep, folder, metrics={
+        "pairs": len(totals), "mean_total_jaccard": float(np.mean(totals)) if totals else 0.0,
+        "mean_cross_language_ratio_beyond_theta0": float(np.mean(cross)) if cross else 0.0})

@@ -1,52 +1,56 @@
-"""The paper's claims, each checked against a sweep's analysis files (issue 11, items 4 and 5).
+"""The paper's claims, each checked against a sweep's analysis files.
 
-Pure functions: they take the rows of the CSVs the other analyses wrote (`ClaimInputs`) and
-return one row per claim, with the paper's figure (wording from docs/method.md, never a
-number typed in here for the testbed), the testbed's figure (mean and spread over seeds),
-the figure it is compared against and a verdict. Nothing here reads storage or models.
+Pure functions: they take the rows of the CSVs the other analyses wrote (`ClaimInputs`) and return
+one row per claim, with the paper's figure (wording from docs/method.md, never a number typed in here
+for the testbed), the testbed's figure, the figure it is compared against, the effect with its
+standard error, and a verdict. Nothing here reads storage or models.
 
-Spread. A statistic is first computed per seed (e.g. the mean Jaccard over language pairs
-of one seed's masks); the testbed's figure is the mean of those, and its spread the sample
-standard deviation over seeds, shown as ± std with 4 seeds or more and as min–max with 2–3.
-With one seed there is no spread over seeds: the standard deviation over the units the
-mean is made of (language pairs, languages, transfer pairs) stands in for it, and the
-figure says "one seed". With neither (one seed, one unit) the spread is unknown.
+Effects and verdicts (analysis/verdicts.py). Each claim is an effect m, oriented so that m > 0
+supports it, estimated as a mean over observations that involve cells (a cell: one language trained
+with one seed on one task). Its standard error is the delete-one-cell jackknife; the verdict is a
+one-sided t test: holds at 4% in the claim's direction, does not hold at 0.5% in the opposite
+direction (significantly the other way), cannot tell otherwise. With one seed the cells are the
+languages, and the row says so.
 
-Verdict of one comparison, margin m (oriented so that m > 0 supports the claim) with spread
-s (for a difference of two estimates, s = sqrt(s1² + s2²)), Z = 2:
-  holds          m >  Z·s      the claim's direction, beyond twice the spread
-  does not hold  m <= -Z·s     the opposite direction (or exactly none, with no spread)
-  cannot tell    otherwise     within the spread, or the spread is unknown
-A claim made of several comparisons (units: task × sparsity level, ...) holds when every unit
-holds, does not hold when any unit does not hold, and otherwise cannot tell. A claim whose
-analysis has not run cannot tell, and says which command makes it.
+One pre-registered primary unit per claim: the level nearest the paper's 50% sparsity, where its
+tickets are (per task; a tie goes to the sparser level), pooled over tasks (the mean of the tasks'
+effects, each task's cells its own). The claim's verdict is that unit's. Every task and level is
+also reported on its own (claim_details.csv, the claim's profile), Holm-corrected as one family per
+claim, so a profile verdict says "holds" only when it survives the correction.
 
 The rules per claim:
-  (a) units: task × level in overlap.csv; m = mean cross-language Jaccard (total) − d/(2−d).
-  (b) units: task × level in seed_overlap.csv; m = same-language other-seed Jaccard − the
-      cross-language Jaccard of the same task and level (needs two seeds or more).
-  (c) one unit: the median over cells of the sparsest winning ticket. Holds when it lies within
-      one pruning step of 50% and the grid goes at least one step beyond 50% (else a ticket
-      at the grid's end could be sparser still); does not hold when it lies more than one step
-      from 50% and is not the grid's last level (so not cut off by it); otherwise cannot tell.
-  (d) units: task × transfer level; per seed, the relative cost of a transfer,
-      (a(s,t) − a(t,t)) / a(t,t), sign flipped where lower is better, so > 0 is a loss.
-      Holds when language tickets cost less than the random mask's and less than θ0's one-shot
-      mask's (two comparisons per unit, rule above), and at least half the cross-language
-      transfers succeed by the method's rule (within one std of a(t,t), transfer_matrix.csv):
-      the "small drop". Does not hold when either comparison does not hold, or fewer than half
-      succeed.
-  (e) units: task × level in overlap_baselines.csv; m = cross-language Jaccard − each ticket's
-      Jaccard with θ0's one-shot magnitude mask. The verdict is at the deepest level of each
-      task (where the tickets are); every level is listed, with the trend, in the details.
-  (f) one unit: the top layer of similarity.csv; m = dense CKA − random encoder CKA, spread over
-      language pairs (the analysis uses one encoder of each: there are no seeds).
+  (a) m = mean over cross-language pairs of (Jaccard − the matched random baseline), the expected Jaccard
+      of random masks with each mask's own per-matrix densities (d / (2 − d) is shown beside it; global
+      magnitude pruning gives each matrix its own density, and the matched baseline is the higher one).
+      Cross-language pairs are of other seeds; with one seed, of the same seed (the row says so).
+  (b) m = mean over 2×2 blocks of cells (two languages × two seeds) of the block's two same-language
+      Jaccards minus its two cross-language cross-seed Jaccards (halved): the same language with another
+      seed against other languages with another seed, like for like, each cell's own tendency to overlap
+      cancelling within a block. Needs two seeds. The note gives the within-seed confound on the same
+      blocks: cross-language pairs of the same seed against those of other seeds.
+  (c) one unit: the median over cells of the sparsest winning ticket. Holds when it lies within one
+      pruning step of 50% and the grid goes at least one step beyond 50% (else a ticket at the grid's end
+      could be sparser still); does not hold when it lies more than one step from 50% and is not the
+      grid's last level; otherwise cannot tell.
+  (d) per task and transfer level, the relative cost of a transfer, (a(s,t) − a(t,t)) / a(t,t), sign
+      flipped where lower is better, so > 0 is a loss; two effects: the random mask's cost minus other
+      languages' tickets' cost, and the same for θ0's one-shot mask. Holds when both hold at the primary
+      unit (the transfer level nearest 50%) and at least half the cross-language transfers of every task
+      there succeed (within one std of a(t,t), transfer_matrix.csv): the "small drop". Does not hold when
+      either effect does not hold, or fewer than half succeed.
+  (e) m = mean over cross-language pairs of the excess Jaccard beyond θ0 (neutrality.py: the observed
+      Jaccard minus the one expected were the two masks independent given θ0's magnitudes); the ratio
+      observed / expected intersection and the stricter null's excess (given also each cell's level-0
+      trained weights) are shown beside it. Pairs as in (a).
+  (f) one unit: the top layer of similarity.csv; m = mean over language pairs of the debiased linear CKA
+      of the dense model minus that of the random encoder; the cells are the languages (one encoder of
+      each kind, no seeds); the biased CKA is shown beside it.
+A claim whose analysis has not run cannot tell, and says which command makes it.
 
-Control (item 5). Each claim's effect is the mean margin over the units its verdict uses,
-with the root-mean-square of their spreads. A claim is measurably weaker on the control when
-effect(model) − effect(control) > Z·sqrt(s_model² + s_control²); "cannot tell" when either
-side has no effect. When no claim is measurably weaker, the table says that the instrument
-cannot tell the multilingual model from its control.
+Control. Each claim's effect at its primary unit is compared between the model and its control (two
+independent sweeps: standard errors in quadrature, Welch–Satterthwaite degrees of freedom); the claim
+is measurably weaker on the control when the difference holds by the same rule. When no claim is,
+the table says that the instrument cannot tell the multilingual model from its control.
 """
 
 from __future__ import annotations
@@ -56,14 +60,15 @@ import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
-from lnsub.analysis.overlap import random_jaccard
+from lnsub.analysis.pairs import CROSS_CROSS, CROSS_SAME, SAME_CROSS
 from lnsub.analysis.tables import read_csv, write_csv
+from lnsub.analysis.verdicts import (FAILS, HOLDS, UNSURE, Estimate, Term, difference, jackknife, profile_verdicts,
+                                     term, verdict)
 from lnsub.trainables.tasks import get_task
 
-Z = 2.0  # how many spreads a margin must clear
-HOLDS, FAILS, UNSURE = "holds", "does not hold", "cannot tell"
 EPS = 1e-9
 
 # The paper's figures, in docs/method.md's words ("The paper's claims"); tests check they are there verbatim.
@@ -88,23 +93,11 @@ class ClaimInputs:
 
     name: str  # the sweep's name, for the commands that make what is missing
     sparsities: list[float]  # every level's sparsity in the grid, level 0 (dense) first
-    overlap: list[dict] = field(default_factory=list)
-    baselines: list[dict] = field(default_factory=list)
-    seed_overlap: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)  # pair_overlap.csv
     tickets: list[dict] = field(default_factory=list)
     transfer_scores: dict[int, list[dict]] = field(default_factory=dict)  # level -> transfer_scores rows
     transfer_matrix: dict[int, list[dict]] = field(default_factory=dict)  # level -> transfer_matrix rows
     similarity: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class Stat:
-    """A statistic's mean over seeds, its spread, and how to say it."""
-
-    mean: float
-    spread: float | None
-    seeds: int
-    text: str
 
 
 def load_inputs(analysis: Path, name: str, sparsities: list[float]) -> ClaimInputs:
@@ -113,148 +106,210 @@ def load_inputs(analysis: Path, name: str, sparsities: list[float]) -> ClaimInpu
     levels = sorted(int(m.group(1)) for p in transfer.glob("transfer_scores_level*.csv")
                     if (m := re.fullmatch(r"transfer_scores_level(\d+)\.csv", p.name)))
     return ClaimInputs(
-        name, list(sparsities), overlap=read_csv(analysis / "overlap" / "overlap.csv"),
-        baselines=read_csv(analysis / "overlap" / "overlap_baselines.csv"),
-        seed_overlap=read_csv(analysis / "overlap" / "seed_overlap.csv"),
+        name, list(sparsities), pairs=read_csv(analysis / "overlap" / "pair_overlap.csv"),
         tickets=read_csv(analysis / "overlap" / "winning_tickets.csv"),
         transfer_scores={k: read_csv(transfer / f"transfer_scores_level{k}.csv") for k in levels},
         transfer_matrix={k: read_csv(transfer / f"transfer_matrix_level{k}.csv") for k in levels},
         similarity=read_csv(analysis / "similarity" / "similarity.csv"))
 
 
-# --- statistics and verdicts ----------------------------------------------------------------------
+# --- units, observations and estimates ------------------------------------------------------------
 
-def summarise(by_seed: dict, units: str, fmt: str = ".3f", over: str = "seeds") -> Stat:
-    """{seed: [values]} -> the mean over seeds of each seed's mean, and its spread (module docstring)."""
-    means = [statistics.fmean(v) for _, v in sorted(by_seed.items())]
-    mean, n = statistics.fmean(means), len(means)
-    if n >= 2:
-        spread = statistics.stdev(means)
-        text = (f"{mean:{fmt}} ± {spread:{fmt}} (std over {n} {over})" if n >= 4 else
-                f"{mean:{fmt}} ({min(means):{fmt}}–{max(means):{fmt}} over {n} {over})")
-        return Stat(mean, spread, n, text)
-    values = next(iter(by_seed.values()))
-    if len(values) >= 2:
-        spread = statistics.stdev(values)
-        return Stat(mean, spread, 1, f"{mean:{fmt}} (one seed; ± {spread:{fmt}} std over {len(values)} {units})")
-    return Stat(mean, None, 1, f"{mean:{fmt}} (one seed, one {units.rstrip('s')}: no spread)")
-
-
-def combined(*spreads: float | None) -> float | None:
-    return None if any(s is None for s in spreads) else math.sqrt(sum(s * s for s in spreads))
-
-
-def verdict(margin: float, spread: float | None) -> str:
-    """One comparison: holds beyond Z spreads, does not hold at or beyond -Z spreads, else cannot tell."""
-    if spread is None:
-        return UNSURE
-    if margin > Z * spread + EPS:
-        return HOLDS
-    if margin <= -Z * spread + EPS:
-        return FAILS
-    return UNSURE
-
-
-def combine(verdicts: list[str]) -> str:
-    """Every unit holds -> holds; any does not -> does not hold; else (or no unit) cannot tell."""
-    if verdicts and all(v == HOLDS for v in verdicts):
-        return HOLDS
-    return FAILS if FAILS in verdicts else UNSURE
-
-
-def effect(units: list[dict]) -> tuple[float | None, float | None]:
-    """The mean margin over units, and the root-mean-square of their spreads (None where unknown)."""
-    if not units:
-        return None, None
-    spreads = [u["spread"] for u in units]
-    rms = None if None in spreads else math.sqrt(statistics.fmean(s * s for s in spreads))
-    return statistics.fmean(u["margin"] for u in units), rms
+Cell = tuple  # (task, language, seed)
 
 
 def _pct(x: float) -> str:
     return f"{x:.0%}"
 
 
-def unit(claim: str, task: str, level: int, sparsity: float, testbed: str, comparison: str, margin: float,
-         spread: float | None, result: str | None = None) -> dict:
-    """One comparison behind a claim (a row of claim_details.csv)."""
-    return {"claim": claim, "task": task, "level": level, "sparsity": sparsity, "testbed": testbed,
-            "comparison": comparison, "margin": margin, "spread": spread,
-            "verdict": verdict(margin, spread) if result is None else result}
+def primary_level(levels: dict[int, float]) -> int:
+    """The level nearest 50% sparsity ({level: sparsity}); a tie goes to the sparser level."""
+    return min(levels, key=lambda k: (round(abs(levels[k] - 0.5), 9), -levels[k]))
 
 
-def claim_row(claim: str, testbed: str, comparison: str, result: str, units: list[dict], note: str = "",
+def pair_cells(r: dict) -> tuple[Cell, Cell]:
+    return (r["task"], r["language_a"], int(r["seed_a"])), (r["task"], r["language_b"], int(r["seed_b"]))
+
+
+def by_task_level(pairs: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    out: dict = defaultdict(list)
+    for r in pairs:
+        out[(r["task"], int(r["level"]))].append(r)
+    return dict(sorted(out.items()))
+
+
+def pair_term(rows: list[dict], kind: str, value) -> list[Term]:
+    """One stratum: the mean of value(row) over pairs of a kind; each pair involves its two cells."""
+    mine = [r for r in rows if r["kind"] == kind]
+    if not mine:
+        return []
+    involved = [pair_cells(r) for r in mine]
+    return [term(1.0, [value(r) for r in mine], involved, sorted({c for p in involved for c in p}))]
+
+
+def block_term(rows: list[dict], numerator: str) -> list[Term]:
+    """One stratum: the mean over 2×2 blocks (languages l, m × seeds s, r) of the block's two pairs of a kind
+    minus its two cross-language cross-seed pairs, halved. numerator: SAME_CROSS (l,s–l,r and m,s–m,r) or
+    CROSS_SAME (l,s–m,s and l,r–m,r). Each cell's own tendency to overlap appears on both sides and cancels."""
+    jac = {frozenset(pair_cells(r)): float(r["jaccard"]) for r in rows}
+    cells = {c for r in rows for c in pair_cells(r)}
+    langs, seeds = sorted({c[1] for c in cells}), sorted({c[2] for c in cells})
+    task = next(iter(cells))[0] if cells else ""
+    values, involved = [], []
+    for l, m in combinations(langs, 2):
+        for s, r in combinations(seeds, 2):
+            a, b, c, d = (task, l, s), (task, l, r), (task, m, s), (task, m, r)
+            top = [(a, b), (c, d)] if numerator == SAME_CROSS else [(a, c), (b, d)]
+            keys = [frozenset(p) for p in top + [(a, d), (c, b)]]
+            if all(k in jac for k in keys):
+                values.append((jac[keys[0]] + jac[keys[1]] - jac[keys[2]] - jac[keys[3]]) / 2)
+                involved.append((a, b, c, d))
+    if not values:
+        return []
+    return [term(1.0, values, involved, sorted({x for block in involved for x in block}))]
+
+
+@dataclass
+class Unit:
+    """One task and level of a claim (task "all": the primary unit, pooled over tasks)."""
+
+    task: str
+    level: int
+    sparsity: float
+    estimate: Estimate | None
+    testbed: str = ""
+    comparison: str = ""
+    primary: bool = False
+    result: str = UNSURE
+
+    def row(self, claim: str) -> dict:
+        e = self.estimate
+        return {"claim": claim, "task": self.task, "level": self.level, "sparsity": self.sparsity,
+                "primary": self.primary, "testbed": self.testbed, "comparison": self.comparison,
+                "margin": None if e is None else e.value, "se": None if e is None else e.se,
+                "df": None if e is None else e.df, "p_holds": None if e is None else e.p_holds,
+                "p_fails": None if e is None else e.p_fails, "verdict": self.result}
+
+
+def with_profile(primary: list[Unit], profile: list[Unit]) -> list[Unit]:
+    """The primary unit(s) with their own verdicts, then the profile with Holm-corrected verdicts."""
+    for u in primary:
+        u.primary, u.result = True, verdict(u.estimate)
+    for u, v in zip(profile, profile_verdicts([u.estimate for u in profile])):
+        u.result = v
+    return primary + profile
+
+
+def claim_row(claim: str, testbed: str, comparison: str, result: str, effect: Estimate | None, note: str = "",
               command: str = "") -> dict:
     """One row of claims.csv (command: what makes the missing analysis, when it has not run)."""
     statement, paper = PAPER[claim]
-    size, spread = effect(units)
+    e = effect
     return {"claim": claim, "statement": statement, "paper": paper, "testbed": testbed, "comparison": comparison,
-            "verdict": result, "note": note, "effect": size, "effect_spread": spread, "command": command}
+            "effect_text": "" if e is None else e.text(), "verdict": result, "note": note,
+            "effect": None if e is None else e.value, "effect_se": None if e is None else e.se,
+            "effect_df": None if e is None else e.df, "p": None if e is None else e.p_holds, "command": command}
 
 
 def not_computed(claim: str, command: str) -> tuple[dict, list[dict]]:
-    return claim_row(claim, "not computed", "", UNSURE, [], f"not computed yet: run {command}", command), []
+    return claim_row(claim, "not computed", "", UNSURE, None, f"not computed yet: run {command}", command), []
 
 
-def cross_language(overlap: list[dict]) -> dict[tuple[str, int, float], dict[int, list[float]]]:
-    """(task, level, sparsity) -> {seed: the total Jaccard of each pair of languages}."""
-    out: dict = defaultdict(lambda: defaultdict(list))
-    for r in overlap:
-        if r["grouping"] == "total":
-            out[(r["task"], int(r["level"]), float(r["sparsity"]))][int(r["seed"])].append(float(r["jaccard"]))
-    return out
+# --- overlap claims: (a), (b), (e) -----------------------------------------------------------------
+
+ONE_SEED = ("one seed: pairs of languages of that seed, the cells being the languages; the two cells of a pair "
+            "share their data order, head initialisation and random stream, so part of the overlap may be the "
+            "seed's rather than the language's (with several seeds, pairs of other seeds measure it)")
 
 
-def deepest(units: list[dict]) -> list[dict]:
-    """Each task's units at its deepest level."""
-    last = {}
-    for u in units:
-        last[u["task"]] = max(last.get(u["task"], -1), u["level"])
-    return [u for u in units if u["level"] == last[u["task"]]]
+def cross_kind(pairs: list[dict]) -> tuple[str, str]:
+    """The cross-language pairs a claim reads, and the note that says which: other seeds, or (one seed) the same."""
+    if any(r["kind"] == CROSS_CROSS for r in pairs):
+        return CROSS_CROSS, "pairs: other languages, other seeds"
+    return CROSS_SAME, ONE_SEED
 
 
-def headline(units: list[dict]) -> str:
-    """The testbed's figure at each task's deepest level (once per task: (d) has two comparisons there)."""
-    seen = {}
-    for u in deepest(units):
-        seen.setdefault(u["task"], f"{u['task']} at {_pct(u['sparsity'])}: {u['testbed']}")
-    return "; ".join(seen.values())
+def _mean(rows: list[dict], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key, "") not in ("", None)]
+    return statistics.fmean(values) if values else float("nan")
 
 
-# --- the claims ---------------------------------------------------------------------------------
+def overlap_units(inp: ClaimInputs, build, describe) -> tuple[Unit, list[Unit]]:
+    """The primary unit (each task's level nearest 50%, pooled) and the profile (every task and level) of an
+    overlap claim; build(rows) -> the stratum's terms, describe(rows) -> (testbed, comparison) texts."""
+    units = by_task_level(inp.pairs)
+    levels: dict = defaultdict(dict)
+    for (task, level), rows in units.items():
+        levels[task][level] = float(rows[0]["sparsity"])
+    primary = {task: primary_level(lv) for task, lv in levels.items()}
+    profile = []
+    for (task, level), rows in units.items():
+        profile.append(Unit(task, level, levels[task][level], jackknife([build(rows)]), *describe(rows)))
+    chosen = [units[(task, level)] for task, level in primary.items()]
+    pooled = jackknife([build(rows) for rows in chosen])
+    sparsity = statistics.fmean(levels[t][k] for t, k in primary.items())
+    texts = [f"{t} at {_pct(levels[t][k])}: {describe(units[(t, k)])[0]}" for t, k in primary.items()]
+    return Unit("all", -1, sparsity, pooled, "; ".join(texts), describe([r for rows in chosen for r in rows])[1]), profile
+
+
+def overlap_claim(claim: str, inp: ClaimInputs, build, describe, note: str = "") -> tuple[dict, list[dict]]:
+    if not inp.pairs:
+        return not_computed(claim, f"lnsub analyze --name {inp.name}")
+    primary, profile = overlap_units(inp, build, describe)
+    units = with_profile([primary], profile)
+    return (claim_row(claim, primary.testbed, primary.comparison, primary.result, primary.estimate, note),
+            [u.row(claim) for u in units])
+
 
 def claim_a(inp: ClaimInputs) -> tuple[dict, list[dict]]:
-    """(a) Cross-language overlap far above random masks, d/(2−d), at every task and level."""
-    if not inp.overlap:
-        return not_computed("a", f"lnsub analyze --name {inp.name}")
-    units = []
-    for (task, level, sparsity), by_seed in sorted(cross_language(inp.overlap).items()):
-        st, rnd = summarise(by_seed, "language pairs"), random_jaccard(1 - sparsity)
-        units.append(unit("a", task, level, sparsity, st.text, f"random {rnd:.3f}", st.mean - rnd, st.spread))
-    comparison = "; ".join(f"{u['task']}: {u['comparison']}" for u in deepest(units))
-    return claim_row("a", headline(units), comparison, combine([u["verdict"] for u in units]), units), units
+    """(a) Cross-language overlap above random masks with the same per-matrix densities."""
+    kind, which = cross_kind(inp.pairs)
+
+    def describe(rows):
+        mine = [r for r in rows if r["kind"] == kind]
+        return (f"Jaccard {_mean(mine, 'jaccard'):.3f}",
+                f"random masks of the same per-matrix densities {_mean(mine, 'random_matched'):.3f} "
+                f"(one density everywhere, d/(2−d): {_mean(mine, 'random_uniform'):.3f})")
+
+    return overlap_claim("a", inp, lambda rows: pair_term(
+        rows, kind, lambda r: float(r["jaccard"]) - float(r["random_matched"])), describe, which)
 
 
 def claim_b(inp: ClaimInputs) -> tuple[dict, list[dict]]:
-    """(b) The same language with another seed overlaps more than other languages do, at every task and level."""
-    if not inp.overlap:
+    """(b) The same language with another seed overlaps more than other languages with another seed."""
+    if not inp.pairs:
         return not_computed("b", f"lnsub analyze --name {inp.name}")
-    if not inp.seed_overlap:
-        return claim_row("b", "one seed: no same-language pair", "", UNSURE, [],
+    if not any(r["kind"] == SAME_CROSS for r in inp.pairs):
+        return claim_row("b", "one seed: no same-language pair", "", UNSURE, None,
                          f"needs two seeds or more: a grid with several seeds, then lnsub analyze --name {inp.name}"), []
-    same: dict = defaultdict(lambda: defaultdict(list))
-    for r in inp.seed_overlap:
-        key = (r["task"], int(r["level"]), float(r["sparsity"]))
-        same[key][(int(r["seed_a"]), int(r["seed_b"]))].append(float(r["jaccard"]))
-    cross, units = cross_language(inp.overlap), []
-    for key, by_pair in sorted(same.items()):
-        if key not in cross:
-            continue
-        s, c = summarise(by_pair, "languages", over="seed pairs"), summarise(cross[key], "language pairs")
-        units.append(unit("b", *key, s.text, f"other languages {c.text}", s.mean - c.mean, combined(s.spread, c.spread)))
-    comparison = "; ".join(f"{u['task']}: {u['comparison']}" for u in deepest(units))
-    return claim_row("b", headline(units), comparison, combine([u["verdict"] for u in units]), units), units
 
+    def describe(rows):
+        return (f"same language, other seed {_mean([r for r in rows if r['kind'] == SAME_CROSS], 'jaccard'):.3f}",
+                f"other languages, other seeds {_mean([r for r in rows if r['kind'] == CROSS_CROSS], 'jaccard'):.3f}")
+
+    confound, _ = overlap_units(inp, lambda rows: block_term(rows, CROSS_SAME), describe)
+    c = confound.estimate
+    note = ("" if c is None else f"within-seed confound (other languages of the same seed minus of other seeds, "
+            f"same blocks): {c.text()}")
+    return overlap_claim("b", inp, lambda rows: block_term(rows, SAME_CROSS), describe, note)
+
+
+def claim_e(inp: ClaimInputs) -> tuple[dict, list[dict]]:
+    """(e) Cross-language overlap beyond what θ0's magnitudes explain: excess Jaccard > 0 (ratio > 1)."""
+    kind, which = cross_kind(inp.pairs)
+
+    def describe(rows):
+        mine = [r for r in rows if r["kind"] == kind]
+        strict = _mean(mine, "excess_jaccard_trained")
+        return (f"Jaccard {_mean(mine, 'jaccard'):.3f}, ratio to θ0's expectation {_mean(mine, 'ratio'):.3f}",
+                f"expected given θ0's magnitudes {_mean(mine, 'expected_jaccard'):.3f}; given also the level-0 "
+                f"trained weights: excess {'n/a' if math.isnan(strict) else f'{strict:+.3f}'}")
+
+    return overlap_claim("e", inp, lambda rows: pair_term(rows, kind, lambda r: float(r["excess_jaccard"])), describe,
+                         which)
+
+
+# --- (c): the winning tickets --------------------------------------------------------------------
 
 def claim_c(inp: ClaimInputs) -> tuple[dict, list[dict]]:
     """(c) The median sparsest winning ticket within one pruning step of 50% (rule in the module docstring)."""
@@ -272,40 +327,29 @@ def claim_c(inp: ClaimInputs) -> tuple[dict, list[dict]]:
         result = FAILS
     else:
         result = UNSURE
-    spread = statistics.stdev(values) if len(values) >= 2 else None
+    spread = statistics.stdev(values) if len(values) >= 2 else None  # over cells: a spread, not an SE
+    effect = Estimate(step - distance, spread, len(values) - 1 if spread is not None else None, len(values))
     rule = "one std over seeds" if seeds >= 2 else "1% of the dense score (one seed)"
     text = (f"median {_pct(median)} ({_pct(min(values))}–{_pct(max(values))} over {len(values)} cells; "
             f"{seeds} seed(s), tickets within {rule})")
-    u = unit("c", "all", grid.index(min(grid, key=lambda x: abs(x - median))), median, text,
-             f"50% ± one step ({_pct(step)}); the grid ends at {_pct(last)}", step - distance, spread, result)
+    comparison = f"50% ± one step ({_pct(step)}); the grid ends at {_pct(last)}"
+    u = Unit("all", grid.index(min(grid, key=lambda x: abs(x - median))), median, effect, text, comparison, True, result)
     note = "" if result != UNSURE else f"the grid ends at {_pct(last)}: a ticket there could be sparser still"
-    return claim_row("c", text, u["comparison"], result, [u], note), [u]
+    row = claim_row("c", text, comparison, result, effect, note)
+    row["effect_text"] = f"{effect.value:+.3f} (one pruning step minus the median's distance from 50%; a rule, no test)"
+    return row, [u.row("c")]
 
 
-def claim_f(inp: ClaimInputs) -> tuple[dict, list[dict]]:
-    """(f) Top-layer CKA across languages: the dense model above the random encoder, beyond the spread over pairs."""
-    if not inp.similarity:
-        return not_computed("f", f"lnsub similarity --name {inp.name}")
-    top = max(int(r["layer"]) for r in inp.similarity)
-    at = {enc: [r for r in inp.similarity if r["encoder"] == enc and int(r["layer"]) == top]
-          for enc in ("dense", "random")}
-    st = {enc: summarise({0: [float(r["cka"]) for r in rows]}, "language pairs") for enc, rows in at.items()}
-    ret = {enc: statistics.fmean(float(r["retrieval"]) for r in rows) for enc, rows in at.items()}
-    texts = {enc: s.text.replace("one seed; ", "") for enc, s in st.items()}
-    u = unit("f", "all", top, float("nan"), f"CKA {texts['dense']} at layer {top}; retrieval {ret['dense']:.3f}",
-             f"random encoder CKA {texts['random']}; retrieval {ret['random']:.3f}",
-             st["dense"].mean - st["random"].mean, combined(st["dense"].spread, st["random"].spread))
-    return claim_row("f", u["testbed"], u["comparison"], u["verdict"], [u],
-                     "one encoder of each kind: the spread is over language pairs, not seeds"), [u]
+# --- (d): transfer -------------------------------------------------------------------------------
 
-
-def transfer_costs(scores: list[dict]) -> dict[str, dict[str, dict[int, list[float]]]]:
-    """task -> {"languages", "random", "oneshot"} -> {seed: relative costs}: (a(s,t) − a(t,t)) / a(t,t), signed
-    so that > 0 is a loss; languages: other languages' tickets only (not the diagonal, not other tasks' masks)."""
+def transfer_costs(scores: list[dict]) -> dict[str, dict[str, list[tuple[float, tuple]]]]:
+    """task -> {"languages", "random", "oneshot"} -> [(relative cost, the cells the job involves)]; the cost is
+    (a(s,t) − a(t,t)) / a(t,t), signed so that > 0 is a loss; languages: other languages' tickets only (not the
+    diagonal, not other tasks' masks); a job involves its target's cell and, for a ticket, its source's."""
     own = {(r["task"], int(r["seed"]), r["target"]): float(r["score"]) for r in scores
            if r["source_kind"] == "ticket" and r["source"] == r["target"]}
     targets = {(task, t) for task, _, t in own}
-    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    out: dict = defaultdict(lambda: defaultdict(list))
     for r in scores:
         task, seed, target = r["task"], int(r["seed"]), r["target"]
         base = own.get((task, seed, target))
@@ -315,72 +359,112 @@ def transfer_costs(scores: list[dict]) -> dict[str, dict[str, dict[int, list[flo
         if kind == "languages" and (task, r["source"]) not in targets:
             continue  # another task's mask (--cross-task): not a language transfer
         delta = (float(r["score"]) - base) / base
-        out[task][kind][seed].append(-delta if get_task(task).greater_is_better else delta)
+        cells = ((task, target, seed),) + (((task, r["source"], seed),) if kind == "languages" else ())
+        out[task][kind].append((-delta if get_task(task).greater_is_better else delta, cells))
     return out
+
+
+def cost_terms(costs: dict[str, list[tuple[float, tuple]]], kind: str) -> list[Term]:
+    """One stratum: the mean cost of `kind`'s jobs minus that of other languages' tickets (> 0: tickets lose less)."""
+    if kind not in costs or "languages" not in costs:
+        return []
+    units = sorted({c for k in (kind, "languages") for _, cells in costs[k] for c in cells})
+    return [term(sign, [v for v, _ in costs[k]], [cells for _, cells in costs[k]], units)
+            for sign, k in ((1.0, kind), (-1.0, "languages"))]
+
+
+def _successes(matrix: list[dict], task: str) -> tuple[int, int]:
+    langs = {r["target"] for r in matrix if r["task"] == task}
+    cross = [r for r in matrix if r["task"] == task and r["source"] in langs and r["source"] != r["target"]]
+    return sum(r["success"] == "True" for r in cross), len(cross)
+
+
+def transfer_units(inp: ClaimInputs) -> tuple[list[Unit], list[Unit], list[bool], str]:
+    """(the primary units (random, one-shot), the profile, the small-drop test of each task at the primary
+    level, the testbed's text there)."""
+    costs = {level: transfer_costs(scores) for level, scores in inp.transfer_scores.items()}
+    sparsity = {level: float(next(iter(scores))["sparsity"]) for level, scores in inp.transfer_scores.items() if scores}
+    first = primary_level(sparsity)
+    labels = (("random", "random mask"), ("oneshot", "one-shot θ0 mask"))
+    profile, primary, texts, small = [], [], [], []
+    for level in sorted(costs):
+        for task, c in sorted(costs[level].items()):
+            for kind, label in labels:
+                if kind in c and "languages" in c:
+                    profile.append(Unit(task, level, sparsity[level], jackknife([cost_terms(c, kind)]),
+                                        _cost_text(c["languages"]), f"{label} {_cost_text(c[kind])}"))
+    for kind, label in labels:
+        strata = [cost_terms(c, kind) for c in costs[first].values()]
+        mine = [c[kind] for c in costs[first].values() if kind in c]
+        primary.append(Unit("all", first, sparsity[first], jackknife(strata),
+                            comparison=f"{label} {_cost_text([x for m in mine for x in m])}"))
+    for task, c in sorted(costs[first].items()):
+        ok, n = _successes(inp.transfer_matrix.get(first, []), task)
+        small.append(2 * ok >= n > 0)
+        texts.append(f"{task} at {_pct(sparsity[first])}: relative loss {_cost_text(c.get('languages', []))}, "
+                     f"{ok}/{n} transfers succeed")
+    return primary, profile, small, "; ".join(texts)
+
+
+def _cost_text(costs: list[tuple[float, tuple]]) -> str:
+    return f"{statistics.fmean(v for v, _ in costs):.2%} (mean of {len(costs)})" if costs else "n/a"
 
 
 def claim_d(inp: ClaimInputs) -> tuple[dict, list[dict]]:
     """(d) Language tickets transfer with a small loss (half succeed at least) and lose less than random and
-    one-shot masks, at every task and transferred level."""
-    if not inp.transfer_scores:
+    one-shot masks, at the primary transfer level (pooled over tasks)."""
+    if not inp.transfer_scores or not any(inp.transfer_scores.values()):
         return not_computed("d", f"lnsub transfer --name {inp.name} --level {len(inp.sparsities) - 1}")
-    units, small = [], []
-    for level, scores in sorted(inp.transfer_scores.items()):
-        matrix = inp.transfer_matrix.get(level, [])
-        for task, costs in sorted(transfer_costs(scores).items()):
-            if "languages" not in costs:
-                continue
-            sparsity = float(next(r["sparsity"] for r in scores if r["task"] == task))
-            langs = {r["target"] for r in matrix if r["task"] == task}
-            cross = [r for r in matrix if r["task"] == task and r["source"] in langs and r["source"] != r["target"]]
-            ok = sum(r["success"] == "True" for r in cross)
-            small.append(2 * ok >= len(cross) > 0)
-            lang = summarise(costs["languages"], "transfer pairs", ".2%")
-            text = f"relative loss {lang.text}, {ok}/{len(cross)} transfers succeed"
-            for kind, label in (("random", "random mask"), ("oneshot", "one-shot θ0 mask")):
-                if kind in costs:
-                    other = summarise(costs[kind], "targets", ".2%")
-                    units.append(unit("d", task, level, sparsity, text, f"{label} {other.text}",
-                                      other.mean - lang.mean, combined(lang.spread, other.spread)))
-    result = combine([u["verdict"] for u in units])
+    primary, profile, small, text = transfer_units(inp)
+    units = with_profile(primary, profile)
+    results = [u.result for u in primary]
+    result = HOLDS if results and all(v == HOLDS for v in results) else FAILS if FAILS in results else UNSURE
     if not all(small):
         result = FAILS  # fewer than half the transfers are within one std of the target's own ticket
-    comparison = "; ".join(f"{u['task']} at {_pct(u['sparsity'])}: {u['comparison']}" for u in deepest(units))
-    return claim_row("d", headline(units), comparison, result, units), units
+    for u in primary:
+        u.testbed = text
+    effects = [u.estimate for u in primary if u.estimate is not None]
+    weakest = min(effects, key=lambda e: e.t if e.t is not None else -math.inf) if effects else None
+    comparison = "; ".join(f"{u.comparison}: {'n/a' if u.estimate is None else u.estimate.text('.2%')}"
+                           for u in primary)
+    return claim_row("d", text, comparison, result, weakest, "effect: the weaker of the two comparisons"), \
+        [u.row("d") for u in units]
 
 
-def claim_e(inp: ClaimInputs) -> tuple[dict, list[dict]]:
-    """(e) Cross-language overlap above each ticket's overlap with θ0's one-shot mask: verdict at each task's
-    deepest level, every level in the details and the trend in the row."""
-    if not inp.overlap:
-        return not_computed("e", f"lnsub analyze --name {inp.name}")
-    oneshot: dict = defaultdict(lambda: defaultdict(list))
-    for r in inp.baselines:
-        oneshot[(r["task"], int(r["level"]), float(r["sparsity"]))][int(r["seed"])].append(float(r["oneshot_pretrained"]))
-    cross, units = cross_language(inp.overlap), []
-    for key, by_seed in sorted(oneshot.items()):
-        if key in cross:
-            j, o = summarise(cross[key], "language pairs"), summarise(by_seed, "languages")
-            units.append(unit("e", *key, j.text, f"θ0 one-shot {o.text}", j.mean - o.mean, combined(j.spread, o.spread)))
-    if not units:
-        return claim_row("e", "no θ0 one-shot baseline", "", UNSURE, [],
-                         "overlap_baselines.csv has no rows: the cells stored no one-shot θ0 masks"), []
-    last = deepest(units)
-    trend = []
-    for task in sorted({u["task"] for u in units}):
-        mine = [u for u in units if u["task"] == task]
-        trend.append(f"{task}: margin {mine[0]['margin']:+.3f} at {_pct(mine[0]['sparsity'])} → "
-                     f"{mine[-1]['margin']:+.3f} at {_pct(mine[-1]['sparsity'])}")
-    comparison = "; ".join(f"{u['task']}: {u['comparison']}" for u in last)
-    return claim_row("e", headline(units), comparison, combine([u["verdict"] for u in last]), last,
-                     "; ".join(trend)), units
+# --- (f): representations --------------------------------------------------------------------------
+
+def claim_f(inp: ClaimInputs) -> tuple[dict, list[dict]]:
+    """(f) Top-layer debiased CKA across languages: the dense model above the random encoder."""
+    if not inp.similarity:
+        return not_computed("f", f"lnsub similarity --name {inp.name}")
+    if "cka_debiased" not in inp.similarity[0]:
+        return not_computed("f", f"lnsub similarity --name {inp.name}")  # written before the debiased CKA
+    top = max(int(r["layer"]) for r in inp.similarity)
+    at = {enc: {(r["language_a"], r["language_b"]): r for r in inp.similarity
+                if r["encoder"] == enc and int(r["layer"]) == top} for enc in ("dense", "random")}
+    pairs = sorted(at["dense"].keys() & at["random"].keys())
+    values = [float(at["dense"][p]["cka_debiased"]) - float(at["random"][p]["cka_debiased"]) for p in pairs]
+    langs = sorted({x for p in pairs for x in p})
+    effect = jackknife([[term(1.0, values, pairs, langs)]]) if pairs else None
+
+    def mean(enc, key):
+        return statistics.fmean(float(at[enc][p][key]) for p in pairs) if pairs else float("nan")
+
+    testbed = (f"debiased CKA {mean('dense', 'cka_debiased'):.3f} at layer {top} (biased {mean('dense', 'cka'):.3f}); "
+               f"retrieval {mean('dense', 'retrieval'):.3f}")
+    comparison = (f"random encoder: debiased CKA {mean('random', 'cka_debiased'):.3f} (biased "
+                  f"{mean('random', 'cka'):.3f}); retrieval {mean('random', 'retrieval'):.3f}")
+    u = Unit("all", top, float("nan"), effect, testbed, comparison)
+    units = with_profile([u], [])
+    return claim_row("f", testbed, comparison, u.result, effect,
+                     "one encoder of each kind: the cells are the languages, not seeds"), [x.row("f") for x in units]
 
 
 CLAIMS = (claim_a, claim_b, claim_c, claim_d, claim_e, claim_f)
 
 
 def claims(inp: ClaimInputs) -> tuple[list[dict], list[dict]]:
-    """One row per claim (claims.csv) and the comparisons behind them (claim_details.csv)."""
+    """One row per claim (claims.csv) and the units behind them (claim_details.csv)."""
     rows, details = [], []
     for check in CLAIMS:
         row, units = check(inp)
@@ -389,24 +473,28 @@ def claims(inp: ClaimInputs) -> tuple[list[dict], list[dict]]:
     return rows, details
 
 
+def _estimate(row: dict) -> Estimate | None:
+    value, se, df = (_number(row.get(k)) for k in ("effect", "effect_se", "effect_df"))
+    return None if value is None else Estimate(value, se, df if se is not None else None, 0)
+
+
 def compare(model: list[dict], control: list[dict]) -> list[dict]:
     """The claims of a model and of its control side by side, with whether each is measurably weaker on the
-    control: effect(model) − effect(control) > Z·sqrt(s_model² + s_control²) (module docstring)."""
+    control: effect(model) − effect(control) holds by the verdict rule (module docstring)."""
     theirs = {r["claim"]: r for r in control}
     out = []
     for r in model:
         c = theirs.get(r["claim"], {})
-        e_m, e_c = _number(r.get("effect")), _number(c.get("effect"))
-        s = combined(_number(r.get("effect_spread")), _number(c.get("effect_spread")))
-        weaker = UNSURE
-        if e_m is not None and e_c is not None and s is not None:
-            drop = e_m - e_c  # equal effects (the same sweep twice) are within the spread, even a zero one
-            weaker = ("yes" if drop > Z * s + EPS else "no (stronger on the control)" if drop < -Z * s - EPS
-                      else "no (within spread)")
+        diff = difference(_estimate(r), _estimate(c))
+        result = verdict(diff)
+        weaker = (UNSURE if diff is None or diff.se is None else "yes" if result == HOLDS
+                  else "no (stronger on the control)" if result == FAILS else "no (within spread)")
         out.append({"claim": r["claim"], "statement": r["statement"], "paper": r["paper"],
                     "model": r["testbed"], "model_verdict": r["verdict"], "control": c.get("testbed", "not computed"),
                     "control_verdict": c.get("verdict", UNSURE), "weaker_on_control": weaker,
-                    "effect_model": e_m, "effect_control": e_c, "combined_spread": s})
+                    "effect_model": _number(r.get("effect")), "effect_control": _number(c.get("effect")),
+                    "difference_se": None if diff is None else diff.se,
+                    "p": None if diff is None else diff.p_holds})
     return out
 
 

@@ -6,7 +6,6 @@ bytes counted with a popcount, so 11 masks of mBERT size need ~120 MB, not gigab
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -190,19 +189,19 @@ def random_jaccard(density: float) -> float:
     return density / (2.0 - density)
 
 
-@functools.lru_cache(maxsize=None)  # pure in its arguments; analyze asks the same of every language and task
-def random_jaccard_empirical(n_weights: int, density: float, seed: int, trials: int = 3) -> float:
-    """Mean Jaccard of `trials` pairs of random masks, each with exactly round(d * n) kept weights."""
-    rng = np.random.default_rng(seed)
-    k = int(round(density * n_weights))
-    values = []
-    for _ in range(trials):
-        a, b = np.zeros(n_weights, bool), np.zeros(n_weights, bool)
-        a[rng.choice(n_weights, k, replace=False)] = True
-        b[rng.choice(n_weights, k, replace=False)] = True
-        inter = int(np.count_nonzero(a & b))
-        values.append(1.0 if k == 0 else inter / (2 * k - inter))
-    return float(np.mean(values))
+def random_jaccard_matched(kept_a, kept_b, sizes) -> float:
+    """Expected Jaccard of two independent random masks that keep exactly kept_a[m] and kept_b[m] of the
+    sizes[m] weights of each matrix m, as a mask of global magnitude pruning does (its own density per matrix).
+
+    E|A ∩ B| = Σ_m kept_a[m]·kept_b[m] / sizes[m] (hypergeometric); |A| and |B| are fixed, so the Jaccard is
+    taken at the expected intersection, E|A ∩ B| / (|A| + |B| − E|A ∩ B|). The Jaccard is convex in |A ∩ B|,
+    so the exact expectation is larger, by about Var|A ∩ B|·(|A| + |B|) / |A ∪ B|³ (below 1e-5 from the
+    testbed's 300k weights up). With one density d everywhere it is d / (2 − d).
+    """
+    kept_a, kept_b, sizes = (np.asarray(x, dtype=np.float64) for x in (kept_a, kept_b, sizes))
+    inter = float(np.sum(np.where(sizes > 0, kept_a * kept_b / np.maximum(sizes, 1), 0.0)))
+    union = float(kept_a.sum() + kept_b.sum()) - inter
+    return inter / union if union > 0 else 1.0
 
 
 def cluster_order(matrix, labels: Sequence[str]) -> list[str]:

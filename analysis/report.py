@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lnsub.analysis import claims as paper_claims
+from lnsub.analysis import verdicts
 from lnsub.analysis.figures import line_plot
 from lnsub.analysis.tables import AnalysisResult, Sweep, open_sweep, read_csv
 from lnsub.trainables.atomic import write_text
@@ -122,6 +123,7 @@ def overlap_section(sweep: Sweep, overlap: Path) -> str:
         return missing(f"lnsub analyze --name {sweep.name}")
     baselines = read_csv(overlap / "overlap_baselines.csv")
     seeds = read_csv(overlap / "seed_overlap.csv")
+    pairs = read_csv(overlap / "pair_overlap.csv")
     out = []
     for task in sorted({r["task"] for r in rows}):
         total = [r for r in rows if r["task"] == task and r["grouping"] == "total"]
@@ -133,13 +135,17 @@ def overlap_section(sweep: Sweep, overlap: Path) -> str:
         base = [float(b["oneshot_pretrained"]) for b in baselines
                 if b["task"] == task and float(b["sparsity"]) == deepest]
         same = [float(r["jaccard"]) for r in seeds if r["task"] == task and float(r["sparsity"]) == deepest]
+        beyond = [r for r in pairs if r["task"] == task and float(r["sparsity"]) == deepest
+                  and r["kind"] in ("cross_language_cross_seed", "cross_language_same_seed")]
         reading = (f"At {deepest:.0%} sparsity, {task} sub-networks of different languages overlap {j:.3f} "
-                   f"(Jaccard), against {rnd:.3f} for random masks")
+                   f"(Jaccard), against {rnd:.3f} for random masks of one density")
+        if beyond:
+            reading += (f", {statistics.fmean(float(r['random_matched']) for r in beyond):.3f} for random masks of "
+                        f"each mask's per-matrix densities, and {statistics.fmean(float(r['ratio']) for r in beyond):.3f}"
+                        f" times the intersection θ0's magnitudes explain (excess Jaccard "
+                        f"{statistics.fmean(float(r['excess_jaccard']) for r in beyond):+.3f})")
         if base:
-            o = statistics.fmean(base)
-            reading += (f" and {o:.3f} between each ticket and θ0's own one-shot magnitude mask, so "
-                        + ("the pretrained magnitudes alone explain most of the overlap"
-                           if o >= j else "the tickets share more with each other than with θ0's magnitudes"))
+            reading += f"; each ticket overlaps θ0's own one-shot magnitude mask {statistics.fmean(base):.3f}"
         if same:
             reading += f"; the same language with another seed overlaps {statistics.fmean(same):.3f}"
         curve = overlap / f"overlap_curve_{task}.png"
@@ -163,7 +169,32 @@ def overlap_section(sweep: Sweep, overlap: Path) -> str:
             best, worst = max(means, key=means.get), min(means, key=means.get)
             out.append(figure(groups, f"Across languages, overlap is highest in {best} ({means[best]:.3f}) and "
                                       f"lowest in {worst} ({means[worst]:.3f}); the dashed line is random masks."))
+    out.append(excess_table(read_csv(overlap / "excess_overlap.csv")))
     return "\n".join(out)
+
+
+KINDS = {"cross_language_cross_seed": "other language, other seed", "cross_language_same_seed":
+         "other language, same seed", "same_language_cross_seed": "same language, other seed"}
+
+
+def excess_table(rows: list[dict]) -> str:
+    """excess_overlap.csv's totals: per task, level and kind of pair, the overlap against both baselines."""
+    rows = [r for r in rows if r["grouping"] == "total"]
+    if not rows:
+        return ""
+
+    def num(r, key, fmt):
+        return "-" if r.get(key, "") == "" else format(float(r[key]), fmt)
+
+    body = [[r["task"], f"{float(r['sparsity']):.0%}", KINDS.get(r["kind"], r["kind"]), r["pairs"],
+             num(r, "jaccard", ".3f"), num(r, "random_matched", ".3f"), num(r, "ratio", ".3f"),
+             num(r, "excess_jaccard", "+.3f"), num(r, "excess_jaccard_trained", "+.3f")] for r in rows]
+    return ("<p class='reading'><b>Overlap beyond θ0</b> (mean over the pairs of each kind): the ratio of the shared "
+            "kept weights to those expected were the two masks independent given θ0's magnitudes (quantile bins per "
+            "matrix), the excess Jaccard over that expectation, and the excess given also each cell's level-0 "
+            "trained weights. Per layer and component: excess_overlap.csv.</p>"
+            + table(["task", "sparsity", "pairs", "n", "Jaccard", "random (matched densities)", "ratio beyond θ0",
+                     "excess Jaccard", "excess given level-0 training"], body))
 
 
 def transfer_section(sweep: Sweep, folder: Path) -> str:
@@ -229,10 +260,15 @@ def similarity_section(sweep: Sweep, folder: Path) -> str:
         return statistics.fmean(float(r[key]) for r in rows if r["encoder"] == encoder and int(r["layer"]) == layer)
 
     dense, rnd = mean("dense", "cka", top), mean("random", "cka", top)
-    out = [figure(folder / "similarity_cka.png",
-                  f"At the top layer the dense model's cross-language CKA is {dense:.3f} against {rnd:.3f} for a "
-                  f"random encoder: " + ("representations align across languages above the lower bound."
-                                         if dense > rnd else "no alignment above the random lower bound."))]
+    reading = f"At the top layer the dense model's cross-language CKA is {dense:.3f} against {rnd:.3f} for a random encoder"
+    if "cka_debiased" in rows[0]:
+        d_dense, d_rnd = mean("dense", "cka_debiased", top), mean("random", "cka_debiased", top)
+        reading += (f"; debiased (unbiased HSIC, about 0 for unrelated representations), {d_dense:.3f} against "
+                    f"{d_rnd:.3f}: the plotted CKA carries the plug-in estimator's bias at this number of sentences")
+        dense, rnd = d_dense, d_rnd
+    out = [figure(folder / "similarity_cka.png", reading + ": " + (
+        "representations align across languages above the lower bound." if dense > rnd
+        else "no alignment above the random lower bound."))]
     layers = range(top + 1)
     best = max(layers, key=lambda k: mean("dense", "retrieval", k))
     out.append(figure(folder / "similarity_retrieval.png",
@@ -259,41 +295,59 @@ def claim_inputs(sweep: Sweep) -> paper_claims.ClaimInputs:
     return paper_claims.load_inputs(sweep.analysis, sweep.name, deepest.sparsities)
 
 
-RULES = (f"Verdicts: a margin (the testbed's figure minus the one it is compared with, oriented so that > 0 "
-         f"supports the claim) holds beyond {paper_claims.Z:g} spreads over seeds, does not hold at or below "
-         f"−{paper_claims.Z:g} spreads, and otherwise cannot tell; a claim holds when every task and level "
-         f"compared holds. With one seed the spread over language pairs (or languages, or transfer pairs) "
-         f"stands in for the spread over seeds. The rules in full: analysis/claims.py.")
+RULES = (f"Verdicts: each claim is an effect (oriented so that > 0 supports it) with its standard error over the "
+         f"cells (one language trained with one seed; the delete-one-cell jackknife), read with a one-sided t test: "
+         f"holds at {verdicts.ALPHA_HOLDS:.0%} in the claim's direction, does not hold at {verdicts.ALPHA_FAILS:.1%} in "
+         f"the opposite one, cannot tell otherwise. The verdict is the pre-registered unit's: the level nearest 50% "
+         f"sparsity, pooled over tasks; every task and level is in the profile below, Holm-corrected. With one seed "
+         f"the cells are the languages. The rules in full: analysis/claims.py and analysis/verdicts.py.")
+
+
+def _se(row: dict, key: str = "effect_se") -> str:
+    value = row.get(key)
+    return "-" if value in (None, "") else f"{float(value):.3f}"
 
 
 def claims_table(rows: list[dict]) -> str:
-    return table(["claim", "statement", "the paper", "the testbed", "compared with", "verdict", "note"],
-                 [[r["claim"], r["statement"], r["paper"], r["testbed"], r["comparison"], r["verdict"], r["note"]]
-                  for r in rows])
+    return table(["claim", "statement", "the paper", "the testbed", "compared with", "effect ± SE", "verdict", "note"],
+                 [[r["claim"], r["statement"], r["paper"], r["testbed"], r["comparison"], r["effect_text"],
+                   r["verdict"], r["note"]] for r in rows])
 
 
 def side_by_side_table(sweep: Sweep, control: Sweep, side: list[dict]) -> str:
     head = (f"<p><b>No claim is measurably weaker on the control: {paper_claims.CANNOT_SEPARATE}.</b></p>"
             if not paper_claims.separates(side) else "")
     return head + (f"<p>Model: sweep <b>{html.escape(sweep.name)}</b>; control: sweep <b>{html.escape(control.name)}"
-                   f"</b>. Measurably weaker: the claim's mean margin is lower on the control by more than "
-                   f"{paper_claims.Z:g} combined spreads.</p>") + table(
-        ["claim", "statement", "the paper", "model", "verdict", "control", "verdict",
+                   f"</b>. Measurably weaker: the claim's effect at its primary unit is lower on the control, by the "
+                   f"same rule (one-sided t test at {verdicts.ALPHA_HOLDS:.0%}, standard errors in quadrature).</p>"
+                   ) + table(
+        ["claim", "statement", "the paper", "model", "verdict", "control", "verdict", "effect: model − control",
          "measurably weaker on the control"],
         [[r["claim"], r["statement"], r["paper"], r["model"], r["model_verdict"], r["control"],
-          r["control_verdict"], r["weaker_on_control"]] for r in side])
+          r["control_verdict"], _difference(r), r["weaker_on_control"]] for r in side])
 
 
-def level_table(details: list[dict]) -> str:
-    """(e) at every sparsity level: how the margin over θ0's magnitudes changes with sparsity."""
-    levels = [u for u in details if u["claim"] == "e"]
-    if not levels:
+def _difference(r: dict) -> str:
+    if r.get("effect_model") in (None, "") or r.get("effect_control") in (None, ""):
+        return "-"
+    diff = float(r["effect_model"]) - float(r["effect_control"])
+    return f"{diff:+.3f} ± {_se(r, 'difference_se')}"
+
+
+def profile_table(details: list[dict]) -> str:
+    """Every task and level of each claim: effect ± SE and the Holm-corrected verdict (the primary unit first)."""
+    if not details:
         return ""
-    return ("<p>(e) per sparsity level: cross-language overlap against each ticket's overlap with θ0's one-shot "
-            "magnitude mask (margin > 0: beyond what the magnitudes explain).</p>" + table(
-                ["task", "sparsity", "across languages", "θ0 one-shot", "margin", "spread", "verdict"],
-                [[u["task"], f"{u['sparsity']:.0%}", u["testbed"], u["comparison"], f"{u['margin']:+.3f}",
-                  "-" if u["spread"] is None else f"{u['spread']:.3f}", u["verdict"]] for u in levels]))
+    rows = []
+    for u in details:
+        where = "pooled (primary)" if u["primary"] else u["task"]
+        sparsity = "" if u["sparsity"] != u["sparsity"] else f"{float(u['sparsity']):.0%}"  # NaN: no level
+        effect = "-" if u["margin"] is None else f"{u['margin']:+.4f} ± {_se(u, 'se')}"
+        p = "-" if u["p_holds"] is None else f"{u['p_holds']:.3g}"
+        rows.append([u["claim"], where, sparsity, effect, p, u["verdict"]])
+    return ("<p>Each claim's profile: every task and level on its own (verdicts Holm-corrected within each "
+            "claim), beside the primary unit.</p>"
+            + table(["claim", "task", "sparsity", "effect ± SE", "p (claim's direction)", "verdict"], rows))
 
 
 def claims_section(sweep: Sweep, folder: Path, control: Sweep | None = None) -> tuple[str, list[dict]]:
@@ -303,7 +357,7 @@ def claims_section(sweep: Sweep, folder: Path, control: Sweep | None = None) -> 
     side = paper_claims.compare(rows, theirs) if control is not None else None
     out = [claims_table(rows) if side is None else side_by_side_table(sweep, control, side)]
     out += [missing(c) for c in dict.fromkeys(r["command"] for r in rows + theirs if r["command"])]
-    out += [level_table(details), f"<p class='reading'>{html.escape(RULES)}</p>"]
+    out += [profile_table(details), f"<p class='reading'>{html.escape(RULES)}</p>"]
     paper_claims.write(folder, rows, details, side)
     return "\n".join(out), rows
 

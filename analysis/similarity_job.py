@@ -151,7 +151,7 @@ def _encoder_with_mask(base, masks: dict[str, torch.Tensor], prefix: str):
 
 def similarity(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
                level: int | None = None, sentences: int = 200) -> AnalysisResult:
-    """Write similarity.csv (encoder, layer, language pair: CKA and retrieval), retrieval.csv and
+    """Write similarity.csv (encoder, layer, language pair: CKA, debiased CKA and retrieval), retrieval.csv and
     retrieval_best.csv (P@1 per word-order group), parallel.json (the sentences' source, each language
     left out with the reason, the word orders) and the curves."""
     import transformers  # heavy: imported when the analysis runs
@@ -183,10 +183,10 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     _plot(rows, folder / "similarity_cka.png", "cka", "linear CKA (mean over language pairs)")
     _plot(rows, folder / "similarity_retrieval.png", "retrieval", "retrieval accuracy (mean over pairs)")
     top = max(r["layer"] for r in rows)
-    top_cka = {label: float(np.mean([r["cka"] for r in rows if r["encoder"] == label and r["layer"] == top]))
-               for label in ("dense", "random")}
-    return AnalysisResult("similarity", sweep, folder, params=params,
-                          metrics={**{f"cka_top_layer_{k}": v for k, v in top_cka.items()}, **best_metrics(best)},
+    top_cka = {f"{key}_top_layer_{label}": float(np.mean([r[key] for r in rows
+                                                          if r["encoder"] == label and r["layer"] == top]))
+               for label in ("dense", "random") for key in ("cka", "cka_debiased")}
+    return AnalysisResult("similarity", sweep, folder, params=params, metrics={**top_cka, **best_metrics(best)},
                           extra={"skipped": parallel.skipped})
 
 
@@ -280,11 +280,13 @@ def _encoders(sweep, base, level: int | None, path: str) -> Iterator[tuple[str, 
 
 
 def _compare(label: str, reps: dict[str, np.ndarray]) -> list[dict]:
-    """CKA and ratio-margin retrieval of one encoder, for every pair of languages and every layer."""
+    """CKA (plug-in and debiased) and ratio-margin retrieval of one encoder, for every pair of languages and layer."""
     rows = []
     for a, b in combinations(sorted(reps), 2):
+        debiased = cka_by_layer(reps[a], reps[b], debiased=True)
         for layer, cka in enumerate(cka_by_layer(reps[a], reps[b])):
             rows.append({"encoder": label, "layer": layer, "language_a": a, "language_b": b, "cka": cka,
+                         "cka_debiased": debiased[layer],
                          "retrieval": retrieval_accuracy(reps[a][layer], reps[b][layer], k=5)})
     return rows
 

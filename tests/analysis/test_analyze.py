@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import html
 
+import numpy as np
 import pytest
 
 from lnsub.analysis.report import SECTIONS
 from lnsub.orchestrator import tracking
 from lnsub.orchestrator.analyses import analyze, report, similarity
+from lnsub.analysis.neutrality import DEFAULT_BINS
+from lnsub.analysis.pairs import pretrained_weights
 from lnsub.trainables.masks import load_masks
-from lnsub.trainables.store import CellStore
+from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore
+from test_neutrality import reference
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +45,6 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     for r in baselines:
         d = 1 - float(r["sparsity"])
         assert float(r["random_closed_form"]) == pytest.approx(d / (2 - d))
-        assert float(r["random_empirical"]) == pytest.approx(d / (2 - d), abs=0.02)
         assert 0 < float(r["oneshot_pretrained"]) <= 1
     tickets = list(csv.DictReader(open(folder / "winning_tickets.csv")))
     assert {t["language"] for t in tickets} == {"syn-en", "syn-ar"}
@@ -58,12 +61,49 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
         a, b = (kept_set(load_masks(CellStore(storage, s).level_dir(int(r["level"])))) for s in en)
         assert float(r["jaccard"]) == pytest.approx(len(a & b) / len(a | b), abs=1e-12)
 
+    check_pairs(storage, all_specs, folder)
+
     client = tracking._client(f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name(tracking.experiment_name("mini"))
     runs = client.search_runs([exp.experiment_id], filter_string="tags.`lnsub.role` = 'analysis:overlap'")
     assert len(runs) == 1
     assert "overlap/overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
     assert "overlap/seed_overlap.csv" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "overlap")}
+
+
+def check_pairs(storage, specs, folder) -> None:
+    """pair_overlap.csv against set computations, the matched baseline's formula by loop, and the excess against
+    the brute-force reference of tests/analysis/test_neutrality.py, on θ0 loaded here as the cells drew it."""
+    rows = list(csv.DictReader(open(folder / "pair_overlap.csv")))
+    kinds = {(r["level"], r["language_a"], r["seed_a"], r["language_b"], r["seed_b"]): r["kind"] for r in rows}
+    assert kinds == {(lv, *pair): kind for lv in ("1", "2") for pair, kind in (
+        (("syn-ar", "0", "syn-en", "0"), "cross_language_same_seed"),
+        (("syn-ar", "0", "syn-en", "1"), "cross_language_cross_seed"),
+        (("syn-en", "0", "syn-en", "1"), "same_language_cross_seed"))}
+    cell = {(s.language, s.seed): s for s in specs}
+    theta0 = pretrained_weights(specs[0])
+    stored = CellStore(storage, specs[0]).baseline(ONESHOT_PRETRAINED, specs[0].sparsities[2])
+    names = list(stored)  # θ0 as loaded here reproduces the cell's own one-shot θ0 mask: it is the cell's θ0
+    flat = np.concatenate([np.abs(theta0[n]).ravel() for n in names])
+    kept = int(sum(int(m.sum()) for m in stored.values()))
+    assert np.array_equal(np.concatenate([stored[n].numpy().ravel() for n in names]),
+                          flat >= np.sort(flat)[flat.size - kept])
+    for r in rows:
+        a, b = (load_masks(CellStore(storage, cell[(r[f"language_{x}"], int(r[f"seed_{x}"]))]).level_dir(int(r["level"])))
+                for x in "ab")
+        ka, kb = kept_set(a), kept_set(b)
+        assert float(r["jaccard"]) == pytest.approx(len(ka & kb) / len(ka | kb), abs=1e-12)
+        inter = sum(int(a[n].sum()) * int(b[n].sum()) / a[n].numel() for n in a)
+        assert float(r["random_matched"]) == pytest.approx(inter / (len(ka) + len(kb) - inter), rel=1e-9)
+        if r["level"] == "2" and r["kind"] == "cross_language_cross_seed":  # one pair by brute force (seconds)
+            arrays = [{n: m.numpy() for n, m in x.items()} for x in (a, b)]
+            observed, expected, _ = reference({n: theta0[n] for n in names}, *arrays, DEFAULT_BINS)
+            assert int(r["observed"]) == observed and float(r["expected"]) == pytest.approx(expected, rel=1e-9)
+            assert float(r["ratio"]) == pytest.approx(observed / expected, rel=1e-9)
+    assert all(r["excess_jaccard_trained"] != "" for r in rows)  # every cell stored its one-shot trained masks
+    groups = list(csv.DictReader(open(folder / "excess_overlap.csv")))
+    assert {(g["grouping"], g["kind"]) for g in groups} >= {("total", k) for k in set(kinds.values())}
+    assert {g["group"] for g in groups if g["grouping"] == "layer"} == {f"layer_{k}" for k in range(6)}
 
 
 def test_similarity_over_the_same_cells(mini_sweep, tiny_model, tmp_path):

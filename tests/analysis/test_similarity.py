@@ -344,3 +344,41 @@ def test_similarity_writes_retrieval_csv_of_the_twins_by_word_order(tmp_path, ti
     note = json.loads((result.folder / "parallel.json").read_text())
     assert note["word_order"] == {lang: ORDERS[lang] for lang in languages}
     assert note["retrieval_groups"] == ["same-order", "different-order", "all"]
+
+
+# ---- debiased CKA ----
+
+def _song_unbiased_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """HSIC₁ of Song et al. (2012) written out on uncentred Gram matrices with zeroed diagonals, by einsum."""
+    n = x.shape[0]
+
+    def hsic(k, l):
+        k, l = k.copy(), l.copy()
+        np.fill_diagonal(k, 0.0)
+        np.fill_diagonal(l, 0.0)
+        ones = np.ones(n)
+        return (np.einsum("ij,ji->", k, l) + (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * (ones @ k @ l @ ones)) / (n * (n - 3))
+
+    k, l = x @ x.T, y @ y.T
+    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+def test_debiased_cka_equals_song_et_al_formula_on_a_small_case():
+    rng = np.random.default_rng(10)
+    x, y = rng.normal(size=(30, 5)) + 3.0, rng.normal(size=(30, 7))
+    y[:, :5] += x
+    assert linear_cka(x, y, debiased=True) == pytest.approx(_song_unbiased_cka(x, y), rel=1e-10)
+    assert linear_cka(x, 2.5 * x @ _rotation(5, 2), debiased=True) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_debiased_cka_of_independent_features_is_about_zero_where_the_plug_in_is_not():
+    # n = 200 sentences, 64 dimensions (the testbed's width): the plug-in CKA of independent Gaussians is ~0.24
+    rng = np.random.default_rng(11)
+    pairs = [(rng.normal(size=(200, 64)), rng.normal(size=(200, 64))) for _ in range(20)]
+    biased = np.mean([linear_cka(x, y) for x, y in pairs])
+    debiased = [linear_cka(x, y, debiased=True) for x, y in pairs]
+    assert 0.2 < biased < 0.3
+    assert abs(np.mean(debiased)) < 0.005 and max(abs(d) for d in debiased) < 0.02
+    with pytest.raises(ValueError, match="at least 4"):
+        linear_cka(np.ones((3, 2)), np.ones((3, 2)), debiased=True)
