@@ -275,6 +275,11 @@ def sweep(grid: str = typer.Option(None, "--grid", metavar="GRID", help=GRID_HEL
                            max_concurrent=max_concurrent, resume=resume, address=address, render=render,
                            max_failures=max_failures,
                            checkpoint_every=checkpoint_every, data_dir=data_dir)
+    _sweep_ended(result, storage)
+
+
+def _sweep_ended(result, storage: str) -> None:
+    """What a finished (or stopped) sweep prints, and its exit status: 1 for failed cells, 130 for unfinished."""
     console.print(_progress_table(result.statuses))
     counts = status_counts(result.statuses)
     if not result.errors and counts["done"] == len(result.statuses):
