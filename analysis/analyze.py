@@ -21,9 +21,13 @@ from lnsub.analysis.figures import line_plot, new_figure, save_png
 from lnsub.analysis.overlap import (GROUPINGS, cluster_order, group_slices, heatmap_png, jaccard_matrix,
                                     random_jaccard, read_packed, winning_ticket)
 from lnsub.analysis.pairs import CROSS_CROSS, CROSS_SAME, pair_tables
-from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
+from lnsub.analysis.results import AnalysisResult
+from lnsub.analysis.sweeps import open_sweep
+from lnsub.analysis.tables import write_csv
+from lnsub.trainables import providers
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore
 from lnsub.trainables.tasks import get_task
 
@@ -47,7 +51,7 @@ def _by_cell(specs: list[CellSpec]) -> dict[tuple[str, str], list[CellSpec]]:
     return groups
 
 
-def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[dict], list[dict]]:
+def overlap_tables(root: Storage, specs: list[CellSpec], out: Path) -> tuple[list[dict], list[dict]]:
     """Jaccard rows (every pair, grouping, level) and baseline rows; heatmaps of the totals."""
     rows, baselines = [], []
     for (task, seed), cells in sorted(cells_by_task_seed(specs).items()):
@@ -87,7 +91,7 @@ def overlap_tables(root: Path, specs: list[CellSpec], out: Path) -> tuple[list[d
     return rows, baselines
 
 
-def winning_tickets(root: Path, specs: list[CellSpec]) -> list[dict]:
+def winning_tickets(root: Storage, specs: list[CellSpec]) -> list[dict]:
     """Per (task, language): the sparsest level within one std over seeds (or 1%) of the dense score."""
     out = []
     for (task, language), seeds in sorted(_by_cell(specs).items()):
@@ -107,7 +111,7 @@ def winning_tickets(root: Path, specs: list[CellSpec]) -> list[dict]:
     return out
 
 
-def seed_overlap(root: Path, specs: list[CellSpec]) -> list[dict]:
+def seed_overlap(root: Storage, specs: list[CellSpec]) -> list[dict]:
     """Same language, different seeds: the total Jaccard of every pair of seeds' masks, per level."""
     rows = []
     for (task, language), seeds in sorted(_by_cell(specs).items()):
@@ -188,11 +192,12 @@ def _group_bars(groups: dict, baseline: float, title: str, path: Path) -> Path:
 def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> AnalysisResult:
     """Write the overlap tables and figures to <analysis folder>/overlap."""
     sweep = open_sweep(name, storage, tracking_uri, out)
+    providers.prepare(sweep.specs)  # θ0 is read from the model (built once; a no-op after)
     folder = sweep.folder("overlap")
-    rows, baselines = overlap_tables(sweep.root, sweep.specs, folder)
-    seeds = seed_overlap(sweep.root, sweep.specs)
-    tickets = winning_tickets(sweep.root, sweep.specs)
-    pairs, excess = pair_tables(sweep.root, sweep.specs)
+    rows, baselines = overlap_tables(sweep.storage, sweep.specs, folder)
+    seeds = seed_overlap(sweep.storage, sweep.specs)
+    tickets = winning_tickets(sweep.storage, sweep.specs)
+    pairs, excess = pair_tables(sweep.storage, sweep.specs)
     write_csv(folder / "overlap.csv", rows)
     write_csv(folder / "overlap_baselines.csv", baselines)
     write_csv(folder / "seed_overlap.csv", seeds)
@@ -202,6 +207,7 @@ def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str |
     overlap_curves(rows, baselines, seeds, folder, pairs)
     totals = [r["jaccard"] for r in rows if r["grouping"] == "total"]
     cross = [p["ratio"] for p in pairs if p["kind"] == CROSS_CROSS] or [p["ratio"] for p in pairs if p["kind"] == CROSS_SAME]
+    sweep.publish(folder)
     return AnalysisResult("overlap", sweep, folder, metrics={
         "pairs": len(totals), "mean_total_jaccard": float(np.mean(totals)) if totals else 0.0,
         "mean_cross_language_ratio_beyond_theta0": float(np.mean(cross)) if cross else 0.0})

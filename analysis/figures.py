@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lnsub.trainables.atomic import atomic_path
+from lnsub.trainables.storage.local import atomic_path
 
 
 def new_figure(width: float, height: float):

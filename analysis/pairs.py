@@ -40,6 +40,7 @@ from lnsub.analysis.overlap import GROUPINGS, random_jaccard, read_packed
 from lnsub.trainables.loading import model_path, task_for
 from lnsub.trainables.pruning import prunable_parameters
 from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.store import ONESHOT_TRAINED, CellStore
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def theta0_strata(cells: list[CellSpec], bins: int) -> dict[int, MagnitudeStrata
 class LevelCells:
     """A task's finished cells at one level, each mask ranked (once) in the strata it is compared in."""
 
-    def __init__(self, root: Path, cells: list[CellSpec], level: int, strata: dict[int, MagnitudeStrata]):
+    def __init__(self, root: Storage, cells: list[CellSpec], level: int, strata: dict[int, MagnitudeStrata]):
         self.level, self.strata, self.root = level, strata, root
         self.cells = {c: CellStore(root, c) for c in cells}
         self.sparsity = cells[0].sparsities[level]
@@ -148,7 +149,7 @@ def _mean(figs: list[dict], key: str):
     return statistics.fmean(values) if values else ""
 
 
-def pair_tables(root: Path, specs: list[CellSpec], bins: int = DEFAULT_BINS) -> tuple[list[dict], list[dict]]:
+def pair_tables(root: Storage, specs: list[CellSpec], bins: int = DEFAULT_BINS) -> tuple[list[dict], list[dict]]:
     """pair_overlap.csv and excess_overlap.csv rows for every task and level (module docstring)."""
     rows, groups = [], []
     by_task: dict[str, list[CellSpec]] = defaultdict(list)

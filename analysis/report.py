@@ -21,11 +21,13 @@ import numpy as np
 from lnsub.analysis import claims as paper_claims
 from lnsub.analysis import verdicts
 from lnsub.analysis.figures import line_plot
-from lnsub.analysis.tables import AnalysisResult, Sweep, open_sweep, read_csv
-from lnsub.trainables.atomic import write_text
+from lnsub.analysis.results import AnalysisResult
+from lnsub.analysis.sweeps import Sweep, open_sweep
+from lnsub.analysis.tables import read_csv
+from lnsub.trainables.storage.local import write_text
 from lnsub.trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import cell_statuses, status_counts
+from lnsub.analysis.sweeps import cell_statuses, status_counts
 from lnsub.trainables.tasks import get_task
 
 SECTIONS = (("grid", "The grid and what ran"), ("claims", "The paper's claims"), ("tickets", "Winning tickets"),
@@ -55,13 +57,13 @@ def missing(command: str) -> str:
 # --- sections ------------------------------------------------------------------------------------
 
 def grid_section(sweep: Sweep) -> str:
-    statuses = cell_statuses(sweep.root, sweep.state)
+    statuses = cell_statuses(sweep.storage, sweep.state)
     counts = status_counts(statuses)
     specs = sweep.specs
     languages = sorted({s.language for s in specs})
     tasks = sorted({s.task for s in specs})
     seeds = sorted({s.seed for s in specs})
-    compute = sum(r.get(LEVEL_SECONDS, 0.0) for s in specs for r in CellStore(sweep.root, s).all_metrics())
+    compute = sum(r.get(LEVEL_SECONDS, 0.0) for s in specs for r in CellStore(sweep.storage, s).all_metrics())
     out = [f"<p>Grid <b>{html.escape(sweep.state.grid_name)}</b> on model <code>{html.escape(specs[0].model)}"
            f"</code>: {len(tasks)} task(s) ({', '.join(tasks)}), {len(languages)} language(s), "
            f"seeds {', '.join(map(str, seeds))}, levels 0-{max(s.levels for s in specs)} "
@@ -85,7 +87,7 @@ def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
     out = []
     by_task = defaultdict(lambda: defaultdict(list))
     for s in sweep.specs:
-        for r in CellStore(sweep.root, s).all_metrics():
+        for r in CellStore(sweep.storage, s).all_metrics():
             by_task[s.task][s.language].append((r[SPARSITY], r[SCORE]))
     for task, langs in sorted(by_task.items()):
         series = {}
@@ -406,9 +408,10 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
             f"</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
             f"<h1>lnsub report: {html.escape(name)}</h1>"
             f"<p>Language-neutral sub-networks (lottery tickets by IMP with rewinding to θ0). Generated "
-            f"{time.strftime('%Y-%m-%d %H:%M')} from {html.escape(str(sweep.root))}.</p><nav>{nav}</nav>"
+            f"{time.strftime('%Y-%m-%d %H:%M')} from {html.escape(sweep.storage.location)}.</p><nav>{nav}</nav>"
             f"{sections}</body></html>")
     path = folder / "report.html"
     write_text(path, page)
-    return AnalysisResult("report", sweep, folder, params={"control": control} if control else {},
-                          extra={"path": path, "claims": claim_rows})
+    sweep.publish(folder)
+    return AnalysisResult("report", sweep, folder, params={"control": control} if control else {}, report=path,
+                          claims=claim_rows)

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test suite's S3 server (moto on 1
 
 from s3_server import S3Server  # noqa: E402
 
-from lnsub.trainables import objectstore  # noqa: E402
+from lnsub.trainables.storage import remote as objectstore  # noqa: E402
 from lnsub.trainables.metrics import LEVEL_SECONDS  # noqa: E402
 from lnsub.trainables.store import CellStore  # noqa: E402
-from lnsub.trainables.sweep_state import check_storage, load_state, pull_cells  # noqa: E402
+from lnsub.analysis.sweeps import load_state, open_storage, pull_cells  # noqa: E402
 
 
 def lnsub(args: list[str], cwd: Path, env: dict, log: Path, **kw) -> subprocess.Popen:
@@ -48,7 +48,7 @@ def sweep(storage: str, extra: list[str], cwd: Path, env: dict, log: Path) -> fl
 
 
 def level_seconds(storage: str) -> dict[tuple[str, int], float]:
-    root = check_storage(storage)
+    root = open_storage(storage)
     state = load_state(root, "smoke")
     pull_cells(root, state.specs)
     return {(s.id, k): CellStore(root, s).metrics(k)[LEVEL_SECONDS] for s in state.specs for k in range(s.levels + 1)}

@@ -121,12 +121,13 @@ def _make_masks(root: Path, n_masks: int, density: float, level: int) -> list[Pa
     import torch
 
     from lnsub.trainables.masks import save_masks
+    from lnsub.trainables.storage import Storage
 
     folders = []
     for k in range(n_masks):
         rng = np.random.default_rng(1000 * level + k)
         masks = {n: torch.from_numpy(rng.random(s, dtype=np.float32) < density) for n, s in SHAPES.items()}
-        save_masks(root / f"lang{k:02d}", masks)
+        save_masks(Storage.open(root), root / f"lang{k:02d}", masks)
         folders.append(root / f"lang{k:02d}")
     return folders
 

@@ -27,7 +27,7 @@ def mbert_head(steps: int) -> None:
     from transformers import BertConfig, BertForMaskedLM
 
     from lnsub.trainables.tasks.mlm import mask_tokens, predict_masked_only
-    from lnsub.trainables.testbed.rehearsal import MBERT_ARCHITECTURE
+    from lnsub.orchestrator.rehearsal.build import MBERT_ARCHITECTURE
 
     torch.manual_seed(0)
     full = BertForMaskedLM(BertConfig(vocab_size=119_547, **MBERT_ARCHITECTURE))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from lnsub.orchestrator.grid import plan
-from lnsub.orchestrator.jobs import prepare_testbed
+from lnsub.trainables.providers import prepare
 from lnsub.trainables.metrics import SECONDS
 from lnsub.trainables.store import CellStore
 
@@ -52,7 +52,7 @@ def main() -> None:
 
     cells = plan(args.grid).cells
     specs = [c.spec for c in cells]
-    prepare_testbed(specs)
+    prepare(specs)
     total_levels = sum(c.spec.levels + 1 for c in cells)
     work = Path(tempfile.mkdtemp(prefix="lnsub-bench-sweep-"))
     common = ["--grid", args.grid, "--max-concurrent", args.max_concurrent]

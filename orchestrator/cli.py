@@ -25,13 +25,12 @@ from lnsub.orchestrator.grid import SHIPPED
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.study import run_study
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, list_sweeps, run_sweep, sweep_status, sync_sweep
-from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.spec import SCHEMA
 from lnsub.trainables.tasks import TASKS
-from lnsub.trainables.sweep_state import check_name, check_storage, load_state, redact, status_counts
+from lnsub.analysis.sweeps import check_name, load_state, open_storage, redact, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
-from lnsub.trainables.testbed.rehearsal import ensure_rehearsal
+from lnsub.orchestrator.rehearsal.build import ensure_rehearsal
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 GRID_HELP = f"A shipped grid ({', '.join(SHIPPED)}) or a YAML path."
@@ -286,7 +285,7 @@ def _sweep_ended(result, storage: str) -> None:
         console.print(f"nothing left to do: every cell of sweep [bold]{result.name}[/bold] was done already")
     console.print(f"sweep [bold]{result.name}[/bold] ran for {result.seconds:.0f} s "
                   f"({result.compute_seconds:.0f} s of cell compute): {counts['done']}/{len(result.statuses)} cells done")
-    where = objectstore.location_of(result.storage)  # a store's URI, not this process's scratch copy of it
+    where = result.storage.location  # a store's URI, not this process's scratch copy of it
     console.print(f"results: {where}/cells  (sweep state: {where}/sweeps/{result.name})")
     console.print(f"MLflow: {redact(result.tracking_uri)}" + ("" if result.mlflow_synced else
                   "  [red](unreachable: run `lnsub sync` when it is back)[/red]"))
@@ -350,7 +349,7 @@ def status(name: str = typer.Option(None, "--name", metavar="NAME",
     """Where a sweep stands, or every sweep in the storage, read from storage alone (Ray need not run)."""
     if name is None:
         sweeps = list_sweeps(storage)
-        table = Table(title=f"sweeps in {objectstore.location_of(check_storage(storage))}")
+        table = Table(title=f"sweeps in {open_storage(storage).location}")
         for col in ("sweep", "grid", "cells", "done", "running", "interrupted", "failed", "pending", "driver"):
             table.add_column(col)
         for state, counts, alive in sweeps:
@@ -385,12 +384,12 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
     --tracking-uri (a database; default ./lnsub-mlflow.db) and its artifacts in <storage>/mlartifacts.
     """
     mlflow_ui.check_port(port)
-    root = check_storage(storage)
+    root = open_storage(storage)
     # One browsing user: one worker, and no GenAI job runner (by default mlflow starts 4 workers and 8 job
     # processes that ignore SIGTERM; on 2 cores the UI took a minute to answer). Set the variable to override.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     serve = ["--host", mlflow_ui.HOST, "--port", str(port), "--workers", "1"]
-    if objectstore.mirror_of(root) is not None:
+    if root.remote:
         backend = tracking_uri or f"sqlite:///{Path('lnsub-mlflow.db').resolve()}"
         if backend.startswith(("http://", "https://")):
             raise LnsubError("--tracking-uri: with --storage on an object store, lnsub ui is the tracking server; "
@@ -460,13 +459,14 @@ def transfer(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: 
     table = Table(title=f"mean relative drop per source at level {level} (successes: within one std)")
     for col in ("task", "source", "mean relative drop", "successes"):
         table.add_column(col)
-    for r in result.extra["tables"]["summary"]:
+    outcome = result.transfer
+    for r in outcome.summary:
         table.add_row(r["task"], r["source"], f"{r['mean_relative_drop']:+.3%}", f"{r['successes']}/{r['targets']}")
     console.print(table)
-    console.print(f"{result.extra['done']}/{result.extra['jobs']} jobs done; matrices and heatmaps: "
+    console.print(f"{outcome.done}/{outcome.jobs} jobs done; matrices and heatmaps: "
                   f"[bold]{result.folder}[/bold]")
-    if result.extra["errors"]:
-        for job, err in result.extra["errors"].items():
+    if outcome.errors:
+        for job, err in outcome.errors.items():
             console.print(f"[red]failed[/red] {job}: {err.splitlines()[0][:300]}")
         console.print("rerun the same command to resume")
         raise typer.Exit(1)
@@ -478,7 +478,7 @@ def report(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: st
            control: str = typer.Option(None, "--control", help="A second sweep in the same storage (the negative "
                                                                "control): its claims go side by side.")) -> None:
     """One self-contained HTML page of the sweep's results (open it in a browser; also logged to MLflow)."""
-    path = analyses.report(name, storage, tracking_uri, out, control).extra["path"]
+    path = analyses.report(name, storage, tracking_uri, out, control).report
     console.print(f"report: [bold]{path}[/bold]  (open it in a browser: file://{path})")
 
 

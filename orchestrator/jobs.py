@@ -19,16 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lnsub.analysis.sweeps import Resources
 from lnsub.orchestrator import ray_backend
-from lnsub.orchestrator.makespan import concurrency_rule
-from lnsub.trainables import objectstore
-from lnsub.trainables.atomic import remove, write_bytes
-from lnsub.trainables.errors import LnsubError
-from lnsub.trainables.spec import TESTBED_BERT_MODELS, TESTBED_MODELS, TESTBED_MT5_MODEL, CellSpec
 from lnsub.orchestrator.lease import pid_alive
-from lnsub.trainables.testbed.generate import ensure_testbed
-from lnsub.trainables.testbed.tinybert import ensure_tiny_model
-from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
+from lnsub.orchestrator.makespan import concurrency_rule
+from lnsub.orchestrator.ray_backend import JobKind, TrialConfig
+from lnsub.trainables import providers
+from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.storage import Storage
+from lnsub.trainables.storage.local import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,39 +36,21 @@ log = logging.getLogger(__name__)
 class Batch:
     """A list of jobs of one kind, named so that a rerun of the same batch finds what a killed driver left."""
 
-    kind: str  # a key of ray_backend.TRIALS: "cell" or "transfer"
+    kind: JobKind
     items: list[dict]  # each with a unique "id"; its other keys are what the trial reads
     name: str  # the batch within its storage: "sweep-<name>", "transfer-<plan id>"
-    failures: Path  # where a failed job's last error is noted, <id>.txt
-    storage: Path
-
-
-@dataclass(frozen=True)
-class Placement:
-    workers_per_job: int = 1
-    cpus_per_worker: float = 1
-    gpus_per_worker: float = 0
+    failures: Path  # where a failed job's last error is noted, <id>.txt (inside the storage)
+    storage: Storage
+    resources: Resources  # what each job asks of the cluster
     # Run the next job in a finished job's warm process (no second torch import: seconds a job). Only for
-    # the testbed's small models: an mBERT-sized job leaves a process of gigabytes, and Tune does not
-    # survive the OOM killer taking a process while it is being reset for reuse (the driver raises).
+    # providers' small models: an mBERT-sized job leaves a process of gigabytes, and Tune does not survive
+    # the OOM killer taking a process while it is being reset for reuse (the driver raises).
     reuse_processes: bool = False
 
 
-def placement_for(specs: list[CellSpec], workers_per_job: int, cpus_per_worker: float,
-                  gpus_per_worker: float) -> Placement:
-    """Where jobs on these cells' models run; processes are reused only when every model is the testbed's."""
-    small = all(s.model in TESTBED_MODELS for s in specs)
-    return Placement(workers_per_job, cpus_per_worker, gpus_per_worker, reuse_processes=small)
-
-
-def prepare_testbed(specs: list[CellSpec]) -> None:
-    """Pretrain the tiny model once, in the driver, before trials race to do it."""
-    for config in {s.testbed_config() for s in specs if s.model in TESTBED_BERT_MODELS}:
-        ensure_testbed(config.testbed)
-        ensure_tiny_model(config)
-    for config in {s.testbed_mt5_config() for s in specs if s.model == TESTBED_MT5_MODEL}:
-        ensure_testbed(config.testbed)
-        ensure_tiny_mt5(config)
+def reusable(specs: list) -> bool:
+    """Whether jobs on these cells' models may share processes: every model a provider's small one."""
+    return providers.small_models(specs)
 
 
 def private_dir(*parts: str) -> Path:
@@ -85,9 +66,9 @@ def private_dir(*parts: str) -> Path:
     return folder
 
 
-def session_file(storage: Path, batch: str) -> Path:
+def session_file(storage: Storage | Path, batch: str) -> Path:
     """This host's record of the private Ray that a driver of this batch, on this storage, started."""
-    key = f"{objectstore.location_of(storage)}\0{batch}"
+    key = f"{Storage.open(storage).location}\0{batch}"
     return private_dir("ray-sessions") / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
@@ -99,7 +80,7 @@ def _reap_left_behind(record_path: Path) -> None:
         record = ray_backend.SessionRecord.parse(record_path.read_bytes())
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         log.warning("ignored a Ray session record that does not parse (%s): %s", e, record_path)
-        remove(record_path)
+        record_path.unlink(missing_ok=True)
         return
     if pid_alive(record.pid, record.pid_started):
         return  # its driver still runs (a second driver is refused by the lease)
@@ -108,7 +89,7 @@ def _reap_left_behind(record_path: Path) -> None:
         log.info("stopped %d Ray processes left by the interrupted driver (pid %s)", reaped, record.pid)
     if ray_backend.private_temp_dir(record.temp_dir):
         shutil.rmtree(record.temp_dir, ignore_errors=True)
-    remove(record_path)
+    record_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -127,7 +108,7 @@ def ray_instance(record_path: Path, address: str | None = None):
     try:
         we_started = ray_backend.start(address=address, temp_dir=temp_dir if not address else None)
     except BaseException:
-        remove(record_path)
+        record_path.unlink(missing_ok=True)
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     try:
@@ -135,7 +116,7 @@ def ray_instance(record_path: Path, address: str | None = None):
     finally:
         if we_started:
             ray_backend.stop()
-        remove(record_path)
+        record_path.unlink(missing_ok=True)
         shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets, Tune's state
 
 
@@ -160,16 +141,14 @@ def check_cluster(probes: dict[str, dict], mine: dict) -> None:
         raise LnsubError(problems[0] + more)
 
 
-def concurrency(placement: Placement, max_concurrent: int | None) -> int:
+def concurrency(resources: Resources, max_concurrent: int | None) -> int:
     """Jobs at once: what the cluster fits now (multi-worker jobs never more), capped by --max-concurrent."""
-    fits = ray_backend.fitting_concurrency(placement.workers_per_job, placement.cpus_per_worker,
-                                           placement.gpus_per_worker)
-    return concurrency_rule(fits, placement.workers_per_job, max_concurrent)  # `lnsub plan --gpus` applies it too
+    fits = ray_backend.fitting_concurrency(resources)
+    return concurrency_rule(fits, resources.workers_per_cell, max_concurrent)  # `lnsub plan --devices` applies it too
 
 
-def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, max_concurrent: int | None = None,
-             max_failures: int = 3, checkpoint_every: int = 100,
-             watch: Callable[[], None] | None = None, watch_interval: float = 2.0,
+def run_jobs(batch: Batch, *, address: str | None = None, max_concurrent: int | None = None, max_failures: int = 3,
+             checkpoint_every: int = 100, watch: Callable[[], None] | None = None, watch_interval: float = 2.0,
              started: Callable[[int], None] | None = None) -> dict[str, str | None]:
     """Run every job of the batch as a Tune trial (in the given order); job id -> error or None.
 
@@ -184,21 +163,19 @@ def run_jobs(batch: Batch, placement: Placement, *, address: str | None = None, 
     with ray_instance(session_file(batch.storage, batch.name), address) as scheduler:
         if address:  # a cluster someone else started: every node must run lnsub as this driver does
             check_cluster(ray_backend.probe_nodes(), ray_backend.node_report())
-        k = concurrency(placement, max_concurrent)
+        k = concurrency(batch.resources, max_concurrent)
         if started:
             started(k)
         if watcher:
             watcher.start()
         try:
             # what a trial on any node can open: the store's URI (or the shared path), notes relative to it
-            config = {"storage": objectstore.location_of(batch.storage),
-                      "failures": batch.failures.relative_to(batch.storage).as_posix(),
-                      "checkpoint_every": checkpoint_every}
-            return ray_backend.run_trials(
-                batch.kind, batch.items, scheduler / batch.name, config, workers_per_cell=placement.workers_per_job,
-                cpus_per_worker=placement.cpus_per_worker, gpus_per_worker=placement.gpus_per_worker,
-                max_concurrent=k, max_failures=max_failures,
-                reuse_actors=placement.reuse_processes)
+            config = TrialConfig(storage=batch.storage.location,
+                                 failures=batch.failures.relative_to(batch.storage.root).as_posix(),
+                                 checkpoint_every=checkpoint_every, resources=batch.resources,
+                                 max_failures=max_failures)
+            return ray_backend.run_trials(batch.kind, batch.items, scheduler / batch.name, config,
+                                          max_concurrent=k, reuse_actors=batch.reuse_processes)
         finally:
             stop.set()
             if watcher:

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from lnsub.trainables import objectstore
 from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.storage import Storage, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,9 @@ class S3Leases:
 
 def leases_for(storage: str | Path, name: str):
     """The lease files of sweep `name` where its storage keeps them (never in a process's scratch copy)."""
-    where = objectstore.location_of(storage)
+    where = Storage.open(storage).location
     rel = f"sweeps/{name}/{LEASE_DIR}"
-    if not objectstore.is_remote(where):
+    if not is_remote(where):
         return FolderLeases(Path(where) / rel)
     if urlparse(where).scheme in ("s3", "s3a"):
         return S3Leases(f"{where}/{rel}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import json
 import logging
 import os
@@ -29,14 +30,15 @@ from pathlib import Path
 import psutil
 import torch
 
-from lnsub.trainables import faults, objectstore
-from lnsub.trainables.atomic import remove, write_text
+from lnsub.analysis.sweeps import Resources
+from lnsub.orchestrator import faults
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.imp import CellResult, Hooks, run_cell
 from lnsub.trainables.metrics import LEVEL, SCORE, SPARSITY
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.transfer import TransferJob, run_transfer_job
+from lnsub.trainables.transfer_job import TransferJob, run_transfer_job
 
 log = logging.getLogger(__name__)
 
@@ -234,31 +236,31 @@ def train_run_name(spec: CellSpec) -> str:
     return f"cell-{spec.id}"
 
 
-def run_cell_on_workers(spec: CellSpec, storage: str | Path, workers: int = 1, use_gpu: bool = False,
-                        resources_per_worker: dict | None = None, max_failures: int = 2,
-                        checkpoint_every: int = 100) -> CellResult:
-    """Run a cell on `workers` Ray Train workers; with one worker, in this process (no Train start-up).
+def run_cell_on_workers(spec: CellSpec, storage: Storage | str | Path, resources: Resources = Resources(),
+                        max_failures: int = 2, checkpoint_every: int = 100) -> CellResult:
+    """Run a cell on its Ray Train workers; with one worker, in this process (no Train start-up).
 
     A worker that dies makes Train restart the group (up to max_failures times);
     the cell then resumes from its own last checkpoint in storage.
     """
-    if workers <= 1:
+    storage = Storage.open(storage)  # a folder, or this process's scratch copy of a store
+    if resources.workers_per_cell <= 1:
         return run_cell(spec, storage, checkpoint_every=checkpoint_every, hooks=Hooks(after_step=_fault_hook(spec.id)))
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    root = objectstore.open_root(storage)  # a local path, or this process's scratch copy of a store
+    per_worker = {"CPU": resources.cpus_per_worker, **({"GPU": resources.gpus_per_worker}
+                                                       if resources.gpus_per_worker else {})}
     trainer = TorchTrainer(
         _cell_worker,
-        train_loop_config={"spec": spec.to_dict(), "storage": objectstore.location_of(root),
-                           "checkpoint_every": checkpoint_every},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources_per_worker or {"CPU": 1}),
-        run_config=ray.train.RunConfig(name=train_run_name(spec), storage_path=str(root / "ray-train"),
+        train_loop_config={"spec": spec.to_dict(), "storage": storage.location, "checkpoint_every": checkpoint_every},
+        scaling_config=ray.train.ScalingConfig(num_workers=resources.workers_per_cell,
+                                               use_gpu=resources.gpus_per_worker > 0, resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(name=train_run_name(spec), storage_path=str(storage.path("ray-train")),
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
     result = trainer.fit()
-    store = CellStore(root, spec)  # storage, not Ray's result, is the source of truth
+    store = CellStore(storage, spec)  # storage, not Ray's result, is the source of truth
     store.pull()
     if not store.finished():
         raise RuntimeError(f"cell {spec.id}: Ray Train returned but the cell is not finished in {store.root}")
@@ -293,93 +295,116 @@ def traceback_note(note: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _failure_noted(note: Path):
+def _failure_noted(storage: Storage, note: Path):
     """Leave the last error of a trial where `lnsub status` and the driver read it, as one line of its root cause
     and the whole traceback beside it; clear both on success."""
     try:
         yield
     except BaseException as e:
         with contextlib.suppress(OSError):  # the store may be what failed: the error is Tune's to report then
-            write_text(note, one_line(root_cause(e)) + "\n")
+            storage.write_text(note, one_line(root_cause(e)) + "\n")
         with contextlib.suppress(OSError):
-            write_text(traceback_note(note), "".join(traceback.format_exception(e)))
+            storage.write_text(traceback_note(note), "".join(traceback.format_exception(e)))
         raise
-    remove(note)
-    remove(traceback_note(note))
+    storage.remove(note)
+    storage.remove(traceback_note(note))
 
 
-def _cell_trial(config: dict) -> None:
+@dataclass(frozen=True)
+class TrialConfig:
+    """What every trial of a batch is told, beside its item: where storage is (a URI or a shared path any node
+    opens), where to note a failure (relative to it), and what each job may use."""
+
+    storage: str
+    failures: str
+    checkpoint_every: int
+    resources: Resources
+    max_failures: int
+
+    def failure_note(self, storage: Storage, unit_id: str) -> Path:
+        return storage.path(self.failures, f"{unit_id}.txt")
+
+
+class JobKind(str, enum.Enum):
+    """What a batch's items are: IMP cells, or transfer jobs."""
+
+    CELL = "cell"
+    TRANSFER = "transfer"
+
+
+def _cell_trial(params: dict) -> None:
     """A Tune trial: one cell. With several workers it fits a TorchTrainer named after the cell id."""
     from ray import tune
 
-    spec = CellSpec.from_dict(config["item"]["spec"])
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))  # trials side by side must not oversubscribe
+    config: TrialConfig = params["config"]
+    spec = CellSpec.from_dict(params["item"]["spec"])
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))  # trials side by side: no oversubscription
+    storage = Storage.open(config.storage)
 
     def level_done(level: int, record: dict) -> None:
         tune.report({LEVEL: level, SCORE: record[SCORE], SPARSITY: record[SPARSITY]})
 
-    with _failure_noted(objectstore.open_root(config["storage"]) / config["failures"] / f"{spec.id}.txt"):
-        if config["workers_per_cell"] > 1:
-            result = run_cell_on_workers(spec, config["storage"], workers=config["workers_per_cell"],
-                                         use_gpu=config["gpus_per_worker"] > 0,
-                                         resources_per_worker=config["resources_per_worker"],
-                                         max_failures=config["max_failures"],
-                                         checkpoint_every=config["checkpoint_every"])
+    with _failure_noted(storage, config.failure_note(storage, spec.id)):
+        if config.resources.workers_per_cell > 1:
+            result = run_cell_on_workers(spec, storage, config.resources, max_failures=config.max_failures,
+                                         checkpoint_every=config.checkpoint_every)
         else:
-            result = run_cell(spec, config["storage"], checkpoint_every=config["checkpoint_every"],
+            result = run_cell(spec, storage, checkpoint_every=config.checkpoint_every,
                               hooks=Hooks(level_done=level_done, after_step=_fault_hook(spec.id)))
     last = result.levels[-1]
     tune.report({LEVEL: last[LEVEL], SCORE: last[SCORE], SPARSITY: last[SPARSITY], "done": 1})
 
 
-def _transfer_trial(config: dict) -> None:
+def _transfer_trial(params: dict) -> None:
     """A Tune trial: one transfer job (a source mask trained on a target), on one worker."""
     from ray import tune
 
-    job = TransferJob.from_dict(config["item"]["job"])
-    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    config: TrialConfig = params["config"]
+    job = TransferJob.from_dict(params["item"]["job"])
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_worker)))
+    storage = Storage.open(config.storage)
     hook = _fault_hook(job.id)
-    with _failure_noted(objectstore.open_root(config["storage"]) / config["failures"] / f"{job.id}.txt"):
-        record = run_transfer_job(job, config["storage"], checkpoint_every=config["checkpoint_every"],
+    with _failure_noted(storage, config.failure_note(storage, job.id)):
+        record = run_transfer_job(job, storage, checkpoint_every=config.checkpoint_every,
                                   after_step=(lambda step: hook(None, step)) if hook else None)
     tune.report({SCORE: record[SCORE], "done": 1})
 
 
-TRIALS = {"cell": _cell_trial, "transfer": _transfer_trial}  # what a batch's items are
+TRIALS = {JobKind.CELL: _cell_trial, JobKind.TRANSFER: _transfer_trial}
 
 
-def trial_resources(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float) -> dict:
+def trial_resources(resources: Resources) -> dict:
     """What the Tune trial itself reserves.
 
     With one worker the trial is the worker. With several, the trial only hosts
     the TorchTrainer's controller (0 CPUs) and the workers get their own
     placement group; an all-zero request is refused, hence the token memory.
     """
-    if workers_per_cell == 1:
-        return {"cpu": cpus_per_worker, "gpu": gpus_per_worker}
+    if resources.workers_per_cell == 1:
+        return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
     return {"cpu": 0, "memory": 1024 * 1024}
 
 
-def fitting_concurrency(workers_per_cell: int, cpus_per_worker: float, gpus_per_worker: float) -> int:
+def fitting_concurrency(resources: Resources) -> int:
     """How many units the cluster can run at once now, so no trial starts only to wait."""
     res = cluster_resources()
-    fits = [res.get("CPU", 0) / (workers_per_cell * cpus_per_worker)] if cpus_per_worker else []
-    if gpus_per_worker:
-        fits.append(res.get("GPU", 0) / (workers_per_cell * gpus_per_worker))
+    workers = resources.workers_per_cell
+    fits = [res.get("CPU", 0) / (workers * resources.cpus_per_worker)] if resources.cpus_per_worker else []
+    if resources.gpus_per_worker:
+        fits.append(res.get("GPU", 0) / (workers * resources.gpus_per_worker))
     return max(1, int(min(fits))) if fits else 1
 
 
-def param_space(items: list[dict], config: dict) -> dict:
+def param_space(items: list[dict], config: TrialConfig) -> dict:
     """One grid point per item. Tune's BasicVariantGenerator makes the trials in this order, creating the
     next only when one of max_concurrent_trials ends, so the items' order is the order they start in
-    (a sweep's: longest first, as `lnsub plan --gpus` assumes; tests/orchestrator/test_makespan.py checks it)."""
+    (a sweep's: longest first, as `lnsub plan --devices` assumes; tests/orchestrator/test_makespan.py checks it)."""
     from ray import tune
 
-    return {"item": tune.grid_search(items), **config}
+    return {"item": tune.grid_search(items), "config": config}
 
 
-def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, workers_per_cell: int,
-               cpus_per_worker: float, gpus_per_worker: float, max_concurrent: int, max_failures: int,
+def run_trials(kind: JobKind, items: list[dict], experiment: Path, config: TrialConfig, *, max_concurrent: int,
                reuse_actors: bool = False) -> dict[str, str | None]:
     """One Tune trial per item (each a dict with an "id"), named by that id; item id -> error or None.
 
@@ -390,17 +415,14 @@ def run_trials(kind: str, items: list[dict], experiment: Path, config: dict, *, 
     """
     from ray import tune
 
-    config = {**config, "workers_per_cell": workers_per_cell, "cpus_per_worker": cpus_per_worker,
-              "gpus_per_worker": gpus_per_worker, "max_failures": max_failures,
-              "resources_per_worker": {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}}
-    trainable = tune.with_resources(TRIALS[kind], trial_resources(workers_per_cell, cpus_per_worker, gpus_per_worker))
+    trainable = tune.with_resources(TRIALS[kind], trial_resources(config.resources))
     tuner = tune.Tuner(
         trainable, param_space=param_space(items, config),
         # reuse_actors: a new trial runs in a warm process, not one that re-imports torch and transformers
         tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, trial_name_creator=_trial_name,
                                     trial_dirname_creator=_trial_name, reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=config.max_failures)),
     )
     results = tuner.fit()
     return {r.config["item"]["id"]: (one_line(root_cause(r.error)) if r.error else None) for r in results}

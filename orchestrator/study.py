@@ -32,10 +32,10 @@ from lnsub.analysis.tables import read_csv
 from lnsub.orchestrator import analyses
 from lnsub.orchestrator.grid import plan
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep
-from lnsub.trainables import faults, objectstore
-from lnsub.trainables.atomic import read_json, write_json
+from lnsub.orchestrator import faults
 from lnsub.trainables.errors import LnsubError
-from lnsub.trainables.sweep_state import SweepState, check_storage, exists, load_state, sweep_dir
+from lnsub.analysis.sweeps import SweepState, exists, load_state, open_storage, sweep_dir
+from lnsub.trainables.storage import Storage, read_json
 
 log = logging.getLogger(__name__)
 STUDY_DIR = "study"
@@ -60,21 +60,21 @@ def transfer_levels(state: SweepState) -> list[int]:
     return sorted({nearest, len(sparsities) - 1})
 
 
-def _marker(root: Path, name: str, step: str) -> Path:
+def _marker(root: Storage, name: str, step: str) -> Path:
     return sweep_dir(root, name) / STUDY_DIR / f"{step}.json"
 
 
 class Steps:
     """Runs a study's steps, each once: a step whose marker stands (and whose upstream did not rerun) is skipped."""
 
-    def __init__(self, root: Path, result: StudyResult, announce: Callable[[str], None]):
+    def __init__(self, root: Storage, result: StudyResult, announce: Callable[[str], None]):
         self.root, self.result, self.announce = root, result, announce
         self.count = 0
 
     def run(self, name: str, step: str, after: list[tuple[str, str]], action: Callable[[], None]) -> None:
         self.count += 1
         marker = _marker(self.root, name, step)
-        objectstore.pull(marker.parent)
+        self.root.pull(marker.parent)
         upstream = {f"{n}:{s}": self.stamp(n, s) for n, s in after}
         if marker.exists() and read_json(marker).get("after") == upstream:
             self.result.skipped.append(f"{name}:{step}")
@@ -84,7 +84,7 @@ class Steps:
         started = time.perf_counter()
         action()
         seconds = time.perf_counter() - started
-        write_json(marker, {"step": step, "seconds": seconds, "finished": time.time(), "after": upstream})
+        self.root.write_json(marker, {"step": step, "seconds": seconds, "finished": time.time(), "after": upstream})
         self.result.ran.append(f"{name}:{step}")
         self.announce(f"{name}: {step} done in {seconds:.0f} s")
         faults.at_step(f"study:{name}", None, self.count)  # tests: kill the study between two steps
@@ -121,9 +121,9 @@ def _sweep_steps(steps: Steps, grid: str, name: str | None, storage: str, tracki
         def transfer(level=level) -> None:
             result = analyses.transfer(name, storage, level, tracking_uri, tasks=tasks, address=address,
                                        max_concurrent=max_concurrent)
-            if result.extra["errors"]:
-                job, err = next(iter(result.extra["errors"].items()))
-                raise LnsubError(f"transfer at level {level}: {len(result.extra['errors'])} job(s) failed ({job}: "
+            if result.transfer.errors:
+                job, err = next(iter(result.transfer.errors.items()))
+                raise LnsubError(f"transfer at level {level}: {len(result.transfer.errors)} job(s) failed ({job}: "
                                  f"{err}); rerun lnsub study to resume")
         steps.run(name, f"transfer-level{level}", [(name, "sweep")], transfer)
     steps.run(name, "similarity", [(name, "sweep")], lambda: analyses.similarity(name, storage, tracking_uri))
@@ -138,7 +138,7 @@ def run_study(grid: str, name: str | None = None, storage: str = DEFAULT_STORAGE
               control: str | None = None, address: str | None = None, max_concurrent: int | None = None,
               announce: Callable[[str], None] | None = None, render=None) -> StudyResult:
     """Run (or resume) the grid's study, and its control's with `control` (a grid); the report's path and claims."""
-    root = check_storage(storage)
+    root = open_storage(storage)
     announce = announce or (lambda text: log.info("%s", text))
     result = StudyResult(name or "", None, [])
     steps = Steps(root, result, announce)
@@ -157,14 +157,15 @@ def run_study(grid: str, name: str | None = None, storage: str = DEFAULT_STORAGE
 
     steps.run(name, "report" if not control_name else f"report-vs-{control_name}", upstream, report)
     folder = sweep_dir(root, name) / "analysis" / "report"
-    objectstore.pull(folder)
-    result.name, result.report = name, f"{objectstore.location_of(root)}/sweeps/{name}/analysis/report/report.html"
+    root.pull(folder)
+    result.name, result.report = name, f"{root.location}/sweeps/{name}/analysis/report/report.html"
     result.claims = read_csv(folder / "claims.csv")
     return result
 
 
 def study_markers(storage: str, name: str) -> dict[str, dict]:
     """Every finished step of a study, by step (tests and `lnsub status` read them)."""
-    folder = sweep_dir(check_storage(storage), name) / STUDY_DIR
-    objectstore.pull(folder)
+    root = open_storage(storage)
+    folder = sweep_dir(root, name) / STUDY_DIR
+    root.pull(folder)
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}

@@ -14,20 +14,22 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lnsub.orchestrator import lease, progress, ray_backend, tracking
-from lnsub.orchestrator.grid import Plan, Resources
+from lnsub.orchestrator.grid import Plan
 from lnsub.orchestrator.grid import plan as make_plan
-from lnsub.orchestrator.jobs import Batch, placement_for, prepare_testbed, run_jobs
-from lnsub.trainables import objectstore
+from lnsub.orchestrator.jobs import Batch, reusable, run_jobs
+from lnsub.orchestrator.ray_backend import JobKind
+from lnsub.trainables import providers
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.metrics import LEVEL_SECONDS
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import (FAILURES_DIR, CellStatus, PlannedCell, SweepState, cell_statuses, check_name,
-                                    check_storage, exists, load_state, pull_cells, redact, save_state,
-                                          status_counts, sweep_dir)
+from lnsub.analysis.sweeps import (FAILURES_DIR, CellStatus, Resources, SweepState, cell_statuses, check_name,
+                                   exists, load_state, open_storage, pull_cells, redact, save_state, status_counts,
+                                   sweep_dir)
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "./lnsub-runs"
@@ -36,17 +38,16 @@ DEFAULT_STORAGE = "./lnsub-runs"
 @dataclass
 class SweepResult:
     name: str
-    storage: Path
+    storage: Storage
     tracking_uri: str
     errors: dict[str, str | None]
     statuses: list[CellStatus]
     seconds: float
     mlflow_synced: bool
     compute_seconds: float = 0.0  # sum over cells of the levels' own wall time
-    extra: dict = field(default_factory=dict)
 
 
-def compute_seconds(storage: Path, state: SweepState) -> float:
+def compute_seconds(storage: Storage, state: SweepState) -> float:
     return sum(r.get(LEVEL_SECONDS, 0.0) for s in state.specs for r in CellStore(storage, s).all_metrics())
 
 
@@ -57,7 +58,7 @@ class Monitor:
     so a read error or a bug in sync costs a warning, never the rest of the sweep's progress.
     """
 
-    def __init__(self, storage: Path, state: SweepState, tracking_uri: str, render):
+    def __init__(self, storage: Storage, state: SweepState, tracking_uri: str, render):
         self.storage, self.state, self.tracking_uri, self.render = storage, state, tracking_uri, render
         self.slots = 1  # cells at once, once the scheduler has chosen (started)
         self.synced = False
@@ -105,14 +106,14 @@ class Monitor:
         self.slots = slots
         log.info("sweep %s: %d cells to run, up to %d at a time; storage %s", self.state.name,
                  sum(not CellStore(self.storage, s).finished() for s in self.state.specs), slots,
-                 objectstore.location_of(self.storage))
+                 self.storage.location)
 
 
 def new_state(p: Plan, name: str, tracking_uri: str) -> SweepState:
     return SweepState(name=name, grid_name=p.name, grid_source=p.source, grid=p.grid,
-                      cells=[PlannedCell(c.spec.id, c.spec, c.cost_hours) for c in p.cells],
+                      cells=list(p.cells),
                       skipped=[sk.__dict__ for sk in p.skipped], tracking_uri=tracking_uri,
-                      resources=p.resources.__dict__)
+                      resources=p.resources)
 
 
 def _check_options(workers_per_cell, gpus_per_worker, max_concurrent) -> None:
@@ -124,7 +125,7 @@ def _check_options(workers_per_cell, gpus_per_worker, max_concurrent) -> None:
         raise LnsubError(f"--max-concurrent must be >= 1, got {max_concurrent}")
 
 
-def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, tracking_uri: str | None,
+def open_or_plan(root: Storage, grid: str | None, name: str | None, resume: bool, tracking_uri: str | None,
                  overrides: dict, data_dir: str | None = None, address: str | None = None) -> SweepState:
     """The sweep to run: the stored plan (on --resume) or a new one from the grid, written before anything runs
     (and only once it is known to fit where it runs)."""
@@ -139,13 +140,13 @@ def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, t
     if state is None and exists(root, name):
         state = load_state(root, name)
     if state is not None and not resume:
-        raise LnsubError(f"sweep {name!r} already exists in {objectstore.location_of(root)}; add --resume to "
+        raise LnsubError(f"sweep {name!r} already exists in {root.location}; add --resume to "
                          f"continue it, or choose another --name")
     if state is not None and p is not None and [c.id for c in state.cells] != [c.spec.id for c in p.cells]:
         raise LnsubError(f"grid {p.source} no longer gives the cells sweep {name!r} started with; "
                          f"resume without --grid, or start a new --name")
     if state is None:
-        if tracking_uri is None and objectstore.mirror_of(root) is not None:
+        if tracking_uri is None and root.remote:
             raise LnsubError("with --storage on an object store, give --tracking-uri: an MLflow server every node "
                              "reaches (lnsub ui --storage URI starts one whose artifacts go to the same store)")
         state = new_state(p, name, redact(tracking_uri or tracking.default_tracking_uri(root)))
@@ -156,7 +157,7 @@ def open_or_plan(root: Path, grid: str | None, name: str | None, resume: bool, t
 
 def resources_of(state: SweepState, overrides: dict) -> Resources:
     """The stored plan's resources with the command line's overrides (a resume may run on a bigger cluster)."""
-    return Resources(**{**state.resources, **{k: v for k, v in overrides.items() if v is not None}})
+    return state.resources.with_overrides(**overrides)
 
 
 def check_fits(res: Resources, address: str | None) -> None:
@@ -183,7 +184,7 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
     """Plan, launch (or resume) and finish a sweep; the whole call is idempotent per cell and level."""
     started = time.perf_counter()
     _check_options(workers_per_cell, gpus_per_worker, max_concurrent)
-    root = check_storage(storage)
+    root = open_storage(storage)
     overrides = {"workers_per_cell": workers_per_cell, "gpus_per_worker": gpus_per_worker}
     state = open_or_plan(root, grid, name, resume, tracking_uri, overrides, data_dir, address)
     tracking_uri = state.tracking(tracking_uri)
@@ -214,7 +215,7 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
                        time.perf_counter() - started, synced, compute_seconds(root, state))
 
 
-def _run_cells(root: Path, state: SweepState, tracking_uri: str, res: Resources, render, *, address, max_concurrent, max_failures,
+def _run_cells(root: Storage, state: SweepState, tracking_uri: str, res: Resources, render, *, address, max_concurrent, max_failures,
                checkpoint_every, sync_interval, final_sync_wait) -> tuple[dict[str, str | None], bool]:
     """The unfinished cells as Tune trials, the monitor beside them; (errors by cell id, whether MLflow is synced)."""
     monitor = Monitor(root, state, tracking_uri, render or (lambda statuses, estimate: None))
@@ -223,12 +224,11 @@ def _run_cells(root: Path, state: SweepState, tracking_uri: str, res: Resources,
     if not pending:
         log.info("sweep %s: every cell is done already; nothing left to do", state.name)
         return {}, _final_sync(monitor, final_sync_wait)
-    prepare_testbed([c.spec for c in pending])
+    providers.prepare([c.spec for c in pending])  # the driver builds what the cells load, before any trial
     threading.Thread(target=monitor.sync_once, daemon=True).start()  # the experiment, while cells train
-    batch = Batch("cell", [{"id": c.id, "spec": c.spec.to_dict()} for c in pending], f"sweep-{state.name}",
-                  sweep_dir(root, state.name) / FAILURES_DIR, root)
-    placement = placement_for(state.specs, res.workers_per_cell, res.cpus_per_worker, res.gpus_per_worker)
-    errors = run_jobs(batch, placement, address=address, max_concurrent=max_concurrent, max_failures=max_failures,
+    batch = Batch(JobKind.CELL, [{"id": c.id, "spec": c.spec.to_dict()} for c in pending], f"sweep-{state.name}",
+                  sweep_dir(root, state.name) / FAILURES_DIR, root, res, reuse_processes=reusable(state.specs))
+    errors = run_jobs(batch, address=address, max_concurrent=max_concurrent, max_failures=max_failures,
                       checkpoint_every=checkpoint_every, watch=monitor.tick, watch_interval=sync_interval,
                       started=monitor.started)
     return errors, _final_sync(monitor, final_sync_wait)
@@ -243,24 +243,24 @@ def _final_sync(monitor: Monitor, wait: float) -> bool:
     return synced
 
 
-def driver_alive(root: Path, name: str) -> bool:
+def driver_alive(root: Storage, name: str) -> bool:
     """Whether a driver holds the sweep now (its lease is alive)."""
     held = lease.read_holder(root, name)
     return held is not None and held.alive()
 
 
 def sweep_status(name: str, storage: str = DEFAULT_STORAGE) -> tuple[SweepState, list[CellStatus]]:
-    root = check_storage(storage)
+    root = open_storage(storage)
     state = load_state(root, name)
     return state, cell_statuses(root, state, driver_alive(root, name))
 
 
 def list_sweeps(storage: str = DEFAULT_STORAGE) -> list[tuple[SweepState, dict[str, int], bool]]:
     """Every sweep in a storage: its plan, its cells' state counts, whether a driver holds it now."""
-    root = check_storage(storage)
-    objectstore.pull(root / "sweeps", exclude=("tune", "lease", "analysis", "transfer"))
+    root = open_storage(storage)
+    root.pull(root.path("sweeps"), exclude=("tune", "lease", "analysis", "transfer"))
     out = []
-    for path in sorted((root / "sweeps").glob("*/sweep.json")):
+    for path in sorted(root.path("sweeps").glob("*/sweep.json")):
         name = path.parent.name
         try:
             state = load_state(root, check_name(name))
@@ -274,7 +274,7 @@ def list_sweeps(storage: str = DEFAULT_STORAGE) -> list[tuple[SweepState, dict[s
 
 def sync_sweep(name: str, storage: str = DEFAULT_STORAGE, tracking_uri: str | None = None) -> dict:
     """Push everything storage holds for a sweep to MLflow (idempotent)."""
-    root = check_storage(storage)
+    root = open_storage(storage)
     state = load_state(root, name)
     statuses = cell_statuses(root, state)
     uri = state.tracking(tracking_uri)

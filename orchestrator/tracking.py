@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from lnsub.trainables import metrics as M
-from lnsub.trainables import objectstore
 from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import redact
+from lnsub.analysis.sweeps import redact
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ TAG_SWEEP, TAG_CELL, TAG_ROLE = "lnsub.sweep", "lnsub.cell_id", "lnsub.role"
 CELL_TAGS = ("model", "task", "language", "seed")
 
 
-def default_tracking_uri(storage: str | Path) -> str:
-    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+def default_tracking_uri(storage: "Storage | str | Path") -> str:
+    """SQLite inside a folder storage (on an object store a sweep names its tracking server instead)."""
+    return f"sqlite:///{Storage.open(storage).root / 'mlflow.db'}"
 
 
 def experiment_name(sweep: str) -> str:
@@ -58,16 +59,16 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _experiment_id(client, sweep: str, storage: Path, tracking_uri: str) -> str:
+def _experiment_id(client, sweep: str, storage: Storage, tracking_uri: str) -> str:
     exp = client.get_experiment_by_name(experiment_name(sweep))
     if exp is not None:
         return exp.experiment_id
     local_store = tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri
     # a server decides its own; a local store's artifacts go beside the storage's cells, in the store itself when it
     # is an object store (never into a process's scratch copy of it, gone when the process is)
-    where = objectstore.location_of(storage)
-    location = None if not local_store else (f"{where}/mlartifacts" if objectstore.is_remote(where)
-                                             else (Path(where) / "mlartifacts").as_uri())
+    where = Storage.open(storage)
+    location = None if not local_store else (f"{where.location}/mlartifacts" if where.remote
+                                             else (where.root / "mlartifacts").as_uri())
     return client.create_experiment(experiment_name(sweep), artifact_location=location,
                                     tags={TAG_SWEEP: sweep, **EXPERIMENT_KIND})
 
@@ -116,7 +117,7 @@ def _flat_params(spec: CellSpec) -> dict[str, str]:
     return {k: "None" if v is None else str(v) for k, v in spec.to_dict().items()}
 
 
-def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: str,
+def sync(sweep: str, specs: list[CellSpec], storage: "Storage | str | Path", tracking_uri: str,
          sweep_params: dict | None = None, failed: dict[str, str] | None = None,
          settled: set[str] | None = None) -> dict:
     """Bring MLflow up to date with storage; returns counts of what was logged now.
@@ -126,7 +127,7 @@ def sync(sweep: str, specs: list[CellSpec], storage: str | Path, tracking_uri: s
     """
     from mlflow.entities import Param
 
-    storage = Path(storage)
+    storage = Storage.open(storage)
     client = _client(tracking_uri)
     exp_id = _experiment_id(client, sweep, storage, tracking_uri)
     parent, cells = _runs_by_tag(client, exp_id, sweep)
@@ -197,7 +198,7 @@ def find_cell_runs(sweep: str, tracking_uri: str) -> dict[str, list]:
     return out
 
 
-def log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: str, folder: str | Path,
+def log_analysis(sweep: str, storage: "Storage | str | Path", tracking_uri: str, role: str, folder: str | Path,
                  params: dict | None = None, metrics: dict[str, float] | None = None) -> str:
     """Log an analysis's files to its run (tag lnsub.role = analysis:<role>) under the sweep's experiment.
 
@@ -208,7 +209,7 @@ def log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: str, 
     from mlflow.entities import Metric, RunTag
 
     client = _client(tracking_uri)
-    exp_id = _experiment_id(client, sweep, Path(storage), tracking_uri)
+    exp_id = _experiment_id(client, sweep, Storage.open(storage), tracking_uri)
     tag = f"analysis:{role}"
     runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_ROLE}` = '{tag}'")
     parent, _ = _runs_by_tag(client, exp_id, sweep)
@@ -225,7 +226,7 @@ def log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: str, 
     return run_id
 
 
-def try_log_analysis(sweep: str, storage: str | Path, tracking_uri: str, role: str, folder: str | Path,
+def try_log_analysis(sweep: str, storage: "Storage | str | Path", tracking_uri: str, role: str, folder: str | Path,
                      **kw) -> str | None:
     """log_analysis, but a tracking store that is down costs a warning, not the analysis (files stay)."""
     try:

@@ -89,7 +89,7 @@ def fault_plan(tmp_path, monkeypatch):
 
     Set before Ray starts, so local workers inherit it (and ray_backend hands it to every node).
     """
-    from lnsub.trainables import faults
+    from lnsub.orchestrator import faults
 
     path = tmp_path / "faults.json"
     monkeypatch.setenv(faults.ENV, str(path))

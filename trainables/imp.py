@@ -22,10 +22,12 @@ from typing import Callable
 import torch
 
 from lnsub.trainables import metrics as M
-from lnsub.trainables import memory, objectstore, pruning
+from lnsub.trainables import memory, pruning
 from lnsub.trainables.loading import load_task, make_accelerator
 from lnsub.trainables.masks import digest as mask_digest
 from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.storage import Storage
+from lnsub.trainables.storage.layout import NEVER_PULLED
 from lnsub.trainables.store import ONESHOT_PRETRAINED, ONESHOT_TRAINED, CellStore
 from lnsub.trainables.tasks import Task
 from lnsub.trainables.train import RoundData, RoundStats, eval_loader, train_round
@@ -163,12 +165,13 @@ def write_baselines(store: CellStore, spec: CellSpec, params, trained: dict, the
 
 # --- the cell: a short loop over guarded levels ------------------------------------------------
 
-def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoint_every: int = 100,
+def run_cell(spec: CellSpec, storage: Storage | str | Path, accelerator=None, *, checkpoint_every: int = 100,
              hooks: Hooks | None = None) -> CellResult:
-    """Run (or finish) the IMP job of one cell; a finished cell returns at once."""
+    """Run (or finish) the IMP job of one cell in a storage (a Storage, a folder or a store's URI); a finished cell
+    returns at once."""
     started = time.perf_counter()
-    store = CellStore(objectstore.open_root(storage), spec)
-    objectstore.fresh(store.root)  # on an object store: this cell as the store holds it, checkpoints included
+    store = CellStore(Storage.open(storage), spec)
+    store.fresh()  # on an object store: this cell as the store holds it, checkpoints included
     if store.finished():
         return CellResult(spec.id, store.all_metrics(), 0, store.root)
     memory.reset_peak()  # this cell's peak, not the reused process's largest cell so far
@@ -187,7 +190,7 @@ def run_cell(spec: CellSpec, storage: str | Path, accelerator=None, *, checkpoin
     cell.accelerator.wait_for_everyone()
     result = CellResult(spec.id, store.all_metrics(), steps_trained, store.root, seconds)
     del cell
-    objectstore.drop(store.root)  # on an object store: the store holds it all now
+    store.drop()  # on an object store: the store holds it all now
     memory.release()  # the next cell in this process starts from what it needs, not from this one's peak
     return result
 
@@ -231,7 +234,7 @@ def rewind_level(cell: Cell, level: int) -> pruning.Masks:
     else:
         if not cell.main:  # rank 0 committed them; on an object store this rank's copy has not seen them yet
             for k in (level - 1, level):
-                objectstore.pull(cell.store.level_dir(k), exclude=objectstore.NEVER_PULLED)
+                cell.store.storage.pull(cell.store.level_dir(k), exclude=NEVER_PULLED)
         masks, head = cell.store.load_mask(level), cell.store.load_head(level - 1)
     rewind(cell.model, cell.theta0, head, cell.tied, masks)
     if cell.main and cell.hooks.level_start:

@@ -10,24 +10,27 @@ import logging
 
 import torch
 
-from lnsub.trainables.spec import TESTBED_BERT_MODELS, TESTBED_MT5_MODEL, CellSpec
+from lnsub.trainables.providers import data_provider, model_provider
+from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.tasks import Task, get_task
-from lnsub.trainables.testbed.generate import ensure_testbed
-from lnsub.trainables.testbed.languages import is_synthetic
-from lnsub.trainables.testbed.tinybert import ensure_tiny_model
-from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
 from lnsub.trainables.train import RoundData
 
 log = logging.getLogger(__name__)
 
 
 def model_path(spec: CellSpec) -> str:
-    """The folder or hub id that `from_pretrained` gets for this cell."""
-    if spec.model in TESTBED_BERT_MODELS:
-        return str(ensure_tiny_model(spec.testbed_config()))
-    if spec.model == TESTBED_MT5_MODEL:
-        return str(ensure_tiny_mt5(spec.testbed_mt5_config()))
-    return spec.model
+    """The folder or hub id that `from_pretrained` gets for this cell (a provider's model: its built folder)."""
+    provider = model_provider(spec.model)
+    return provider.path(spec) if provider is not None else spec.model
+
+
+def load_model(spec: CellSpec, task: Task, path: str):
+    """The pretrained model with the task's fresh head, as its provider (if any) wants it."""
+    model = task.load_model(path)
+    provider = model_provider(spec.model)
+    if provider is not None and provider.install is not None:
+        provider.install(model, path)  # e.g. the testbed's decoupled control: its twins' own specials and positions
+    return model
 
 
 def task_for(spec: CellSpec, path: str | None = None) -> Task:
@@ -46,9 +49,8 @@ def data_root(spec: CellSpec) -> str | None:
     """The folder the task reads its data from; None for the Hub."""
     if spec.data_dir is not None:
         return spec.data_dir
-    if is_synthetic(spec.language):
-        return str(ensure_testbed(spec.testbed_config().testbed) / "data")
-    return None
+    provider = data_provider(spec.language)
+    return provider.data_root(spec) if provider is not None else None
 
 
 def load_round_data(spec: CellSpec, tokenizer, accelerator, task: Task | None = None) -> RoundData:
@@ -73,7 +75,7 @@ def load_task(spec: CellSpec, accelerator):
     task = task_for(spec, path)
     data = load_round_data(spec, task.load_tokenizer(path), accelerator, task)
     set_seed(spec.seed)
-    return task, data, task.load_model(path)
+    return task, data, load_model(spec, task, path)
 
 
 def make_accelerator(spec: CellSpec):

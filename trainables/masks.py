@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lnsub.trainables.atomic import read_json, write_bytes, write_json
-from lnsub.trainables.objectstore import sha256_file  # noqa: F401 (one checksum for masks, heads, DONE)
+from lnsub.trainables.storage import Storage, read_json
+from lnsub.trainables.storage.layout import sha256_file
 
 FORMAT = "lnsub-mask/2"
 MASK_FILE, MASK_META = "mask.npz", "mask.json"
@@ -52,17 +52,17 @@ def digest(masks: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(pack(masks)).hexdigest()
 
 
-def save_masks(folder: str | Path, masks: dict[str, torch.Tensor], **extra) -> dict:
-    """Write mask.npz then mask.json, each atomically; the json (with the checksum) comes last."""
+def save_masks(storage: Storage, folder: str | Path, masks: dict[str, torch.Tensor], **extra) -> dict:
+    """Write mask.npz then mask.json through `storage`, each atomically; the json (with the checksum) comes last."""
     folder = Path(folder)
     data = pack(masks)
-    write_bytes(folder / MASK_FILE, data)
+    storage.write_bytes(folder / MASK_FILE, data)
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     meta = {"format": FORMAT, "density": kept / total, "sparsity": 1 - kept / total, "kept": kept, "total": total,
             "names": list(masks), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
             "bits_per_weight": 8 * len(data) / total, **extra}
-    write_json(folder / MASK_META, meta)
+    storage.write_json(folder / MASK_META, meta)
     return meta
 
 

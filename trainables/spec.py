@@ -17,12 +17,9 @@ from dataclasses import dataclass
 
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import FieldError, canonical, coerce, field_types, stable_id
+from lnsub.trainables.providers import data_provider, model_provider
 from lnsub.trainables.tasks import TASKS, get_task
 from lnsub.trainables.tasks.base import PAPER_LANGUAGES
-from lnsub.trainables.testbed.generate import TestbedConfig
-from lnsub.trainables.testbed.languages import TWINS, is_synthetic
-from lnsub.trainables.testbed.tinybert import TinyBertConfig
-from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
 
 # 2: values are canonical by field type (epochs 3 -> 3.0), so ids differ from schema 1's
 # 3: valid_documents (MLM's validation carved from Wikipedia's only split); MLM blocks run across documents
@@ -31,11 +28,7 @@ from lnsub.trainables.testbed.tinymt5 import TinyMT5Config
 # 5: group_by_length, lr_schedule, compile (how a round is batched, scheduled and compiled; defaults as before)
 SCHEMA = 5
 LR_SCHEDULES = ("per_round", "whole_run")
-TESTBED_MODEL = "testbed"  # the tiny multilingual BERT of the synthetic testbed
-TESTBED_MT5_MODEL = "testbed-mt5"  # the tiny mT5 of the synthetic testbed (XNLI only, as mt5-base in the paper)
-TESTBED_DECOUPLED_MODEL = "testbed-decoupled"  # its non-multilingual control (TinyBertConfig.decoupled)
-TESTBED_BERT_MODELS = (TESTBED_MODEL, TESTBED_DECOUPLED_MODEL)
-TESTBED_MODELS = (*TESTBED_BERT_MODELS, TESTBED_MT5_MODEL)
+DEFAULT_MODEL = "testbed"  # the synthetic testbed's tiny multilingual BERT (a provider's model: trainables.providers)
 MAX_SEED = 2**32  # numpy's and Accelerate's seeds are 32-bit
 
 # docs/method.md, discovery phase: AdamW eps 1e-8, no weight decay, max grad norm 1.0, linear decay, no warm-up.
@@ -53,7 +46,7 @@ PAPER_DEFAULTS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class CellSpec:
-    model: str  # hub id, local folder, "testbed" (tiny BERT), "testbed-decoupled" (its control) or "testbed-mt5"
+    model: str  # hub id, local folder, or a provider's model name ("testbed", "testbed-decoupled", "testbed-mt5")
     task: str
     language: str
     seed: int = 0
@@ -81,7 +74,7 @@ class CellSpec:
     testbed_noise: float = 0.0
     testbed_anchor_fraction: float = 0.0
     testbed_pretrain_steps: int | None = None  # the tiny model's pretraining steps; None: its config's default
-    model_revision: str = ""  # resolved: the tiny model's config hash for "testbed" and "testbed-mt5"
+    model_revision: str = ""  # resolved: a provider model's configuration hash (its revision)
 
     @property
     def id(self) -> str:
@@ -111,20 +104,6 @@ class CellSpec:
     def from_dict(cls, d: dict) -> "CellSpec":
         return cls.from_values(**d)
 
-    def testbed_config(self):
-        return TinyBertConfig(testbed=self._testbed(), decoupled=self.model == TESTBED_DECOUPLED_MODEL,
-                              **self._pretraining())
-
-    def testbed_mt5_config(self):
-        return TinyMT5Config(testbed=self._testbed(), **self._pretraining())
-
-    def _pretraining(self) -> dict:
-        return {} if self.testbed_pretrain_steps is None else {"steps": self.testbed_pretrain_steps}
-
-    def _testbed(self) -> TestbedConfig:
-        return TestbedConfig(seed=self.testbed_seed, noise=self.testbed_noise,
-                             anchor_fraction=self.testbed_anchor_fraction)
-
 
 def resolve_values(task: str, overrides: dict) -> dict:
     """docs/method.md's defaults for the task with `overrides` applied; a given steps (or epochs) replaces the other."""
@@ -136,22 +115,22 @@ def resolve_values(task: str, overrides: dict) -> dict:
     return values
 
 
-def make_spec(task: str, language: str, model: str = TESTBED_MODEL, **overrides) -> CellSpec:
-    """A validated spec with docs/method.md's defaults for the task, overrides applied, everything resolved."""
+def make_spec(task: str, language: str, model: str = DEFAULT_MODEL, **overrides) -> CellSpec:
+    """A validated spec with docs/method.md's defaults for the task, overrides applied, everything resolved
+    (a provider's model gets its configuration hash as `model_revision`)."""
     t = get_task(task)
     reason = t.missing_reason(language)
     if reason:
         raise LnsubError(f"cell {task}/{language} does not exist: {reason}")
     values = resolve_values(task, overrides)
-    if is_synthetic(language) and "valid_documents" not in overrides:
-        values.pop("valid_documents", None)  # the testbed ships a validation split: use it as is
+    if data_provider(language) is not None and "valid_documents" not in overrides:
+        values.pop("valid_documents", None)  # a provider's data ships a validation split: use it as is
     spec = CellSpec.from_values(model=model, task=task, language=language, **values)
-    if spec.model in TESTBED_BERT_MODELS:
-        spec = dataclasses.replace(spec, model_revision=spec.testbed_config().id)
-    if spec.model == TESTBED_MT5_MODEL:
-        if task != "xnli":
-            raise LnsubError(f"cell {task}/{language}: {TESTBED_MT5_MODEL} is for xnli only (as mt5-base in the paper)")
-        spec = dataclasses.replace(spec, model_revision=spec.testbed_mt5_config().id)
+    provider = model_provider(spec.model)
+    if provider is not None:
+        if provider.tasks is not None and task not in provider.tasks:
+            raise LnsubError(f"cell {task}/{language}: {model} is for {', '.join(provider.tasks)} only")
+        spec = dataclasses.replace(spec, model_revision=provider.revision(spec))
     return spec
 
 
@@ -169,7 +148,7 @@ def validate(spec: CellSpec) -> None:
     # task and language name folders and ids (cells/<task>-<language>-<hash>): only known names, never a path
     if spec.task not in TASKS:
         bad("task", f"unknown task {spec.task!r} (known: {', '.join(TASKS)})")
-    if spec.language not in PAPER_LANGUAGES and spec.language not in TWINS:
+    if spec.language not in PAPER_LANGUAGES and data_provider(spec.language) is None:
         bad("language", f"unknown language {spec.language!r} (known: {', '.join(PAPER_LANGUAGES)} and their syn- twins)")
     if not 0 <= spec.seed < MAX_SEED:
         bad("seed", f"must lie in [0, 2**32), got {spec.seed}")

@@ -33,38 +33,38 @@ from pathlib import Path
 import torch
 
 from lnsub.trainables import masks as maskio
-from lnsub.trainables import objectstore
-from lnsub.trainables.atomic import (DONE, atomic_path, is_done, mark_done, move, read_json, remove, remove_tree,
-                                     write_json)
 from lnsub.trainables.metrics import PEAK_RSS_BYTES, SECONDS, STEPS_TRAINED, WORKERS
 from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.storage import Storage, read_json
+from lnsub.trainables.storage.layout import (BASELINES, CELLS, CHECKPOINT, DONE, NEVER_PULLED, ONESHOT_PRETRAINED,
+                                             ONESHOT_TRAINED, QUARANTINE, TRANSFER, sha256_file)
+from lnsub.trainables.storage.remote import disk_full_named
 
 log = logging.getLogger(__name__)
 HEAD_FILE, HEAD_META, METRICS, SPEC, TIMING = "head.safetensors", "head.json", "metrics.json", "spec.json", "timing.json"
 CHECKPOINT_STATE, CHECKPOINT_META = "state.pt", "meta.json"
-# baseline masks (folders under baselines/): one-shot magnitude pruning of the round-0 trained weights, and of θ0
-ONESHOT_TRAINED, ONESHOT_PRETRAINED = "oneshot_trained", "oneshot_pretrained"
+__all__ = ["CellStore", "JobStore", "Checkpoints", "ONESHOT_PRETRAINED", "ONESHOT_TRAINED", "DAMAGE"]
 KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest turns out damaged
 # What a damaged file raises when read back (a missing one, bad JSON, a bad pickle); never other OSErrors.
 DAMAGE = (FileNotFoundError, ValueError, KeyError, EOFError, pickle.UnpicklingError, maskio.CorruptMask)
 
 
 def save_tensors(state: dict, path: Path) -> None:
-    """torch.save through a file object, so that a full disk is an OSError that says so (objectstore.DiskFull),
+    """torch.save through a file object, so that a full disk is an OSError that says so (storage.remote.DiskFull),
     not torch's "unexpected pos" from its own writer."""
-    with objectstore.disk_full_named(path), open(path, "wb") as f:
+    with disk_full_named(path), open(path, "wb") as f:
         torch.save(state, f)
 
 
-def cells_root(storage: str | Path) -> Path:
-    return Path(storage) / "cells"
+def cells_root(storage: Storage) -> Path:
+    return storage.path(CELLS)
 
 
 class Checkpoints:
     """A round's checkpoints, newest first on resume; a damaged one is moved to `quarantine` and skipped."""
 
-    def __init__(self, folder: Path, quarantine: Path):
-        self.folder, self.quarantine_dir = Path(folder), Path(quarantine)
+    def __init__(self, storage: Storage, folder: Path, quarantine: Path):
+        self.storage, self.folder, self.quarantine_dir = storage, Path(folder), Path(quarantine)
 
     def steps(self) -> list[Path]:
         """Checkpoint folders, oldest first (the names sort by step)."""
@@ -73,16 +73,17 @@ class Checkpoints:
     def save(self, step: int, state: dict) -> None:
         """Write state.pt, then meta.json with its checksum; keep the newest KEEP_CHECKPOINTS."""
         target = self.folder / f"step_{step:08d}"
-        with atomic_path(target / CHECKPOINT_STATE) as tmp:
+        with self.storage.atomic_path(target / CHECKPOINT_STATE) as tmp:
             save_tensors(state, tmp)
-        write_json(target / CHECKPOINT_META, {"step": step, "sha256": maskio.sha256_file(target / CHECKPOINT_STATE)})
+        self.storage.write_json(target / CHECKPOINT_META,
+                                {"step": step, "sha256": sha256_file(target / CHECKPOINT_STATE)})
         for old in self.steps()[:-KEEP_CHECKPOINTS]:
-            remove_tree(old)
+            self.storage.remove_tree(old)
 
     def read(self, candidate: Path) -> dict:
         """One checkpoint, checked against its checksum and step; DAMAGE if it is not whole."""
         meta = read_json(candidate / CHECKPOINT_META)
-        if maskio.sha256_file(candidate / CHECKPOINT_STATE) != meta["sha256"]:
+        if sha256_file(candidate / CHECKPOINT_STATE) != meta["sha256"]:
             raise ValueError("checksum mismatch")
         try:
             state = torch.load(candidate / CHECKPOINT_STATE, map_location="cpu", weights_only=True)
@@ -110,17 +111,20 @@ class Checkpoints:
         while target.exists():  # the same step can be damaged again after a later resume
             n += 1
             target = self.quarantine_dir / f"{candidate.name}.{n}"
-        move(candidate, target)
+        self.storage.move(candidate, target)
         return target
 
     def clear(self) -> None:
-        remove_tree(self.folder)
+        self.storage.remove_tree(self.folder)
 
 
 class CellStore:
-    def __init__(self, storage: str | Path, spec: CellSpec):
+    """One cell's folder in a storage (a Storage, or a folder's path), keyed by the cell's id."""
+
+    def __init__(self, storage: Storage | str | Path, spec: CellSpec):
+        self.storage = Storage.open(storage)
         self.spec = spec
-        self.root = cells_root(storage) / spec.id
+        self.root = cells_root(self.storage) / spec.id
 
     # --- paths --------------------------------------------------------------------------
     def level_dir(self, level: int) -> Path:
@@ -128,13 +132,13 @@ class CellStore:
         return self.root / f"level_{level}"
 
     def checkpoint_dir(self, level: int) -> Path:
-        return self.level_dir(level) / "checkpoint"
+        return self.level_dir(level) / CHECKPOINT
 
     def quarantine_dir(self, level: int) -> Path:
-        return self.level_dir(level) / "quarantine"
+        return self.level_dir(level) / QUARANTINE
 
     def baseline_dir(self, kind: str, sparsity: float) -> Path:
-        return self.root / "baselines" / f"{kind}_s{sparsity:.4f}"
+        return self.root / BASELINES / f"{kind}_s{sparsity:.4f}"
 
     def baseline_mask_path(self, kind: str, sparsity: float) -> Path:
         """The folder to hand masks.load_masks / load_packed for a baseline mask."""
@@ -145,7 +149,7 @@ class CellStore:
         return [self.level_dir(level) / maskio.MASK_FILE, self.level_dir(level) / maskio.MASK_META]
 
     def checkpoints(self, level: int) -> Checkpoints:
-        return Checkpoints(self.checkpoint_dir(level), self.quarantine_dir(level))
+        return Checkpoints(self.storage, self.checkpoint_dir(level), self.quarantine_dir(level))
 
     # --- state --------------------------------------------------------------------------
     def has_spec(self) -> bool:
@@ -153,20 +157,28 @@ class CellStore:
 
     def write_spec(self) -> None:
         if not self.has_spec():
-            write_json(self.root / SPEC, {"id": self.spec.id, "spec": self.spec.to_dict()})
+            self.storage.write_json(self.root / SPEC, {"id": self.spec.id, "spec": self.spec.to_dict()})
 
     def finished(self) -> bool:
-        return is_done(self.root)
+        return self.storage.is_done(self.root)
 
     def pull(self) -> None:
         """On an object store: bring the cell's finished work (not its checkpoints) into this process's copy."""
-        objectstore.pull(self.root, exclude=objectstore.NEVER_PULLED)
+        self.storage.pull(self.root, exclude=NEVER_PULLED)
+
+    def fresh(self) -> None:
+        """On an object store: this cell as the store holds it, checkpoints included (a cell starts here)."""
+        self.storage.fresh(self.root)
+
+    def drop(self) -> None:
+        """On an object store: free this process's copy of the cell (the store holds it all)."""
+        self.storage.drop(self.root)
 
     def mark_finished(self) -> None:
-        mark_done(self.root)
+        self.storage.mark_done(self.root)
 
     def level_done(self, level: int) -> bool:
-        return is_done(self.level_dir(level))
+        return self.storage.is_done(self.level_dir(level))
 
     def metrics(self, level: int) -> dict:
         return read_json(self.level_dir(level) / METRICS)
@@ -175,7 +187,7 @@ class CellStore:
         return [self.metrics(k) for k in range(self.spec.levels + 1) if self.level_done(k)]
 
     def write_timing(self, seconds: float, steps_trained: int, workers: int, peak_rss_bytes: int | None = None) -> None:
-        write_json(self.root / TIMING, {SECONDS: seconds, STEPS_TRAINED: steps_trained, WORKERS: workers,
+        self.storage.write_json(self.root / TIMING, {SECONDS: seconds, STEPS_TRAINED: steps_trained, WORKERS: workers,
                                         PEAK_RSS_BYTES: peak_rss_bytes})
 
     def timing(self) -> dict:
@@ -187,7 +199,7 @@ class CellStore:
         return (self.level_dir(level) / maskio.MASK_META).exists()
 
     def save_mask(self, level: int, m: dict[str, torch.Tensor], **extra) -> dict:
-        return maskio.save_masks(self.level_dir(level), m, level=level, cell=self.spec.id, **extra)
+        return maskio.save_masks(self.storage, self.level_dir(level), m, level=level, cell=self.spec.id, **extra)
 
     def load_mask(self, level: int) -> dict[str, torch.Tensor]:
         return maskio.load_masks(self.level_dir(level))
@@ -196,7 +208,7 @@ class CellStore:
         return (self.baseline_dir(kind, sparsity) / maskio.MASK_META).exists()
 
     def save_baseline(self, kind: str, sparsity: float, m: dict[str, torch.Tensor]) -> dict:
-        return maskio.save_masks(self.baseline_dir(kind, sparsity), m, kind=kind, sparsity=sparsity)
+        return maskio.save_masks(self.storage, self.baseline_dir(kind, sparsity), m, kind=kind, sparsity=sparsity)
 
     def baseline(self, kind: str, sparsity: float) -> dict[str, torch.Tensor]:
         return maskio.load_masks(self.baseline_dir(kind, sparsity))
@@ -204,25 +216,25 @@ class CellStore:
     def save_head(self, level: int, head: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file  # heavy: only a level's end needs it
 
-        with atomic_path(self.level_dir(level) / HEAD_FILE) as tmp:
+        with self.storage.atomic_path(self.level_dir(level) / HEAD_FILE) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(tmp))
-        write_json(self.level_dir(level) / HEAD_META,
-                   {"sha256": maskio.sha256_file(self.level_dir(level) / HEAD_FILE), "names": sorted(head)})
+        self.storage.write_json(self.level_dir(level) / HEAD_META,
+                                {"sha256": sha256_file(self.level_dir(level) / HEAD_FILE), "names": sorted(head)})
 
     def load_head(self, level: int) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file  # heavy: only a level's start needs it
 
         folder = self.level_dir(level)
         meta = read_json(folder / HEAD_META)
-        if maskio.sha256_file(folder / HEAD_FILE) != meta["sha256"]:
+        if sha256_file(folder / HEAD_FILE) != meta["sha256"]:
             raise maskio.CorruptMask(f"{folder / HEAD_FILE} does not match its checksum")
         return load_file(str(folder / HEAD_FILE))
 
     def save_metrics(self, level: int, metrics: dict) -> None:
-        write_json(self.level_dir(level) / METRICS, metrics)
+        self.storage.write_json(self.level_dir(level) / METRICS, metrics)
 
     def mark_level_done(self, level: int) -> None:
-        mark_done(self.level_dir(level))
+        self.storage.mark_done(self.level_dir(level))
 
     def clear_checkpoints(self, level: int) -> None:
         self.checkpoints(level).clear()
@@ -240,8 +252,8 @@ class CellStore:
             return False
 
     def _invalidate(self, level: int) -> None:
-        remove(self.level_dir(level) / DONE)
-        remove(self.root / DONE)
+        self.storage.remove(self.level_dir(level) / DONE)
+        self.storage.remove(self.root / DONE)
 
     def first_unfinished_level(self) -> int:
         """The level to run next, after checking what the finished levels left behind.
@@ -275,24 +287,30 @@ class CellStore:
 class JobStore:
     """A transfer job's folder, keyed by the job's id."""
 
-    def __init__(self, storage: str | Path, job_id: str):
-        self.root = Path(storage) / "transfer" / job_id
+    def __init__(self, storage: Storage | str | Path, job_id: str):
+        self.storage = Storage.open(storage)
+        self.root = self.storage.path(TRANSFER, job_id)
 
     def write_job(self, job: dict) -> None:
         if not (self.root / "job.json").exists():
-            write_json(self.root / "job.json", job)
+            self.storage.write_json(self.root / "job.json", job)
 
     def finished(self) -> bool:
-        return is_done(self.root)
+        return self.storage.is_done(self.root)
 
     def result(self) -> dict:
         return read_json(self.root / "result.json")
 
     def save_result(self, record: dict) -> None:
         """The result, then DONE, then the checkpoints go."""
-        write_json(self.root / "result.json", record)
-        mark_done(self.root)
+        self.storage.write_json(self.root / "result.json", record)
+        self.storage.mark_done(self.root)
         self.checkpoints().clear()
 
     def checkpoints(self) -> Checkpoints:
-        return Checkpoints(self.root / "checkpoint", self.root / "quarantine")
+        return Checkpoints(self.storage, self.root / CHECKPOINT, self.root / QUARANTINE)
+
+
+def pull_transfer_results(storage: Storage) -> None:
+    """On an object store: bring every transfer job's result (not its checkpoints) into this process's copy."""
+    storage.pull(storage.path(TRANSFER), exclude=NEVER_PULLED)

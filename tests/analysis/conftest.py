@@ -7,12 +7,12 @@ import os
 
 import pytest
 
-from lnsub.analysis.transfer import plan_jobs
+from lnsub.analysis.transfer_matrix import plan_jobs
 from lnsub.orchestrator.analyses import transfer
-from lnsub.trainables import faults
+from lnsub.orchestrator import faults
 from lnsub.trainables.imp import run_cell
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.sweep_state import PlannedCell, SweepState, load_state, save_state
+from lnsub.analysis.sweeps import Resources, PlannedCell, SweepState, load_state, save_state
 
 FAST = {"lr": 1e-3, "batch_size": 16, "max_length": 32, "levels": 2, "steps": 8, "train_size": 300,
         "valid_size": 64}
@@ -28,9 +28,9 @@ def mini_sweep(tmp_path_factory, tiny_model):
     for spec in specs:
         run_cell(spec, storage)
     save_state(storage, SweepState(
-        name="mini", grid_name="mini", grid_source="(test)", grid={}, cells=[PlannedCell(s.id, s, 0.0) for s in specs],
+        name="mini", grid_name="mini", grid_source="(test)", grid={}, cells=[PlannedCell(s, 0.0) for s in specs],
         skipped=[], tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
-        resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
+        resources=Resources()))
     return storage, specs
 
 

@@ -134,7 +134,7 @@ def test_similarity_over_the_same_cells(mini_sweep, tiny_model, tmp_path):
 
 def test_report_names_the_command_for_each_missing_analysis(mini_sweep, tmp_path):
     storage, _ = mini_sweep
-    path = report("mini", str(storage), out=str(tmp_path / "empty")).extra["path"]  # no analysis has written there
+    path = report("mini", str(storage), out=str(tmp_path / "empty")).report  # no analysis has written there
     page = path.read_text(encoding="utf-8")
     for key, title in SECTIONS:
         assert f'<section id="{key}"><h2>{html.escape(title)}</h2>' in page  # "The paper's claims": &#x27;

@@ -386,5 +386,5 @@ def test_report_control_option(analysed, tmp_path):
     side = read(copy / "report" / "claims_vs_control.csv")
     assert [r["claim"] for r in side] == list("abcdef")
     assert {r["weaker_on_control"] for r in side} <= {"no (within spread)", "cannot tell"}
-    page = result.extra["path"].read_text(encoding="utf-8")
+    page = result.report.read_text(encoding="utf-8")
     assert f"No claim is measurably weaker on the control: {C.CANNOT_SEPARATE}." in page

@@ -12,6 +12,7 @@ from sklearn.metrics import jaccard_score
 from lnsub.analysis import overlap
 from lnsub.analysis.neutrality import unpack
 from lnsub.trainables.masks import save_masks
+from lnsub.trainables.storage import Storage
 
 # 2 layers x 6 matrices + pooler, sizes that are not multiples of 8, so groups start mid-byte
 SUFFIXES = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
@@ -63,7 +64,7 @@ def test_jaccard_of_saved_masks_equals_python_sets(tmp_path, by):
            "ur": _masks(3, 0.0)}  # ur keeps nothing; de/fr/sw are empty in some groups, 0/0 counts as 1
     packed = {}
     for lang, m in raw.items():
-        save_masks(tmp_path / lang, m)
+        save_masks(Storage.open(tmp_path), tmp_path / lang, m)
         packed[lang] = overlap.read_packed(tmp_path / lang)
     result = overlap.jaccard_matrix(packed, by=by)
     expected_groups = {"total": ["all"], "layer": ["layer_0", "layer_1"],

@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from lnsub.analysis.similarity_job import distinct_rows, parallel_sentences, similarity
+from lnsub.analysis.representations import distinct_rows, parallel_sentences, similarity
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
+from lnsub.analysis.sweeps import Resources, PlannedCell, SweepState, save_state
 
 PREMISES = 24
 
@@ -94,9 +94,9 @@ def test_identical_sentences_are_all_retrieved_and_fa_is_skipped_with_its_reason
              for lang in ("en", "de", "fa")]
     storage = tmp_path / "storage"
     save_state(storage, SweepState(
-        name="par", grid_name="par", grid_source="(test)", grid={}, cells=[PlannedCell(s.id, s, 0.0) for s in specs],
+        name="par", grid_name="par", grid_source="(test)", grid={}, cells=[PlannedCell(s, 0.0) for s in specs],
         skipped=[], tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
-        resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
+        resources=Resources()))
     result = similarity("par", str(storage), out=str(tmp_path / "out"), sentences=100)
     rows = list(csv.DictReader(open(result.folder / "similarity.csv")))
     dense = [r for r in rows if r["encoder"] == "dense"]

@@ -267,7 +267,7 @@ def _check_retrieval_csv(rows: list[dict], label: str, reps: dict, orders: dict 
 
 
 def test_retrieval_rows_match_a_loop_over_pairs_and_sentences_grouped_by_word_order():
-    from lnsub.analysis.similarity_job import best_layers, best_metrics, retrieval_rows, word_orders
+    from lnsub.analysis.representations import best_layers, best_metrics, retrieval_rows, word_orders
 
     assert word_orders(list(ORDERS)) == ORDERS
     assert word_orders(["en", "de"]) is None and word_orders(["syn-en", "en"]) is None  # real: order unknown
@@ -309,25 +309,25 @@ def test_similarity_writes_retrieval_csv_of_the_twins_by_word_order(tmp_path, ti
 
     from transformers import AutoTokenizer
 
-    from lnsub.analysis.similarity_job import load_encoder, parallel_sentences, similarity
+    from lnsub.analysis.representations import load_encoder, parallel_sentences, similarity
     from lnsub.trainables.loading import model_path
     from lnsub.trainables.spec import make_spec
-    from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
+    from lnsub.analysis.sweeps import PlannedCell, Resources, SweepState, save_state
 
     languages, n = ["syn-en", "syn-fr", "syn-hi"], 12
     specs = [make_spec("mlm", lang, steps=1) for lang in languages]
     storage = tmp_path / "storage"
     save_state(storage, SweepState(
-        name="ret", grid_name="ret", grid_source="(test)", grid={}, cells=[PlannedCell(s.id, s, 0.0) for s in specs],
+        name="ret", grid_name="ret", grid_source="(test)", grid={}, cells=[PlannedCell(s, 0.0) for s in specs],
         skipped=[], tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
-        resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
+        resources=Resources()))
     result = similarity("ret", str(storage), out=str(tmp_path / "out"), sentences=n)
     rows = list(csv.DictReader(open(result.folder / "retrieval.csv")))
     assert {r["encoder"] for r in rows} == {"dense", "random"}
 
     texts = parallel_sentences(specs[0], languages, n).texts
     path = model_path(specs[0])  # the model the job compares (the tiny_model fixture builds it)
-    tokenizer, base = AutoTokenizer.from_pretrained(path), load_encoder(path).eval()
+    tokenizer, base = AutoTokenizer.from_pretrained(path), load_encoder(specs[0], path).eval()
     for label, model in (("dense", base), ("random", random_encoder_like(base, seed=0))):
         reps = {lang: layer_representations(model, tokenizer, texts[lang]) for lang in languages}
         _check_retrieval_csv(rows, label, reps, ORDERS)

@@ -14,8 +14,8 @@ import pytest
 import json
 
 from lnsub.orchestrator import tracking
-from lnsub.trainables import transfer as jobs_io
-from lnsub.trainables.sweep_state import load_state
+from lnsub.trainables import transfer_job as jobs_io
+from lnsub.analysis.sweeps import load_state
 
 pytestmark = pytest.mark.slow
 LEVEL = 3  # the smoke grid's deepest level: 30% sparsity (the `analysed` fixture, tests/analysis/conftest.py)
@@ -32,7 +32,7 @@ def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
     storage = analysed["storage"]
     assert analysed["analyze"].returncode == 0, analysed["analyze"].stdout[-2000:]
     result = analysed["transfer"]
-    assert result.extra["errors"] == {} and result.extra["done"] == result.extra["jobs"] == 15
+    assert result.transfer.errors == {} and result.transfer.done == result.transfer.jobs == 15
     # the killed job was retried by Tune and resumed from its checkpoint at step 4, not from scratch
     assert json.loads(analysed["marker"].read_text())["step"] == 6
     assert jobs_io.result(storage, analysed["victim"])["resumed_from_step"] == 4

@@ -7,15 +7,15 @@ import statistics
 
 import pytest
 
-from lnsub.analysis.transfer import ONESHOT, RANDOM, check_sources, plan_jobs, transfer_tables
+from lnsub.analysis.transfer_matrix import ONESHOT, RANDOM, check_sources, plan_jobs, transfer_tables
 from lnsub.trainables import pruning
-from lnsub.trainables import transfer as jobs_io
-from lnsub.trainables.atomic import mark_done, write_json
+from lnsub.trainables import transfer_job as jobs_io
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.masks import load_masks, pack
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.transfer import TransferJob
+from lnsub.trainables.transfer_job import TransferJob
 
 
 def _sha(masks) -> str:
@@ -34,9 +34,10 @@ def _fake_results(storage, task, scores: dict[tuple[str, str], list[float]]) -> 
             src = None if kind != "ticket" else make_spec(task, source, seed=seed, steps=5, levels=2).to_dict()
             job = TransferJob(kind, source, src, tspec.to_dict(), 2, 0.2)
             folder = jobs_io.job_dir(storage, job)
-            write_json(folder / "result.json", {"task": task, "target": target, "seed": seed, "score": score,
-                                                "density": 0.8, "metric": "m"})
-            mark_done(folder)
+            store = Storage.open(storage)
+            store.write_json(folder / "result.json", {"task": task, "target": target, "seed": seed, "score": score,
+                                                      "density": 0.8, "metric": "m"})
+            store.mark_done(folder)
             jobs.append(job)
     return jobs
 

@@ -133,9 +133,9 @@ def test_the_keeper_renews_while_the_driver_is_busy_and_reports_a_lost_lease(tmp
 
 
 def test_the_lease_on_s3_is_created_only_if_absent(s3_server):  # noqa: F811
-    from lnsub.trainables import objectstore
+    from lnsub.trainables.storage import Storage
 
-    root = objectstore.open_root(f"s3://{s3_server.bucket}/lease-test")
+    root = Storage.open(f"s3://{s3_server.bucket}/lease-test")
     first = lease.take(root, "s")
     with pytest.raises(LnsubError, match="being run by pid"):
         lease.take(root, "s")
@@ -151,9 +151,9 @@ def test_the_lease_on_s3_is_created_only_if_absent(s3_server):  # noqa: F811
 
 
 def test_of_drivers_racing_on_s3_exactly_one_takes_the_lease(s3_server, monkeypatch):  # noqa: F811
-    from lnsub.trainables import objectstore
+    from lnsub.trainables.storage import Storage
 
-    root = objectstore.open_root(f"s3://{s3_server.bucket}/race")
+    root = Storage.open(f"s3://{s3_server.bucket}/race")
     barrier, outcomes = threading.Barrier(CONTENDERS), []
     real_create = lease.S3Leases.create
 

@@ -7,13 +7,13 @@ import logging
 from lnsub.orchestrator import sweep as sweep_module
 from lnsub.orchestrator.sweep import Monitor
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
+from lnsub.analysis.sweeps import Resources, PlannedCell, SweepState, save_state
 
 
 def a_monitor(tmp_path, render) -> Monitor:
     spec = make_spec("ner", "syn-en", steps=4, levels=1, prune_fraction=0.2)
-    state = SweepState(name="m", grid_name="g", grid_source="g.yaml", grid={}, cells=[PlannedCell(spec.id, spec, 0.1)],
-                       skipped=[], tracking_uri="http://127.0.0.1:9", resources={})
+    state = SweepState(name="m", grid_name="g", grid_source="g.yaml", grid={}, cells=[PlannedCell(spec, 0.1)],
+                       skipped=[], tracking_uri="http://127.0.0.1:9", resources=Resources())
     save_state(tmp_path, state)
     return Monitor(tmp_path, state, state.tracking_uri, render)
 

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from lnsub.trainables import faults
+from lnsub.orchestrator import faults
 from lnsub.trainables.masks import load_masks, pack
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.store import CellStore

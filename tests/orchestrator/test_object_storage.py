@@ -27,9 +27,10 @@ from test_sweep import tiny_grid
 
 from lnsub.orchestrator import tracking
 from lnsub.orchestrator.grid import plan
-from lnsub.trainables import objectstore
+from lnsub.trainables import storage as storage_module
+from lnsub.trainables.storage import remote as objectstore
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import check_storage, load_state, pull_cells
+from lnsub.analysis.sweeps import load_state, open_storage, pull_cells
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -149,8 +150,8 @@ def test_sweep_on_s3_across_nodes_with_no_shared_directory_survives_a_kill_and_a
 
     # what the store holds, read back through a scratch copy of a new "process"
     monkeypatch.setenv(objectstore.SCRATCH_ENV, str(tmp_path / "reader"))
-    monkeypatch.setattr(objectstore, "_MIRRORS", {})
-    root = check_storage(storage)
+    monkeypatch.setattr(storage_module, "_OPEN", {})
+    root = open_storage(storage)
     state = load_state(root, "s3")
     pull_cells(root, state.specs)
     stores = {s.id: CellStore(root, s) for s in state.specs}

@@ -12,7 +12,7 @@ from lnsub.orchestrator.cli import main
 from lnsub.trainables import metrics as M
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import CellStatus, PlannedCell, SweepState, save_state
+from lnsub.analysis.sweeps import Resources, CellStatus, PlannedCell, SweepState, save_state
 
 
 def a_status(task, state, levels_done, seconds=0.0, levels=3):
@@ -63,9 +63,9 @@ def run(monkeypatch, capsys, *args):
 def _sweep(storage, name, done: bool):
     spec = make_spec("ner", "syn-en", steps=4, levels=1, prune_fraction=0.2)
     save_state(storage, SweepState(name=name, grid_name="g", grid_source="g.yaml", grid={},
-                                   cells=[PlannedCell(spec.id, spec, 0.1)], skipped=[],
+                                   cells=[PlannedCell(spec, 0.1)], skipped=[],
                                    tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
-                                   resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
+                                   resources=Resources()))
     if done:
         store = CellStore(storage, spec)
         store.write_spec()

@@ -14,7 +14,7 @@ import yaml
 
 from lnsub.orchestrator.study import study_markers, transfer_levels
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import load_state
+from lnsub.analysis.sweeps import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from lnsub.orchestrator.cli import main
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.sweep_state import PlannedCell, SweepState, save_state
+from lnsub.analysis.sweeps import Resources, PlannedCell, SweepState, save_state
 
 READERS = [("status",), ("sync",), ("analyze",), ("similarity",), ("report",), ("transfer", "--level", "1"),
            ("sweep", "--resume")]
@@ -30,9 +30,9 @@ def tree(folder) -> set[str]:
 def a_sweep(storage) -> None:
     spec = make_spec("ner", "syn-en", steps=4, levels=1, prune_fraction=0.2)
     save_state(storage, SweepState(name="s", grid_name="g", grid_source="g.yaml", grid={},
-                                   cells=[PlannedCell(spec.id, spec, 0.1)], skipped=[],
+                                   cells=[PlannedCell(spec, 0.1)], skipped=[],
                                    tracking_uri=f"sqlite:///{storage / 'mlflow.db'}",
-                                   resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0}))
+                                   resources=Resources()))
 
 
 def bad_storages(tmp_path):
@@ -98,7 +98,7 @@ def test_similarity_checks_its_level_before_building_anything(tmp_path, monkeypa
 
 def test_a_password_in_the_tracking_uri_is_never_stored_nor_printed(tmp_path, monkeypatch, capsys):
     from lnsub.orchestrator.sweep import open_or_plan
-    from lnsub.trainables.sweep_state import load_state
+    from lnsub.analysis.sweeps import load_state
 
     secret = f"http://alice:s3cr3t@127.0.0.1:{_free_port()}"
     state = open_or_plan(tmp_path, "smoke", "s", False, secret, {})

@@ -14,7 +14,8 @@ from s3_server import s3_server  # noqa: F401 (the fixture)
 
 from lnsub.orchestrator import tracking
 from lnsub.trainables import metrics as M
-from lnsub.trainables import objectstore
+from lnsub.trainables import storage as storage_module
+from lnsub.trainables.storage import remote as objectstore
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.store import CellStore
 
@@ -39,8 +40,8 @@ def test_masks_logged_from_an_object_store_to_sqlite_read_back_after_the_process
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv(objectstore.SCRATCH_ENV, str(tmp_path / "scratch"))
-    monkeypatch.setattr(objectstore, "_MIRRORS", {})
-    root = objectstore.open_root(f"s3://{s3_server.bucket}/runs")
+    monkeypatch.setattr(storage_module, "_OPEN", {})
+    root = storage_module.Storage.open(f"s3://{s3_server.bucket}/runs")
     stores = [a_finished_cell(root, lang) for lang in ("syn-en", "syn-ar")]
     expected = {(s.spec.id, k): (s.level_dir(k) / "mask.npz").read_bytes() for s in stores for k in (0, 1)}
     uri = f"sqlite:///{tmp_path / 'ml.db'}"

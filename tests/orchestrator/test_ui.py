@@ -31,7 +31,7 @@ import pytest
 from lnsub.orchestrator import tracking
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import load_state
+from lnsub.analysis.sweeps import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def s3_store(smoke_sweep, tmp: Path):
     artifacts it keeps in that bucket, and `lnsub sync` logs the sweep to it from the bucket."""
     from s3_server import S3Server
 
-    from lnsub.trainables.objectstore import SCRATCH_ENV
+    from lnsub.trainables.storage.remote import SCRATCH_ENV
 
     cwd, proc = smoke_sweep
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -19,6 +19,7 @@ from lnsub.trainables.imp import Hooks, run_cell, split_state
 from lnsub.trainables.loading import model_path
 from lnsub.trainables.masks import load_masks, mask_meta
 from lnsub.trainables.spec import make_spec
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.store import CellStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +197,7 @@ def test_a_damaged_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     accelerator = Accelerator(cpu=True)
-    checkpoints = Checkpoints(tmp_path / "checkpoint", tmp_path / "quarantine")
+    checkpoints = Checkpoints(Storage.open(tmp_path), tmp_path / "checkpoint", tmp_path / "quarantine")
     for step in (2, 4):
         save_checkpoint(checkpoints, step, model, optimizer, scheduler, accelerator)
     (checkpoints.folder / "step_00000004" / "state.pt").write_bytes(b"not a checkpoint")
@@ -239,6 +240,7 @@ def _eio_reads(monkeypatch, under: Path, counter: list) -> None:
     import errno
 
     from lnsub.trainables import masks as maskio
+    from lnsub.trainables import store as store_module
 
     real = maskio.sha256_file
 
@@ -248,7 +250,8 @@ def _eio_reads(monkeypatch, under: Path, counter: list) -> None:
             raise OSError(errno.EIO, "Input/output error", str(path))
         return real(path)
 
-    monkeypatch.setattr(maskio, "sha256_file", flaky)
+    monkeypatch.setattr(maskio, "sha256_file", flaky)  # where masks and checkpoints read their checksums
+    monkeypatch.setattr(store_module, "sha256_file", flaky)
 
 
 def _tree(root: Path) -> dict:

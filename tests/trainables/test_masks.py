@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lnsub.trainables import masks as maskio
+from lnsub.trainables.storage import Storage
 
 
 def _random_masks(seed=0):
@@ -18,7 +19,7 @@ def _random_masks(seed=0):
 
 def test_round_trip_and_metadata(tmp_path):
     m = _random_masks()
-    meta = maskio.save_masks(tmp_path, m, level=2)
+    meta = maskio.save_masks(Storage.open(tmp_path), tmp_path, m, level=2)
     back = maskio.load_masks(tmp_path)
     assert list(back) == list(m)
     assert all(torch.equal(back[n], m[n]) for n in m)
@@ -29,7 +30,7 @@ def test_round_trip_and_metadata(tmp_path):
 
 def test_readable_with_numpy_alone_as_the_readme_says(tmp_path):
     m = _random_masks(1)
-    maskio.save_masks(tmp_path, m)
+    maskio.save_masks(Storage.open(tmp_path), tmp_path, m)
     z = np.load(tmp_path / "mask.npz", allow_pickle=False)  # the recipe of the README, verbatim
     sizes = z["shapes"].prod(axis=1)
     flat = np.unpackbits(z["bits"], count=int(sizes.sum())).astype(bool)
@@ -42,18 +43,18 @@ def test_readable_with_numpy_alone_as_the_readme_says(tmp_path):
 def test_about_one_bit_per_weight(tmp_path):
     shapes = [(64, 64)] * 4 + [(128, 64), (64, 128)]  # the tiny model's six matrices per layer, 4 layers
     small = {f"layer{i}.m{j}.weight": torch.rand(s) > 0.5 for i in range(4) for j, s in enumerate(shapes)}
-    meta = maskio.save_masks(tmp_path / "small", small)
+    meta = maskio.save_masks(Storage.open(tmp_path), tmp_path / "small", small)
     assert meta["bits_per_weight"] == pytest.approx(8 * (tmp_path / "small/mask.npz").stat().st_size / meta["total"])
     assert 1.0 <= meta["bits_per_weight"] < 1.1
     big = {f"layer{i}.weight": torch.rand(768, 3072) > 0.5 for i in range(2)}  # an mBERT layer's MLP
-    assert 1.0 <= maskio.save_masks(tmp_path / "big", big)["bits_per_weight"] < 1.002
+    assert 1.0 <= maskio.save_masks(Storage.open(tmp_path), tmp_path / "big", big)["bits_per_weight"] < 1.002
     sparse = {f"layer{i}.weight": torch.rand(768, 3072) > 0.9 for i in range(2)}  # 90% pruned: < 1 bit
-    assert maskio.save_masks(tmp_path / "sparse", sparse)["bits_per_weight"] < 0.6
+    assert maskio.save_masks(Storage.open(tmp_path), tmp_path / "sparse", sparse)["bits_per_weight"] < 0.6
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_damaged_mask_is_detected(tmp_path, damage):
-    maskio.save_masks(tmp_path, _random_masks())
+    maskio.save_masks(Storage.open(tmp_path), tmp_path, _random_masks())
     path = tmp_path / "mask.npz"
     data = path.read_bytes()
     if damage == "truncate":
@@ -71,12 +72,12 @@ def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path):
     import os
     import stat
 
-    from lnsub.trainables.atomic import atomic_dir, write_text
+    from lnsub.trainables.storage.local import atomic_dir, write_text
 
     umask = os.umask(0o022)
     os.umask(umask)
     write_text(tmp_path / "a.txt", "x")
-    maskio.save_masks(tmp_path / "m", _random_masks())
+    maskio.save_masks(Storage.open(tmp_path), tmp_path / "m", _random_masks())
     with atomic_dir(tmp_path / "d") as d:
         (d / "f").write_text("y")
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~umask

@@ -1,6 +1,6 @@
 """Object storage as lnsub's storage, against a real S3-compatible server (moto) on 127.0.0.1.
 
-Each "process" here is a scratch copy of its own (objectstore.open_root in a fresh
+Each "process" here is a scratch copy of its own (Storage.open in a fresh
 registry and scratch folder), as two nodes would have: nothing is shared but the store.
 """
 
@@ -17,11 +17,14 @@ import pytest
 import torch
 from s3_server import s3_server  # noqa: F401 (the fixture)
 
-from lnsub.trainables import atomic, objectstore
+from lnsub.trainables import storage as storage_module
+from lnsub.trainables.storage import Storage
+from lnsub.trainables.storage import commit
+from lnsub.trainables.storage import remote as objectstore
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import check_storage
+from lnsub.analysis.sweeps import open_storage as check_storage
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def node(tmp_path, monkeypatch):
     def switch() -> None:
         count[0] += 1
         monkeypatch.setenv(objectstore.SCRATCH_ENV, str(tmp_path / f"node{count[0]}"))
-        monkeypatch.setattr(objectstore, "_MIRRORS", {})
+        monkeypatch.setattr(storage_module, "_OPEN", {})
 
     switch()
     return switch
@@ -48,12 +51,12 @@ def uri(server) -> str:
 
 def test_writes_go_through_whole_and_done_names_the_sha256_of_what_it_commits(s3_server, node, tmp_path):  # noqa: F811
     root = check_storage(uri(s3_server))
-    assert tmp_path / "node1" in root.parents  # this process's scratch copy, not a shared path
+    assert tmp_path / "node1" in root.root.parents  # this process's scratch copy, not a shared path
     store = CellStore(root, spec())
     payload = bytes(range(256)) * 40
-    atomic.write_bytes(store.level_dir(0) / "mask.npz", payload)
-    atomic.write_json(store.level_dir(0) / "metrics.json", {"score": 0.5})
-    atomic.write_bytes(store.checkpoint_dir(0) / "step_00000004" / "state.pt", b"work in progress")
+    store.storage.write_bytes(store.level_dir(0) / "mask.npz", payload)
+    store.storage.write_json(store.level_dir(0) / "metrics.json", {"score": 0.5})
+    store.storage.write_bytes(store.checkpoint_dir(0) / "step_00000004" / "state.pt", b"work in progress")
     store.mark_level_done(0)
 
     keys = s3_server.list("runs/")
@@ -69,27 +72,27 @@ def test_writes_go_through_whole_and_done_names_the_sha256_of_what_it_commits(s3
 
 def test_another_node_trusts_a_level_only_if_its_files_match_its_done(s3_server, node):  # noqa: F811
     store = CellStore(check_storage(uri(s3_server)), spec())
-    atomic.write_bytes(store.level_dir(0) / "mask.npz", b"a" * 100)
+    store.storage.write_bytes(store.level_dir(0) / "mask.npz", b"a" * 100)
     store.mark_level_done(0)
-    atomic.write_bytes(store.level_dir(1) / "mask.npz", b"b" * 100)
+    store.storage.write_bytes(store.level_dir(1) / "mask.npz", b"b" * 100)
     store.mark_level_done(1)
 
     node()
     other = CellStore(check_storage(uri(s3_server)), spec())
     assert other.root != store.root
-    objectstore.fresh(other.root)
+    other.storage.fresh(other.root)
     assert other.level_done(0) and other.level_done(1)
     assert (other.level_dir(1) / "mask.npz").read_bytes() == b"b" * 100
 
     # level 1's mask is damaged in the store after its DONE went up
     key = f"runs/cells/{spec().id}/level_1/mask.npz"
     s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=b"c" * 99)
-    objectstore.pull(other.root)
+    other.storage.pull(other.root)
     assert other.level_done(0) and not other.level_done(1)  # not trusted: it will be recomputed
 
     # what the store withdraws (a DONE invalidated by another node) leaves the copy too
     s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"runs/cells/{spec().id}/level_0/DONE")
-    objectstore.pull(other.root)
+    other.storage.pull(other.root)
     assert not other.level_done(0)
 
 
@@ -106,7 +109,7 @@ def test_resume_on_another_node_reads_the_newest_intact_checkpoint(s3_server, no
     s3_server.client().put_object(Bucket=s3_server.bucket, Key=key, Body=b"not a checkpoint")
     node()
     other = CellStore(check_storage(uri(s3_server)), spec())
-    objectstore.fresh(other.root)
+    other.storage.fresh(other.root)
     state = other.checkpoints(1).load_newest()
     assert state["step"] == 6 and torch.equal(state["weights"], torch.full((4,), 6.0))
     keys = s3_server.list("runs/")
@@ -123,7 +126,7 @@ def test_an_outage_shorter_than_the_retry_window_costs_a_wait_not_a_write(s3_ser
 
     def write():
         try:
-            atomic.write_json(store.level_dir(0) / "metrics.json", {"score": 1.0})
+            store.storage.write_json(store.level_dir(0) / "metrics.json", {"score": 1.0})
         except Exception as e:  # noqa: BLE001
             errors.append(e)
         done.set()
@@ -145,7 +148,7 @@ def test_an_outage_longer_than_the_retry_window_is_an_oserror_not_damage(s3_serv
     monkeypatch.setenv(objectstore.TIMEOUT_ENV, "1")
     monkeypatch.setenv(objectstore.RETRY_ENV, "2")
     store = CellStore(check_storage(uri(s3_server)), spec())
-    atomic.write_bytes(store.level_dir(0) / "mask.npz", b"m")
+    store.storage.write_bytes(store.level_dir(0) / "mask.npz", b"m")
     store.mark_level_done(0)
     s3_server.pause()
     try:
@@ -161,7 +164,7 @@ def test_a_bucket_that_does_not_exist_is_one_line_at_once(s3_server, node):  # n
     started = time.monotonic()
     with pytest.raises(LnsubError) as caught:
         root = check_storage(f"s3://no-such-bucket-{s3_server.bucket}/runs")
-        atomic.write_text(root / "x", "x")
+        root.write_text(root.path("x"), "x")
     assert "\n" not in str(caught.value) and "no-such-bucket" in str(caught.value)
     assert time.monotonic() - started < 30
 
@@ -172,18 +175,18 @@ def test_a_pull_leaves_alone_what_this_process_has_just_written(s3_server, node)
     pending = store.level_dir(0) / "metrics.json"
     pending.parent.mkdir(parents=True)
     pending.write_text("{}")  # renamed into place here, not uploaded yet
-    atomic.write_bytes(store.level_dir(0) / "mask.npz", b"m")
-    objectstore.pull(store.root)
+    store.storage.write_bytes(store.level_dir(0) / "mask.npz", b"m")
+    store.storage.pull(store.root)
     assert pending.exists() and (store.level_dir(0) / "mask.npz").exists()
     s3_server.client().delete_object(Bucket=s3_server.bucket, Key=f"runs/cells/{spec().id}/level_0/mask.npz")
-    objectstore.pull(store.root)  # mask.npz came down in the first pull: the store's word now goes
+    store.storage.pull(store.root)  # mask.npz came down in the first pull: the store's word now goes
     assert pending.exists() and not (store.level_dir(0) / "mask.npz").exists()
 
 
 def test_an_object_gone_between_listing_and_reading_is_skipped(s3_server, node, monkeypatch):  # noqa: F811
     store = CellStore(check_storage(uri(s3_server)), spec())
-    atomic.write_text(store.level_dir(0) / "a.json", "{}")
-    atomic.write_text(store.level_dir(0) / "b.json", "{}")
+    store.storage.write_text(store.level_dir(0) / "a.json", "{}")
+    store.storage.write_text(store.level_dir(0) / "b.json", "{}")
     node()
     other = CellStore(check_storage(uri(s3_server)), spec())
     real_get = objectstore.Remote.get
@@ -194,5 +197,5 @@ def test_an_object_gone_between_listing_and_reading_is_skipped(s3_server, node, 
         return real_get(self, rel, local)
 
     monkeypatch.setattr(objectstore.Remote, "get", vanishing)
-    assert objectstore.pull(other.root) == 1
+    assert other.storage.pull(other.root) == 1
     assert (other.level_dir(0) / "b.json").exists() and not (other.level_dir(0) / "a.json").exists()

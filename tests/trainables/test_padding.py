@@ -10,8 +10,8 @@ import torch
 
 from lnsub.trainables.padding import batch_lengths, padding_ratio, tokens_computed
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.testbed import lengths as L
-from lnsub.trainables.testbed.hubcopies import wikiann_rows, xnli_rows
+from lnsub.orchestrator.rehearsal import lengths as L
+from lnsub.orchestrator.rehearsal.hubcopies import wikiann_rows, xnli_rows
 from lnsub.trainables.train import RoundData, epoch_order
 
 SPEC = make_spec("xnli", "en", model="bert-base-multilingual-cased", batch_size=8, max_length=128, epochs=1.0)

@@ -16,7 +16,7 @@ import torch
 from lnsub.orchestrator.grid import plan
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.pruning import prunable_count, prunable_parameters
-from lnsub.trainables.testbed.rehearsal import MBERT_ARCHITECTURE, ensure_rehearsal, mbert_config
+from lnsub.orchestrator.rehearsal.build import MBERT_ARCHITECTURE, ensure_rehearsal, mbert_config
 
 MBERT_VOCAB = 119_547
 ENCODER_WEIGHTS = 84_934_656  # the figure for mBERT's encoder

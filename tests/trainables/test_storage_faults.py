@@ -16,9 +16,13 @@ import pytest
 import torch
 from s3_server import s3_server  # noqa: F401 (the fixture)
 
-from lnsub.trainables import atomic, objectstore
+from lnsub.trainables import storage as storage_module
+from lnsub.trainables.storage import Storage
+from lnsub.trainables.storage import commit
+from lnsub.trainables.storage import remote as objectstore
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.storage.layout import sha256_file
 from lnsub.trainables.store import CellStore, save_tensors
 
 SHA = "0" * 64
@@ -27,7 +31,7 @@ SHA = "0" * 64
 @pytest.fixture
 def node(tmp_path, monkeypatch):
     monkeypatch.setenv(objectstore.SCRATCH_ENV, str(tmp_path / "scratch"))
-    monkeypatch.setattr(objectstore, "_MIRRORS", {})
+    monkeypatch.setattr(storage_module, "_OPEN", {})
     yield
 
 
@@ -40,22 +44,23 @@ def a_cell() -> CellSpec:
                                   b'{"files": {"mask.npz": "not-a-digest"}}', b"\xff\xfe"])
 def test_a_done_that_is_not_a_commit_record_is_damage(tmp_path, body):
     store = CellStore(tmp_path, a_cell())
-    atomic.write_json(store.level_dir(0) / "metrics.json", {"score": 1.0})
+    store.storage.write_json(store.level_dir(0) / "metrics.json", {"score": 1.0})
     store.mark_level_done(0)
-    assert store.level_done(0) and objectstore.verify_done(store.level_dir(0) / "DONE")
+    assert store.level_done(0) and commit.verify_done(store.level_dir(0) / "DONE")
     (store.level_dir(0) / "DONE").write_bytes(body)
     assert not store.level_done(0)
-    assert not objectstore.verify_done(store.level_dir(0) / "DONE")
+    assert not commit.verify_done(store.level_dir(0) / "DONE")
 
 
 def test_a_link_in_a_committed_folder_is_never_followed(tmp_path, caplog):
     folder = tmp_path / "level_1"
-    atomic.write_json(folder / "metrics.json", {"score": 1.0})
+    storage = Storage.open(tmp_path)
+    storage.write_json(folder / "metrics.json", {"score": 1.0})
     (folder / "etc").symlink_to("/etc")
     (folder / "passwd").symlink_to("/etc/passwd")
     with caplog.at_level(logging.WARNING):
-        atomic.mark_done(folder)
-    assert objectstore.read_done(folder / "DONE") == {"metrics.json": objectstore.sha256_file(folder / "metrics.json")}
+        storage.mark_done(folder)
+    assert commit.read_done(folder / "DONE") == {"metrics.json": sha256_file(folder / "metrics.json")}
     assert sum("symbolic link" in r.getMessage() for r in caplog.records) == 2
 
 
@@ -72,10 +77,10 @@ def test_store_keys_that_would_leave_the_scratch_copy_are_ignored(s3_server, nod
     client = s3_server.client()
     client.put_object(Bucket=s3_server.bucket, Key="runs/sweeps/s/../../../../escaped/x.txt", Body=b"evil")
     client.put_object(Bucket=s3_server.bucket, Key="runs/sweeps/s/ok.txt", Body=b"fine")
-    root = objectstore.open_root(f"s3://{s3_server.bucket}/runs")
+    storage = Storage.open(f"s3://{s3_server.bucket}/runs")
     with caplog.at_level(logging.WARNING):
-        objectstore.pull(root / "sweeps" / "s")
-    assert (root / "sweeps/s/ok.txt").read_bytes() == b"fine"
+        storage.pull(storage.path("sweeps", "s"))
+    assert storage.path("sweeps/s/ok.txt").read_bytes() == b"fine"
     assert not list(tmp_path.rglob("escaped"))  # nothing created outside the copy
     assert any("would leave the storage folder" in r.getMessage() for r in caplog.records)  # the key was seen
 
@@ -175,8 +180,8 @@ def test_a_full_scratch_disk_is_not_retried_as_a_store_outage(s3_server, node, t
     s3_server.client().put_object(Bucket=s3_server.bucket, Key="runs/cells/c/big.bin", Body=os.urandom(3 << 20))
     monkeypatch.setenv(objectstore.SCRATCH_ENV, str(tiny_disk))
     monkeypatch.setenv(objectstore.RETRY_ENV, "300")
-    root = objectstore.open_root(f"s3://{s3_server.bucket}/runs")
-    mirror = objectstore.mirror_of(root)
+    storage = Storage.open(f"s3://{s3_server.bucket}/runs")
+    mirror = storage.mirror
     reads = [0]
     real_open = mirror.remote.fs.open_input_stream
 
@@ -190,5 +195,5 @@ def test_a_full_scratch_disk_is_not_retried_as_a_store_outage(s3_server, node, t
 
     mirror.remote.fs = Counting()
     with pytest.raises(objectstore.DiskFull, match="disk full writing .*big.bin .*LNSUB_SCRATCH"):
-        objectstore.pull(root / "cells")
+        storage.pull(storage.path("cells"))
     assert reads[0] == 1  # tried once: a full disk is not retried for 300 s

@@ -14,7 +14,7 @@ import pytest
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import (VERSION, PlannedCell, SweepState, cell_statuses, check_name, load_state,
+from lnsub.analysis.sweeps import (Resources, VERSION, PlannedCell, SweepState, cell_statuses, check_name, load_state,
                                           save_state, state_path)
 
 SCHEDULE = {"steps": 4, "levels": 1, "prune_fraction": 0.2}
@@ -23,8 +23,8 @@ SCHEDULE = {"steps": 4, "levels": 1, "prune_fraction": 0.2}
 def a_state(name: str = "s") -> SweepState:
     specs = [make_spec("ner", "syn-en", **SCHEDULE), make_spec("xnli", "syn-fr", **SCHEDULE)]
     return SweepState(name=name, grid_name="g", grid_source="g.yaml", grid={"levels": 1},
-                      cells=[PlannedCell(s.id, s, 0.5) for s in specs], skipped=[], tracking_uri="sqlite:///x.db",
-                      resources={"workers_per_cell": 1, "cpus_per_worker": 1, "gpus_per_worker": 0})
+                      cells=[PlannedCell(s, 0.5) for s in specs], skipped=[], tracking_uri="sqlite:///x.db",
+                      resources=Resources())
 
 
 def test_round_trip_keeps_every_field_and_the_version(tmp_path):

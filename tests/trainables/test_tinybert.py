@@ -8,6 +8,8 @@ from itertools import combinations
 import pytest
 import torch
 
+from lnsub.trainables.loading import load_model
+from lnsub.trainables.spec import make_spec
 from lnsub.trainables.tasks import get_task
 from lnsub.trainables.testbed.languages import TWINS
 from lnsub.trainables.testbed.tinybert import (TinyBertConfig, ensure_tiny_model, language_tokenizers,
@@ -180,7 +182,9 @@ def test_any_caller_runs_the_decoupled_control_on_its_twins_own_rows(small_model
     for decoupled, folder in small_models.items():
         tokenizer, toks = AutoTokenizer.from_pretrained(folder), language_tokenizers(folder)
         reference = AutoModel.from_pretrained(folder).eval()
-        hooked = get_task("ner").load_model(str(folder)).base_model.eval()  # the path every cell loads through
+        spec = make_spec("ner", "syn-en", model="testbed-decoupled" if decoupled else "testbed", steps=4)
+        # the path every cell loads through: the task's model, then its provider's adjustment
+        hooked = load_model(spec, get_task("ner"), str(folder)).base_model.eval()
         for lang, sentences in texts.items():
             plain = tokenizer(sentences, return_tensors="pt", padding=True)
             own = toks[lang](sentences, return_tensors="pt", padding=True)

@@ -4,8 +4,8 @@ Real runs load from the Hugging Face Hub (`load_dataset(source, language)`,
 `from_pretrained(name)`). The same code also reads a local folder,
 DIR/<task>/<language>/, holding `train` and `validation` files (.jsonl, .json or
 .parquet; MLM on Wikipedia: `train` only) in the hub dataset's own schema, cast to
-the hub's features so label ids agree; the synthetic twins (`syn-*`) resolve to
-the generated testbed that way.
+the hub's features so label ids agree; a data provider's languages (the synthetic
+twins, `syn-*`) resolve to the provider's folder that way (trainables.providers).
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lnsub.trainables.errors import LnsubError
-from lnsub.trainables.testbed.generate import data_dir as testbed_data_dir
-from lnsub.trainables.testbed.generate import ensure_testbed
-from lnsub.trainables.testbed.languages import is_synthetic, real_language
-from lnsub.trainables.testbed.tinybert import install_layout
+from lnsub.trainables.providers import real_language
 
 SPLITS = ("train", "validation")
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -62,12 +59,8 @@ class Task:
         raise NotImplementedError
 
     def local_dir(self, language: str, data_dir: str | os.PathLike | None) -> Path | None:
-        """The local folder for a language, or None to use the Hub."""
-        if data_dir is not None:
-            return Path(data_dir) / self.name / language
-        if is_synthetic(language):
-            return testbed_data_dir(ensure_testbed(), self.name, language)
-        return None
+        """The local folder for a language (DIR/<task>/<language>), or None to use the Hub."""
+        return None if data_dir is None else Path(data_dir) / self.name / language
 
     def local_files(self, local: Path, language: str, splits: tuple[str, ...] = SPLITS) -> dict[str, Path]:
         """{split: file} in a local folder; one clear line for a missing split."""
@@ -139,7 +132,8 @@ class Task:
         return {}
 
     def load_model(self, name_or_path: str):
-        """`from_pretrained` with this task's head; one clear line if the weights are missing."""
+        """`from_pretrained` with this task's head; one clear line if the weights are missing (a provider's model
+        is adjusted by its provider afterwards: trainables.loading)."""
         import transformers
 
         auto = getattr(transformers, self.auto_model)
@@ -151,7 +145,6 @@ class Task:
                 f"cannot load model {name_or_path!r}: not a local folder and {_offline_hint()} or it is not "
                 f"cached; download it where there is network (hf download {name_or_path}) and pass its "
                 f"folder as the model") from e
-        install_layout(model, name_or_path)  # the testbed's decoupled control (a no-op for any other model)
         return model
 
     def load_tokenizer(self, name_or_path: str):

@@ -14,13 +14,14 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from lnsub.trainables.atomic import atomic_dir, build_lock, is_built, write_json
+from lnsub.trainables.storage.local import atomic_dir, build_lock, is_built, write_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar
 from lnsub.trainables.testbed.languages import TWINS, Twin
 
 SCHEMA = 1
 SPLITS = ("train", "validation")
+PARALLEL_FILE = "parallel/validation.jsonl"  # under the data folder: exact translations, for the similarity analysis
 WIKIANN_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")  # hub label ids
 
 
@@ -160,7 +161,7 @@ def ensure_testbed(config: TestbedConfig = TestbedConfig(), root: Path | None = 
                         for split in SPLITS:
                             _write_jsonl(tmp / "data" / task / language / f"{split}.jsonl",
                                          make(config, language, split))
-                _write_jsonl(tmp / "data" / "parallel" / "validation.jsonl", parallel_rows(config))
+                _write_jsonl(tmp / "data" / PARALLEL_FILE, parallel_rows(config))
                 write_json(tmp / "spec.json", {"schema": SCHEMA, "config": canonical(config)})
     return final
 

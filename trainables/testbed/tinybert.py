@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from lnsub.trainables.atomic import atomic_dir, build_lock, is_built, read_json
+from lnsub.trainables.storage.local import atomic_dir, build_lock, is_built, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar, world
 from lnsub.trainables.testbed.pretraining import masked_positions_loss, train_step, warmup_cosine

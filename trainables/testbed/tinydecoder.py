@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lnsub.trainables.atomic import atomic_dir, build_lock, is_built, read_json
+from lnsub.trainables.storage.local import atomic_dir, build_lock, is_built, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.lm_scoring import perplexity, unigram_perplexity
 from lnsub.trainables.pruning import prunable_count, prunable_parameters

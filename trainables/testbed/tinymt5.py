@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lnsub.trainables.atomic import atomic_dir, build_lock, is_built, read_json
+from lnsub.trainables.storage.local import atomic_dir, build_lock, is_built, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.tasks.xnli import XNLI_LABELS, XNLI_PROMPT
 from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine

@@ -1,11 +1,11 @@
-"""Atomic writes: a killed process never leaves a half-written file that a later run trusts.
+"""Atomic writes on local disk: a killed process never leaves a half-written file that a later run trusts.
 
 Every write goes to a temporary name in the same folder, is flushed to disk, then
 renamed over the final name (rename is atomic on POSIX filesystems). Folders that
-must appear whole are built under a temporary name and renamed into place; a DONE
-marker written last says a stage finished, and carries the checksums of what it
-commits. Under a scratch copy of an object store (objectstore.py) every write, and
-every removal, goes through to the store as soon as it is made here.
+must appear whole (a cached build: the testbed, a tiny model) are built under a
+temporary name and renamed into place. These are the local half of `Storage`, which
+adds the commit records and, on an object store, the uploads; state that storage
+keeps is written through a `Storage`, never with these directly.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from lnsub.trainables import objectstore
+from lnsub.trainables.storage.layout import DONE
 
-DONE = "DONE"
 _UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
 os.umask(_UMASK)
 
@@ -49,7 +48,6 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
-        objectstore.after_write(final)  # whole, and only once it is whole here
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -116,44 +114,3 @@ def build_lock(final: str | os.PathLike) -> Iterator[None]:
 def is_built(path: str | os.PathLike) -> bool:
     """Whether a cached folder (atomic_dir: the testbed, a tiny model) was built whole."""
     return (Path(path) / DONE).is_file()
-
-
-def is_done(path: str | os.PathLike) -> bool:
-    """Whether a stage of storage committed: its DONE is a commit record (mark_done). An empty, `{}`, `null` or
-    otherwise unreadable DONE is damage, and the stage counts as unfinished (its checksums are checked on pulls
-    and when a cell resumes)."""
-    try:
-        objectstore.read_done(Path(path) / DONE)
-        return True
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return False
-
-
-def mark_done(path: str | os.PathLike) -> None:
-    """Write DONE last, with the SHA-256 of every file it commits (objectstore.done_record)."""
-    write_json(Path(path) / DONE, objectstore.done_record(Path(path)))
-
-
-def remove(path: str | os.PathLike) -> None:
-    """Remove a file here and, under a store's scratch copy, in the store."""
-    Path(path).unlink(missing_ok=True)
-    objectstore.after_remove(path)
-
-
-def remove_tree(path: str | os.PathLike) -> None:
-    """Remove a folder here and, under a store's scratch copy, in the store."""
-    shutil.rmtree(path, ignore_errors=True)
-    objectstore.after_remove_tree(path)
-
-
-def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Move a folder of files: copies whole at `dst` first, then `src` goes (an object store has no rename)."""
-    src, dst = Path(src), Path(dst)
-    if objectstore.mirror_of(src) is None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        src.rename(dst)
-        return
-    for p in sorted(q for q in src.rglob("*") if q.is_file()):
-        with atomic_path(dst / p.relative_to(src)) as tmp:
-            shutil.copyfile(p, tmp)
-    remove_tree(src)

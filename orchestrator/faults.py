@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lnsub.trainables.atomic import write_json
+from lnsub.trainables.storage.local import write_json
 
 ENV = "LNSUB_FAULTS"
 ACTIONS = ("crash", "pause")

@@ -25,16 +25,19 @@ import numpy as np
 
 from lnsub.analysis.analyze import TICKET_TOLERANCE, cells_by_task_seed
 from lnsub.analysis.figures import delta_heatmap
-from lnsub.analysis.tables import AnalysisResult, Sweep, open_sweep, write_csv
-from lnsub.trainables import transfer as jobs_io
+from lnsub.analysis.results import AnalysisResult, TransferOutcome
+from lnsub.analysis.sweeps import Sweep, open_sweep, sweep_dir
+from lnsub.analysis.tables import write_csv
+from lnsub.trainables import transfer_job
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import stable_id
-from lnsub.trainables.spec import CellSpec
-from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import sweep_dir
-from lnsub.trainables.tasks import get_task
 from lnsub.trainables.metrics import SCORE
-from lnsub.trainables.transfer import STEPS_FACTOR, TransferJob
+from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.storage import Storage
+from lnsub.trainables.storage.layout import ONESHOT_PRETRAINED
+from lnsub.trainables.store import CellStore
+from lnsub.trainables.tasks import get_task
+from lnsub.trainables.transfer_job import STEPS_FACTOR, TransferJob
 
 log = logging.getLogger(__name__)
 RANDOM, ONESHOT = "random", "one-shot θ0"
@@ -76,7 +79,7 @@ def plan_jobs(specs: list[CellSpec], level: int, tasks: list[str] | None = None,
     return jobs
 
 
-def check_sources(storage: Path, jobs: list[TransferJob]) -> None:
+def check_sources(storage: Storage, jobs: list[TransferJob]) -> None:
     """Every source mask must exist before anything is scheduled (one line naming what is missing)."""
     missing = set()
     for job in jobs:
@@ -85,7 +88,7 @@ def check_sources(storage: Path, jobs: list[TransferJob]) -> None:
             if not CellStore(storage, source).level_done(job.level):
                 missing.add(source.id)
         elif job.kind == "oneshot":
-            if not CellStore(storage, job.target).has_baseline("oneshot_pretrained", job.sparsity):
+            if not CellStore(storage, job.target).has_baseline(ONESHOT_PRETRAINED, job.sparsity):
                 missing.add(f"{job.target.id} (one-shot θ0 baseline)")
     if missing:
         level = jobs[0].level
@@ -95,7 +98,7 @@ def check_sources(storage: Path, jobs: list[TransferJob]) -> None:
 
 
 def plan_id(jobs: list[TransferJob]) -> str:
-    return stable_id(sorted(j.id for j in jobs), jobs_io.SCHEMA, prefix="plan-", length=12)
+    return stable_id(sorted(j.id for j in jobs), transfer_job.SCHEMA, prefix="plan-", length=12)
 
 
 # --- the tables ---------------------------------------------------------------------------------
@@ -106,13 +109,13 @@ class Cellwise:
     scores: list[float]
 
 
-def _scores(storage: Path, jobs: list[TransferJob]) -> tuple[list[dict], dict]:
+def _scores(storage: Storage, jobs: list[TransferJob]) -> tuple[list[dict], dict]:
     """Tidy per-job rows, and {(task, source, target): Cellwise} averaged over seeds."""
     rows, grouped = [], defaultdict(list)
     for job in jobs:
-        if not jobs_io.finished(storage, job):
+        if not transfer_job.finished(storage, job):
             continue
-        r = jobs_io.result(storage, job)
+        r = transfer_job.result(storage, job)
         rows.append({"task": r["task"], "source": job.source, "source_kind": job.kind, "target": r["target"],
                      "seed": r["seed"], "level": job.level, "sparsity": job.sparsity, "density": r["density"],
                      "metric": r["metric"], "score": r["score"], "job": job.id})
@@ -120,7 +123,7 @@ def _scores(storage: Path, jobs: list[TransferJob]) -> tuple[list[dict], dict]:
     return rows, {k: Cellwise(statistics.fmean(v), v) for k, v in grouped.items()}
 
 
-def transfer_tables(storage: Path, jobs: list[TransferJob]) -> dict[str, list[dict]]:
+def transfer_tables(storage: Storage, jobs: list[TransferJob]) -> dict[str, list[dict]]:
     """scores (per job), matrix (a(s,t) - a(t,t) and success) and summary (per source) rows."""
     score_rows, cells = _scores(storage, jobs)
     matrix, summary = [], []
@@ -155,7 +158,7 @@ def transfer_tables(storage: Path, jobs: list[TransferJob]) -> dict[str, list[di
     return {"scores": score_rows, "matrix": matrix, "summary": summary}
 
 
-def head_carryover(storage: Path, jobs: list[TransferJob]) -> list[dict]:
+def head_carryover(storage: Storage, jobs: list[TransferJob]) -> list[dict]:
     """The IMP ticket's score (its head carried over from level to level, so trained once per level)
     against the same mask trained on the same schedule with a fresh head: the diagonal job a(t,t).
 
@@ -167,14 +170,14 @@ def head_carryover(storage: Path, jobs: list[TransferJob]) -> list[dict]:
     for job in jobs:
         if job.kind != "ticket" or job.source != job.target.language or STEPS_FACTOR.get(job.target.task, 1.0) != 1.0:
             continue
-        if not jobs_io.finished(storage, job):
+        if not transfer_job.finished(storage, job):
             continue
         target = job.target
         store = CellStore(storage, target)
         if not store.level_done(job.level):
             continue
         carried = store.metrics(job.level)[SCORE]
-        fresh = jobs_io.result(storage, job)["score"]
+        fresh = transfer_job.result(storage, job)["score"]
         rows.append({"task": target.task, "language": target.language, "seed": target.seed, "level": job.level,
                      "sparsity": job.sparsity, "carried_head": carried, "fresh_head": fresh,
                      "difference": carried - fresh, "greater_is_better": get_task(target.task).greater_is_better})
@@ -220,10 +223,10 @@ class TransferPlan:
 
     @property
     def pending(self) -> list[TransferJob]:
-        return [j for j in self.jobs if not jobs_io.finished(self.sweep.root, j)]
+        return [j for j in self.jobs if not transfer_job.finished(self.sweep.storage, j)]
 
     def done(self) -> int:
-        return sum(jobs_io.finished(self.sweep.root, j) for j in self.jobs)
+        return sum(transfer_job.finished(self.sweep.storage, j) for j in self.jobs)
 
 
 def plan(name: str, storage: str, level: int, tracking_uri: str | None = None, out: str | None = None,
@@ -231,15 +234,15 @@ def plan(name: str, storage: str, level: int, tracking_uri: str | None = None, o
     """The jobs of `lnsub transfer`, checked against storage before anything is scheduled."""
     sweep = open_sweep(name, storage, tracking_uri, out)
     jobs = plan_jobs(sweep.specs, level, tasks, cross_task)
-    check_sources(sweep.root, jobs)
-    experiment = sweep_dir(sweep.root, name) / "transfer" / plan_id(jobs)
+    check_sources(sweep.storage, jobs)
+    experiment = sweep_dir(sweep.storage, name) / "transfer" / plan_id(jobs)
     return TransferPlan(sweep, level, tasks, cross_task, jobs, experiment)
 
 
 def tabulate(p: TransferPlan) -> AnalysisResult:
     """The transfer tables and heatmaps of whatever jobs have finished."""
     folder = p.sweep.folder("transfer")
-    tables = {**transfer_tables(p.sweep.root, p.jobs), "head": head_carryover(p.sweep.root, p.jobs)}
+    tables = {**transfer_tables(p.sweep.storage, p.jobs), "head": head_carryover(p.sweep.storage, p.jobs)}
     for kind, rows in tables.items():
         write_csv(folder / f"transfer_{kind}_level{p.level}.csv", rows)
     heatmaps(tables["matrix"], folder, p.level, {j.target.task: j.sparsity for j in p.jobs})
@@ -248,8 +251,9 @@ def tabulate(p: TransferPlan) -> AnalysisResult:
                for r in tables["summary"]}
     params = {"level": p.level, "tasks": ",".join(p.tasks or []) or "all", "cross_task": p.cross_task,
               "jobs": len(p.jobs), "jobs_done": done}
+    p.sweep.publish(folder)
     return AnalysisResult(f"transfer-level{p.level}", p.sweep, folder, params=params, metrics=metrics,
-                          extra={"jobs": len(p.jobs), "done": done, "tables": tables})
+                          transfer=TransferOutcome(len(p.jobs), done, tables["summary"]))
 
 
 def _metric_name(label: str) -> str:

@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from lnsub.trainables import metrics as M
-from lnsub.trainables import objectstore, pruning
+from lnsub.trainables import pruning
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import stable_id
 from lnsub.trainables.loading import load_task, make_accelerator
 from lnsub.trainables.masks import digest
 from lnsub.trainables.spec import CellSpec
-from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore, JobStore
+from lnsub.trainables.storage import Storage
+from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore, JobStore, pull_transfer_results
 from lnsub.trainables.train import eval_loader, hash_seed, train_round
 
 log = logging.getLogger(__name__)
@@ -69,25 +70,25 @@ class TransferJob:
         return spec
 
 
-def job_store(storage: str | Path, job: TransferJob) -> JobStore:
+def job_store(storage: Storage | str | Path, job: TransferJob) -> JobStore:
     return JobStore(storage, job.id)
 
 
-def job_dir(storage: str | Path, job: TransferJob) -> Path:
+def job_dir(storage: Storage | str | Path, job: TransferJob) -> Path:
     return job_store(storage, job).root
 
 
-def finished(storage: str | Path, job: TransferJob) -> bool:
+def finished(storage: Storage | str | Path, job: TransferJob) -> bool:
     return job_store(storage, job).finished()
 
 
-def result(storage: str | Path, job: TransferJob) -> dict:
+def result(storage: Storage | str | Path, job: TransferJob) -> dict:
     return job_store(storage, job).result()
 
 
-def pull_results(storage: str | Path) -> None:
+def pull_results(storage: Storage | str | Path) -> None:
     """On an object store: bring every transfer job's result (not its checkpoints) into this process's copy."""
-    objectstore.pull(Path(storage) / "transfer", exclude=objectstore.NEVER_PULLED)
+    pull_transfer_results(Storage.open(storage))
 
 
 def random_seed(job: TransferJob) -> int:
@@ -95,7 +96,7 @@ def random_seed(job: TransferJob) -> int:
     return hash_seed("random-mask", job.target.seed, f"{job.sparsity:.6f}") >> 24  # its first 4 of 7 bytes
 
 
-def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Prunable]) -> pruning.Masks:
+def source_masks(job: TransferJob, storage: Storage, params: list[pruning.Prunable]) -> pruning.Masks:
     """The mask to apply, on the target model's prunable set.
 
     Across tasks the prunable sets differ only by the pooler (XNLI has one): a
@@ -127,12 +128,12 @@ def source_masks(job: TransferJob, storage: str | Path, params: list[pruning.Pru
     return out
 
 
-def run_transfer_job(job: TransferJob, storage: str | Path, *, checkpoint_every: int = 100,
+def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *, checkpoint_every: int = 100,
                      after_step=None) -> dict:
     """Train the source's sub-network on the target; idempotent (a finished job returns its result)."""
-    storage = objectstore.open_root(storage)  # a local path, or this process's scratch copy of a store
+    storage = Storage.open(storage)  # a folder, or this process's scratch copy of a store
     store = job_store(storage, job)
-    objectstore.fresh(store.root)
+    storage.fresh(store.root)
     for spec in ([CellSpec.from_dict(job.source_cell)] if job.kind == "ticket" else []) + [job.target]:
         CellStore(storage, spec).pull()
     if store.finished():

@@ -18,8 +18,8 @@ import logging
 import time
 from pathlib import Path
 
-from lnsub.trainables.atomic import atomic_dir, is_built, write_json
-from lnsub.trainables.testbed.hubcopies import LANGUAGES, write_hub_fixtures
+from lnsub.trainables.storage.local import atomic_dir, is_built, write_json
+from lnsub.orchestrator.rehearsal.hubcopies import LANGUAGES, write_hub_fixtures
 
 log = logging.getLogger(__name__)
 

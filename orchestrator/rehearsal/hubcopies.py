@@ -24,7 +24,7 @@ import random
 from pathlib import Path
 
 from lnsub.trainables.tasks import TASKS
-from lnsub.trainables.testbed.lengths import draw_words
+from lnsub.orchestrator.rehearsal.lengths import draw_words
 
 LANGUAGES = ("en", "fr", "ar", "fa", "hi", "sw")
 SIZES = {"mlm": {"train": 120}, "ner": {"train": 60, "validation": 20, "test": 20},

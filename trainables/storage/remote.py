@@ -1,17 +1,17 @@
 """Object storage (s3://, gs://, any URI pyarrow's or fsspec's file systems know) as lnsub's storage.
 
-An object store has no rename, so the POSIX recipe of atomic.py (write a temporary
+An object store has no rename, so the POSIX recipe of storage.local (write a temporary
 file, rename it) cannot run there. lnsub keeps that recipe on local disk and adds a
-commit protocol on top:
+commit protocol on top (a Storage opened on a store's URI holds one Mirror):
 
 - Every process works in a scratch copy of its own, on its own node's disk
   (`$LNSUB_SCRATCH`, default the system temp dir; never shared, never trusted by
   anyone else). Nothing assumes a path is shared between nodes.
-- Write-through: every atomic write under a scratch copy is uploaded right after its
+- Write-through: every write through the Storage is uploaded right after its
   local rename, as one whole object (a PUT, or a completed multipart upload, is
   atomic: readers see the old object or the new one, never a part). Writes go up in
   the order they are made, so a DONE object goes up last.
-- DONE carries the SHA-256 of every file it commits (atomic.mark_done). A pull trusts
+- DONE carries the SHA-256 of every file it commits (storage.commit). A pull trusts
   a DONE only if the files it names arrived with those checksums; otherwise the DONE
   is dropped and the stage counts as unfinished (and is redone), like a damaged file.
 - A pull brings a prefix of the store into the scratch copy; what the store no longer
@@ -33,7 +33,6 @@ import contextlib
 import errno
 import functools
 import hashlib
-import json
 import logging
 import os
 import re
@@ -46,14 +45,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lnsub.trainables.storage.commit import verify_done
+from lnsub.trainables.storage.layout import DONE, safe_relative
+
 log = logging.getLogger(__name__)
 
-DONE = "DONE"
 SCRATCH_ENV = "LNSUB_SCRATCH"
 RETRY_ENV = "LNSUB_STORE_RETRY_SECONDS"
 TIMEOUT_ENV = "LNSUB_STORE_TIMEOUT_SECONDS"
 FRESH_WRITE_SECONDS = 600.0  # a file this process wrote is kept this long even if the store lacks it
-NEVER_PULLED = ("checkpoint", "quarantine")  # what a reader of finished work does not need
 _CHUNK = 8 * 1024 * 1024
 
 
@@ -61,14 +61,6 @@ def is_remote(location: str | os.PathLike) -> bool:
     """Whether a --storage value names an object store (a URI with a scheme other than file://)."""
     text = str(location)
     return "://" in text and not text.startswith("file://")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- the store: a pyarrow file system and a base path, every call retried ------------------------
@@ -350,6 +342,18 @@ class Mirror:
         written and may still be uploading (another thread's pull must not take it from under the upload)."""
         return key in self.seen or path.stat().st_mtime < time.time() - FRESH_WRITE_SECONDS
 
+    def fresh(self, path: Path) -> None:
+        """Start a unit of work (a cell, a transfer job) from what the store holds, not from an older copy."""
+        self.drop(path)
+        self.pull(path)
+
+    def drop(self, path: Path) -> None:
+        """Free a finished unit's scratch copy (the store holds all of it)."""
+        shutil.rmtree(path, ignore_errors=True)
+        with self.lock:
+            for key in [k for k in self.seen if k.startswith(self.rel(Path(path)) + "/")]:
+                del self.seen[key]
+
     def wrote(self, path: Path) -> None:
         key = self.rel(path)
         self.remote.put(key, path)
@@ -368,33 +372,20 @@ def _excluded(key: str, prefix: str, exclude: tuple[str, ...]) -> bool:
     return any(part in exclude for part in parts[:-1])
 
 
-_MIRRORS: dict[str, Mirror] = {}
-_LOCK = threading.Lock()
-
-
 def scratch_base() -> Path:
     return Path(os.environ.get(SCRATCH_ENV) or Path(tempfile.gettempdir()) / f"lnsub-scratch-{os.getuid()}")
 
 
-def open_root(location: str | os.PathLike) -> Path:
-    """The local folder to work in: the path itself, or this process's scratch copy of a store."""
-    text = str(location)
-    if not is_remote(text):
-        return Path(text.removeprefix("file://")).resolve()
-    uri = text.rstrip("/")
-    with _LOCK:
-        mirror = _MIRRORS.get(uri)
-        if mirror is None:
-            remote = Remote.open(uri)
-            remote.check()
-            tag = hashlib.sha256(uri.encode()).hexdigest()[:12]
-            base = scratch_base() / tag
-            _reap_dead(base)
-            root = (base / f"p{os.getpid()}").absolute()
-            root.mkdir(parents=True, exist_ok=True)
-            (root.parent / "STORE").write_text(uri + "\n")  # for a person looking at the scratch folder
-            mirror = _MIRRORS[uri] = Mirror(remote, root)
-    return mirror.root
+def open_mirror(uri: str) -> Mirror:
+    """This process's scratch copy of the store at `uri` (checked reachable first: one line if it is not)."""
+    remote = Remote.open(uri)
+    remote.check()
+    base = scratch_base() / hashlib.sha256(uri.encode()).hexdigest()[:12]
+    _reap_dead(base)
+    root = (base / f"p{os.getpid()}").absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    (root.parent / "STORE").write_text(uri + "\n")  # for a person looking at the scratch folder
+    return Mirror(remote, root)
 
 
 def _reap_dead(base: Path) -> None:
@@ -408,130 +399,3 @@ def _reap_dead(base: Path) -> None:
             pid = int(d.name[1:])
             if pid != os.getpid() and not psutil.pid_exists(pid):
                 shutil.rmtree(d, ignore_errors=True)
-
-
-def mirror_of(path: str | os.PathLike) -> Mirror | None:
-    path = Path(path).absolute()
-    for mirror in list(_MIRRORS.values()):
-        if path == mirror.root or mirror.root in path.parents:
-            return mirror
-    return None
-
-
-def location_of(root: str | os.PathLike) -> str:
-    """What to hand another process or node for this root: the store's URI, or the local path."""
-    mirror = mirror_of(root)
-    if mirror is not None and Path(root).absolute() == mirror.root:
-        return mirror.remote.uri
-    return str(Path(root).resolve())
-
-
-# --- what the rest of lnsub calls (no-ops on local storage) -------------------------------------
-
-def pull(path: str | os.PathLike, exclude: tuple[str, ...] = ()) -> int:
-    mirror = mirror_of(path)
-    return mirror.pull(Path(path), exclude) if mirror else 0
-
-
-def fresh(path: str | os.PathLike) -> None:
-    """Start a unit of work (a cell, a transfer job) from what the store holds, not from an older copy."""
-    mirror = mirror_of(path)
-    if mirror is not None:
-        drop(path)
-        mirror.pull(Path(path))
-
-
-def drop(path: str | os.PathLike) -> None:
-    """Free a finished unit's scratch copy (the store holds all of it)."""
-    mirror = mirror_of(path)
-    if mirror is not None:
-        shutil.rmtree(path, ignore_errors=True)
-        with mirror.lock:
-            for key in [k for k in mirror.seen if k.startswith(mirror.rel(Path(path)) + "/")]:
-                del mirror.seen[key]
-
-
-def after_write(path: str | os.PathLike) -> None:
-    mirror = mirror_of(path)
-    if mirror is not None:
-        mirror.wrote(Path(path).absolute())
-
-
-def after_remove(path: str | os.PathLike) -> None:
-    mirror = mirror_of(path)
-    if mirror is not None:
-        mirror.removed(Path(path).absolute())
-
-
-def after_remove_tree(path: str | os.PathLike) -> None:
-    mirror = mirror_of(path)
-    if mirror is not None:
-        mirror.removed_tree(Path(path).absolute())
-
-
-# --- DONE and what it commits --------------------------------------------------------------------
-
-def committed_files(folder: Path) -> list[Path]:
-    """What a DONE in `folder` commits: its files, except work in progress (checkpoints, quarantine) and
-    the insides of sub-folders with a DONE of their own (their DONE stands for them)."""
-    out: list[Path] = []
-
-    def walk(d: Path, top: bool) -> None:
-        if not top and (d / DONE).is_file():
-            out.append(d / DONE)
-            return
-        for p in sorted(d.iterdir()):
-            if p.is_symlink():  # never followed: a link to /etc must not commit /etc
-                log.warning("%s is a symbolic link; not committed", p)
-            elif p.is_dir():
-                if p.name not in NEVER_PULLED and not p.name.startswith("."):
-                    walk(p, False)
-            elif p.is_file() and p.name != DONE and not p.name.startswith("."):
-                out.append(p)
-
-    walk(folder, True)
-    return out
-
-
-def done_record(folder: Path) -> dict:
-    return {"files": {p.relative_to(folder).as_posix(): sha256_file(p) for p in committed_files(folder)}}
-
-
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def read_done(done: Path) -> dict[str, str]:
-    """The files a DONE commits, {relative path: SHA-256}; ValueError for anything else (an empty file, `{}`,
-    `null`, the plain "ok" of a cache folder, a path that leaves the folder): such a DONE is damage."""
-    try:
-        record = json.loads(done.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{done}: not a commit record ({type(e).__name__})") from None
-    files = record.get("files") if isinstance(record, dict) and set(record) == {"files"} else None
-    if not isinstance(files, dict):
-        raise ValueError(f"{done}: not a commit record (no files)")
-    for rel, digest in files.items():
-        if not (isinstance(rel, str) and isinstance(digest, str) and _SHA256.match(digest) and safe_relative(rel)):
-            raise ValueError(f"{done}: not a commit record (entry {rel!r})")
-    return files
-
-
-def verify_done(done: Path) -> bool:
-    """Whether a DONE is a commit record and every file it names is here with its checksum."""
-    try:
-        files = read_done(done)
-    except (ValueError, OSError):
-        return False
-    folder = done.parent
-    for rel, digest in files.items():
-        p = folder / rel
-        if p.is_symlink() or not p.is_file() or sha256_file(p) != digest:
-            return False
-    return True
-
-
-def safe_relative(rel: str) -> bool:
-    """A store key or recorded path that stays inside its root: relative, no '..', '.', empty part or backslash."""
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and "\\" not in rel and "\x00" not in rel and all(
-        part not in ("", ".", "..") for part in parts)

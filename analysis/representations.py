@@ -25,8 +25,11 @@ import torch
 from lnsub.analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
 from lnsub.analysis.figures import line_plot
 from lnsub.analysis.multilinguality import best_layer, retrieval_by_layer, summarise
-from lnsub.analysis.tables import AnalysisResult, open_sweep, write_csv
-from lnsub.trainables.atomic import write_json
+from lnsub.analysis.results import AnalysisResult
+from lnsub.analysis.sweeps import open_sweep
+from lnsub.analysis.tables import write_csv
+from lnsub.trainables import providers
+from lnsub.trainables.storage.local import write_json
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.loading import model_path
 from lnsub.trainables.masks import load_masks
@@ -35,9 +38,6 @@ from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
 from lnsub.trainables.tasks import get_task
 from lnsub.trainables.tasks.base import LOCAL_SUFFIXES
-from lnsub.trainables.testbed.generate import ensure_testbed
-from lnsub.trainables.testbed.languages import TWINS, is_synthetic
-from lnsub.trainables.testbed.tinybert import install_layout
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,12 @@ class Parallel:
 def parallel_sentences(spec: CellSpec, languages: list[str], n: int) -> Parallel:
     """Exact translations, at most n per language, no sentence twice: the testbed's parallel file, WMT14's
     en-fr test set when the languages are exactly en and fr, or else XNLI's validation premises."""
-    if all(is_synthetic(lang) for lang in languages):
-        path = ensure_testbed(spec.testbed_config().testbed) / "data" / "parallel" / "validation.jsonl"
+    suppliers = {providers.data_provider(lang) for lang in languages}
+    supplier = next(iter(suppliers)) if len(suppliers) == 1 else None
+    if supplier is not None and supplier.parallel_file is not None:  # a provider's own exact translations
+        path = supplier.parallel_file(spec)
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
-        return Parallel({lang: [r[lang] for r in rows] for lang in languages}, "testbed parallel file")
+        return Parallel({lang: [r[lang] for r in rows] for lang in languages}, "the data provider's parallel file")
     if set(languages) == WMT14_LANGUAGES:
         pairs = wmt14_pairs(spec.data_dir)
         return Parallel({lang: distinct_rows({k: [p[k] for p in pairs] for k in languages})[lang][:n]
@@ -122,7 +124,15 @@ def wmt14_pairs(data_dir: str | None) -> list[dict[str, str]]:
 ENCODER_ONLY = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel"}  # an encoder-decoder's encoder, alone
 
 
-def load_encoder(path: str):
+def install(spec: CellSpec, model, path: str) -> None:
+    """A provider's model as its provider wants it loaded (the testbed's decoupled control: its twins' own
+    specials and position rows); nothing for any other model."""
+    provider = providers.model_provider(spec.model)
+    if provider is not None and provider.install is not None:
+        provider.install(model, path)
+
+
+def load_encoder(spec: CellSpec, path: str):
     """The model whose states are compared: the base model of an encoder (mBERT), or the encoder of an
     encoder-decoder (mT5: its decoder reads no sentence of its own, only the encoder's states)."""
     import transformers  # heavy: imported when the analysis runs
@@ -133,7 +143,7 @@ def load_encoder(path: str):
             raise LnsubError(f"similarity: no encoder-only class for model type {config.model_type!r}")
         return getattr(transformers, ENCODER_ONLY[config.model_type]).from_pretrained(path)
     model = transformers.AutoModel.from_pretrained(path)
-    install_layout(model, path)  # the testbed's decoupled control: its twins' own specials and position rows
+    install(spec, model, path)
     return model
 
 
@@ -160,6 +170,7 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     transformers.logging.set_verbosity_error()  # the checkpoint's MLM/NSP heads, unused by an encoder, are no news
 
     sweep = open_sweep(name, storage, tracking_uri, out)
+    providers.prepare(sweep.specs[:1])  # the model and the parallel sentences (built once; a no-op after)
     folder = sweep.folder("similarity")
     first = sweep.specs[0]
     parallel = parallel_sentences(first, sorted({s.language for s in sweep.specs}), sentences)
@@ -167,7 +178,7 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     _write_note(folder / "parallel.json", parallel, orders)
     path = model_path(first)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    base = load_encoder(path).eval()
+    base = load_encoder(first, path).eval()
     rows, p1_rows = [], []
     for label, model in _encoders(sweep, base, level, path):  # one at a time: each is a whole encoder's copy
         reps = {lang: layer_representations(model, tokenizer, sents, max_length=64)
@@ -179,23 +190,27 @@ def similarity(name: str, storage: str, tracking_uri: str | None = None, out: st
     best = _write_retrieval(folder, p1_rows)
     params = {"level": "last" if level is None else level, "sentences": sentences, "parallel_source": parallel.source}
     if not rows:
-        return AnalysisResult("similarity", sweep, folder, params=params, extra={"skipped": parallel.skipped})
+        sweep.publish(folder)
+        return AnalysisResult("similarity", sweep, folder, params=params, skipped=parallel.skipped)
     _plot(rows, folder / "similarity_cka.png", "cka", "linear CKA (mean over language pairs)")
     _plot(rows, folder / "similarity_retrieval.png", "retrieval", "retrieval accuracy (mean over pairs)")
     top = max(r["layer"] for r in rows)
     top_cka = {f"{key}_top_layer_{label}": float(np.mean([r[key] for r in rows
                                                           if r["encoder"] == label and r["layer"] == top]))
                for label in ("dense", "random") for key in ("cka", "cka_debiased")}
+    sweep.publish(folder)
     return AnalysisResult("similarity", sweep, folder, params=params, metrics={**top_cka, **best_metrics(best)},
-                          extra={"skipped": parallel.skipped})
+                          skipped=parallel.skipped)
 
 
 def word_orders(languages: list[str]) -> dict[str, str] | None:
     """Each language's basic word order (the synthetic twins carry their real twin's), or None when any
     language's is not known (real languages): retrieval is then reported over all pairs only."""
-    if not languages or not all(lang in TWINS for lang in languages):
+    orders = {lang: (p.word_order(lang) if (p := providers.data_provider(lang)) and p.word_order else None)
+              for lang in languages}
+    if not languages or None in orders.values():
         return None
-    return {lang: TWINS[lang].order for lang in languages}
+    return orders
 
 
 def retrieval_rows(label: str, reps: dict[str, np.ndarray], orders: dict[str, str] | None) -> list[dict]:
@@ -269,10 +284,10 @@ def _encoders(sweep, base, level: int | None, path: str) -> Iterator[tuple[str, 
     first = sweep.specs[0]
     yield "dense", base
     random = random_encoder_like(base, seed=0)
-    install_layout(random, path)  # a decoupled control's random twin reads its inputs as the control does
+    install(first, random, path)  # a decoupled control's random twin reads its inputs as the control does
     yield "random", random
     for spec in sweep.specs:
-        store = CellStore(sweep.root, spec)
+        store = CellStore(sweep.storage, spec)
         k = spec.levels if level is None else level
         if spec.seed == first.seed and store.level_done(k):
             yield f"{spec.task}:{spec.language}@{spec.sparsities[k]:.0%}", _encoder_with_mask(
