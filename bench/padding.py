@@ -6,7 +6,7 @@
   of 50 batches sorted by length).
 
 The orders are those training uses (train.epoch_order), batch 32 and the paper's train sizes (WikiANN 20,000,
-XNLI 392,702). Lengths are mBERT tokens under trainables/testbed/lengths.py's model: word counts anchored on the
+XNLI 392,702). Lengths are mBERT tokens under orchestrator/rehearsal/lengths.py's model: word counts anchored on the
 datasets' cards, and assumed spreads and sub-words per word (see there).
 
 Usage: python bench/padding.py [--batch 32] [--languages en fr ar ...]
@@ -19,7 +19,7 @@ import statistics
 
 from lnsub.trainables.padding import POLICIES, padding_ratio
 from lnsub.trainables.spec import make_spec
-from lnsub.trainables.testbed.lengths import XNLI_TRAIN_EXAMPLES, mbert_lengths
+from lnsub.orchestrator.rehearsal.lengths import XNLI_TRAIN_EXAMPLES, mbert_lengths
 
 SIZES = {"ner": 20_000, "xnli": XNLI_TRAIN_EXAMPLES}
 LANGUAGES = {"ner": ("en", "fr", "de", "es", "ar", "fa"),

@@ -1,4 +1,4 @@
-"""The mBERT-shaped rehearsal end to end, through the README's commands, with the figures issue 10 asks for.
+"""The mBERT-shaped rehearsal end to end, through the README's commands, with the figures a reader of the README checks.
 
 Stages, each timed: `lnsub rehearsal` (model and data), `lnsub sweep --grid rehearsal`, then `analyze`,
 `transfer --level <last>`, `similarity` and `report`. Then, from the sweep's files:

@@ -6,7 +6,7 @@ per-batch padding with length-grouped batches (spec.group_by_length) and the MLM
 only (tasks.mlm.predict_masked_only), also fp32. Both train fresh copies of one randomly initialised model of
 bert-base-multilingual-cased's shape (12 x 768, 12 heads, 3072, vocabulary 119,547: built locally, no hub), with
 its task head, on the same examples, with the same batch, steps and optimizer settings. Sentence lengths follow
-the real datasets' (trainables/testbed/lengths.py, in mBERT tokens); MLM reads full 512-token blocks, 15% masked.
+the real datasets' (orchestrator/rehearsal/lengths.py, in mBERT tokens); MLM reads full 512-token blocks, 15% masked.
 
 Each side trains `--steps` + 1 steps and is timed from the end of its first step to the end of its last: set-up,
 the first step's one-off costs (the optimizer's state is allocated there) and lnsub's first batch (length
@@ -36,8 +36,8 @@ from lnsub.trainables.loading import make_accelerator
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import Checkpoints
 from lnsub.trainables.tasks.mlm import mask_tokens, predict_masked_only
-from lnsub.trainables.testbed.lengths import mbert_lengths
-from lnsub.trainables.testbed.rehearsal import MBERT_ARCHITECTURE
+from lnsub.orchestrator.rehearsal.lengths import mbert_lengths
+from lnsub.orchestrator.rehearsal.build import MBERT_ARCHITECTURE
 from lnsub.trainables.train import RoundData, train_round
 
 MBERT_VOCAB, MASK_ID, LR = 119_547, 103, 5e-5

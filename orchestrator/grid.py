@@ -1,4 +1,4 @@
-"""Grid files -> a validated plan of cells (STYLE.md: plan, then launch).
+"""Grid files -> a validated plan of cells: plan first, then launch.
 
 A grid is YAML: a model, languages, tasks (each with hyperparameter overrides
 of docs/method.md's defaults), seeds, the pruning schedule, resources per cell and
@@ -21,8 +21,8 @@ from lnsub.trainables.ids import FieldError, coerce, field_types
 from lnsub.trainables.spec import MAX_SEED, CellSpec, make_spec, resolve_values
 from lnsub.trainables.tasks import TASKS
 from lnsub.trainables.tasks.base import PAPER_LANGUAGES
-from lnsub.trainables.sweep_state import check_name
-from lnsub.trainables.testbed.languages import TWINS, is_synthetic
+from lnsub.analysis.sweeps import PlannedCell, Resources, check_name
+from lnsub.trainables.providers import data_provider, provider_languages
 
 SHIPPED = ("smoke", "science", "science-control", "science-mt5", "full-synthetic", "full", "rehearsal", "smoke-mt5", "full-mt5")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
@@ -35,19 +35,6 @@ MAX_GRID_BYTES = 1 << 20
 MAX_GRID_NODES = 20_000  # YAML nodes after aliases are expanded (a 1 kB alias bomb expands to millions)
 MAX_SEEDS, MAX_CELLS = 100, 10_000
 MAX_RESOURCES = {"workers_per_cell": 1024, "cpus_per_worker": 256, "gpus_per_worker": 16}
-
-
-@dataclass(frozen=True)
-class Resources:
-    workers_per_cell: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-
-
-@dataclass(frozen=True)
-class PlannedCell:
-    spec: CellSpec
-    cost_hours: float  # expected device-hours for the whole IMP job
 
 
 @dataclass(frozen=True)
@@ -170,7 +157,7 @@ def _check_languages(data: dict, source: str) -> None:
     _check_type(source, "languages", data["languages"], list)
     if not data["languages"]:
         _fail(source, "languages", "must list at least one language")
-    known = set(PAPER_LANGUAGES) | set(TWINS)
+    known = set(PAPER_LANGUAGES) | set(provider_languages())
     for i, lang in enumerate(data["languages"]):
         _check_type(source, f"languages[{i}]", lang, str)
         if lang not in known:
@@ -351,7 +338,7 @@ def plan(grid: str, data_dir: str | None = None, **resource_overrides) -> Plan:
             if reason:
                 skipped.append(Skipped(task, language, reason))
                 continue
-            local = {"data_dir": data_dir} if data_dir is not None and not is_synthetic(language) else {}
+            local = {"data_dir": data_dir} if data_dir is not None and data_provider(language) is None else {}
             for seed in data.get("seeds", [0]):
                 try:
                     spec = make_spec(task, language, model=data["model"], seed=seed, levels=data["levels"],

@@ -1,4 +1,4 @@
-"""Stable ids hashed from a job's canonical description (see STYLE.md, open_lth).
+"""Stable ids hashed from a job's canonical description, as open_lth names its runs.
 
 A description is canonical when each value has its field's declared type: a float
 field holds a float (3 -> 3.0), an int field an int (3.0 -> 3; 3.5 is refused), and a

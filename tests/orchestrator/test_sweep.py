@@ -24,7 +24,7 @@ from lnsub.orchestrator.grid import plan
 from lnsub.orchestrator.jobs import session_file
 from lnsub.orchestrator.sweep import run_sweep
 from lnsub.trainables.store import CellStore
-from lnsub.trainables.sweep_state import load_state
+from lnsub.analysis.sweeps import load_state
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_smoke_sweep_through_the_cli(smoke_sweep):
     assert len(specs) == 9 and {s.task for s in specs} == {"mlm", "ner", "xnli"}
     assert "9/9 cells done" in out and "lnsub ui --name smoke" in out and "mlflow.db" in out
     dense = {(s.task, s.language): CellStore(storage, s).metrics(0)["score"] for s in specs}
-    for lang in ("syn-en", "syn-ur", "syn-ar"):  # the smoke scores must not read as broken (issue 11)
+    for lang in ("syn-en", "syn-ur", "syn-ar"):  # the smoke scores must not read as broken
         # the validation labels are balanced over 3 classes: one constant class scores about 1/3, never above 0.5
         assert dense["xnli", lang] > 0.5, dense
         assert dense["ner", lang] > 0.8, dense

@@ -1,4 +1,4 @@
-"""mT5's prunable set, its exact pruned counts per unit, and rewinding (docs/method.md, issue 13).
+"""mT5's prunable set, its exact pruned counts per unit, and rewinding (docs/method.md).
 
 Figures are checked against references independent of lnsub's rule: the closed form per block
 (encoder 4 d_model·(heads·d_kv) + 3 d_model·d_ff; decoder twice the attention) and a plain walk
@@ -13,7 +13,7 @@ from transformers import MT5Config, MT5ForConditionalGeneration
 
 from lnsub.trainables import pruning
 from lnsub.trainables.imp import rewind, split_state
-from lnsub.trainables.testbed.rehearsal import MT5_ARCHITECTURE, MT5_VOCAB, mt5_config
+from lnsub.orchestrator.rehearsal.build import MT5_ARCHITECTURE, MT5_VOCAB, mt5_config
 
 # google/mt5-base: d_model 768, d_ff 2048, 12 + 12 blocks, inner attention dim 12 heads x 64 = 768
 MT5_BASE_ENCODER = 12 * (4 * 768 * 768 + 3 * 768 * 2048)  # 84,934,656

@@ -40,26 +40,6 @@ def held_out(doc_id: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
-def _blocks(batch, tokenizer, block_size: int):
-    """Concatenate the texts and cut them into blocks of block_size tokens, [CLS] ... [SEP]."""
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-    flat = [t for seq in ids for t in seq]
-    body = block_size - 2
-    n = len(flat) // body
-    blocks = [[tokenizer.cls_token_id, *flat[i * body:(i + 1) * body], tokenizer.sep_token_id] for i in range(n)]
-    return {"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks],
-            "special_tokens_mask": [[1] + [0] * body + [1] for _ in blocks]}
-
-
-def group_texts(ds, tokenizer, block_size: int):
-    """Tokenised blocks of a whole text dataset; the remainder of each map batch is dropped, as in run_mlm.
-
-    The tiny testbed model is pretrained on these; cells read `stream_blocks`.
-    """
-    return ds.map(_blocks, batched=True, batch_size=1000, remove_columns=ds.column_names,
-                  fn_kwargs={"tokenizer": tokenizer, "block_size": block_size})
-
-
 def tokenize_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     """The one place documents are tokenised (a test counts the documents passing here)."""
     return tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -22,7 +22,6 @@ N_FIRST_NAMES, N_LAST_NAMES, N_PLACES, N_ORG_NAMES, N_ORG_KINDS = 40, 40, 30, 20
 FUNCTION_WORDS = ("in", "not", "end")  # location marker, negation, sentence end
 
 ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2  # the hub XNLI label ids
-NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
 def _concepts() -> dict[str, str]:
