@@ -23,6 +23,7 @@ import torch
 
 from lnsub.trainables import metrics as M
 from lnsub.trainables import memory, pruning
+from lnsub.trainables.settling import Settling
 from lnsub.trainables.loading import load_task, make_accelerator
 from lnsub.trainables.masks import digest as mask_digest
 from lnsub.trainables.spec import CellSpec
@@ -211,14 +212,16 @@ def run_level(cell: Cell, level: int) -> LevelRecord | None:
         return None
     started = time.perf_counter()
     masks = rewind_level(cell, level)
-    prepared, stats = train_level(cell, level, masks)
+    settling = settling_of(cell, level, masks)
+    prepared, stats = train_level(cell, level, masks, settling)
     metrics = evaluate_level(cell, level, prepared)
     trained, head, _ = split_state(cell.model)
     next_masks, digests = prune_level(cell, level, masks, trained)
     record = LevelRecord(level, cell.spec.sparsities[level], pruning.density(masks), cell.task.metric,
                          metrics[cell.task.metric], metrics, stats, cell.accelerator.num_processes, digests)
     if cell.main:
-        record = commit_level(cell, record, trained, head, next_masks, started)
+        curve = settling.curve(next_masks, stats.steps) if settling is not None else None
+        record = commit_level(cell, record, trained, head, next_masks, started, curve)
     cell.accelerator.free_memory()
     cell.accelerator.wait_for_everyone()
     return record
@@ -243,12 +246,22 @@ def rewind_level(cell: Cell, level: int) -> pruning.Masks:
     return masks
 
 
-def train_level(cell: Cell, level: int, masks: pruning.Masks) -> tuple[object, RoundStats]:
+def settling_of(cell: Cell, level: int, masks: pruning.Masks) -> Settling | None:
+    """The settling curve of a level that prunes after its round (every level but the last)."""
+    if level == cell.spec.levels:
+        return None
+    theta0_mask = pruning.one_shot_masks(cell.theta0, cell.params, cell.spec.sparsities[level + 1])
+    return Settling(masks, level, cell.spec.prune_fraction, pruning.pruning_units(cell.params), theta0_mask,
+                    cell.spec.settle_stop)
+
+
+def train_level(cell: Cell, level: int, masks: pruning.Masks,
+                settling: Settling | None = None) -> tuple[object, RoundStats]:
     """One round of training (resumed from the level's newest whole checkpoint, if any)."""
     after = cell.hooks.after_step
     prepared, stats = train_round(cell.model, masks, cell.data, cell.spec, level, cell.accelerator,
                                   cell.store.checkpoints(level), cell.checkpoint_every,
-                                  (lambda step: after(level, step)) if after else None)
+                                  (lambda step: after(level, step)) if after else None, settling)
     cell.model = cell.accelerator.unwrap_model(prepared)  # what the next level rewinds
     return prepared, stats
 
@@ -274,11 +287,14 @@ def prune_level(cell: Cell, level: int, masks: pruning.Masks,
 
 
 def commit_level(cell: Cell, record: LevelRecord, trained: dict, head: dict, next_masks: pruning.Masks | None,
-                 started: float) -> LevelRecord:
-    """On rank 0: baselines (level 0), the next mask, the head, metrics.json, then DONE; checkpoints go."""
+                 started: float, settling: dict | None = None) -> LevelRecord:
+    """On rank 0: baselines (level 0), the next mask, the head, settling and metrics.json, then DONE; checkpoints
+    go."""
     store, spec, level = cell.store, cell.spec, record.level
     if level == 0:
         write_baselines(store, spec, cell.params, trained, cell.theta0)
+    if settling is not None:
+        store.save_settling(level, settling)
     if next_masks is not None:
         store.save_mask(level + 1, next_masks, sparsity=spec.sparsities[level + 1])
     store.save_head(level, head)

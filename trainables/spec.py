@@ -26,7 +26,8 @@ from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 #    and validation masks are drawn per block from the seed, so MLM results differ from schema 2's
 # 4: testbed_pretrain_steps (a grid may pretrain its tiny model for fewer or more steps than the default)
 # 5: group_by_length, lr_schedule, compile (how a round is batched, scheduled and compiled; defaults as before)
-SCHEMA = 5
+# 6: settle_stop (stop a round once the mask pruning would take has settled; None, the default, never stops)
+SCHEMA = 6
 LR_SCHEDULES = ("per_round", "whole_run")
 DEFAULT_MODEL = "testbed"  # the synthetic testbed's tiny multilingual BERT (a provider's model: trainables.providers)
 MAX_SEED = 2**32  # numpy's and Accelerate's seeds are 32-bit
@@ -70,6 +71,7 @@ class CellSpec:
     group_by_length: bool = False  # batches from length-sorted mega-batches (HF group_by_length), per seed/level/epoch
     lr_schedule: str = "per_round"  # linear decay to 0 within each round (the paper); "whole_run": the authors' code
     compile: bool = False  # torch.compile the model in place (nn.Module.compile: parameter names unchanged)
+    settle_stop: float | None = None  # end a round once its snapshot mask has this Jaccard with the one before
     testbed_seed: int = 0  # the synthetic testbed and tiny model, when model or language is synthetic
     testbed_noise: float = 0.0
     testbed_anchor_fraction: float = 0.0
@@ -180,5 +182,7 @@ def validate(spec: CellSpec) -> None:
                                f"got {spec.valid_documents} for {spec.task}")
     if spec.mixed_precision not in ("no", "bf16", "fp16"):
         bad("mixed_precision", f"must be no, bf16 or fp16, got {spec.mixed_precision!r}")
+    if spec.settle_stop is not None and not 0 < spec.settle_stop <= 1:
+        bad("settle_stop", f"must lie in (0, 1] (a Jaccard between successive snapshot masks), got {spec.settle_stop}")
     if spec.lr_schedule not in LR_SCHEDULES:
         bad("lr_schedule", f"must be {' or '.join(LR_SCHEDULES)}, got {spec.lr_schedule!r}")

@@ -42,6 +42,7 @@ from lnsub.trainables.storage.remote import disk_full_named
 
 log = logging.getLogger(__name__)
 HEAD_FILE, HEAD_META, METRICS, SPEC, TIMING = "head.safetensors", "head.json", "metrics.json", "spec.json", "timing.json"
+SETTLING = "settling.json"  # where the round's mask stopped moving (trainables.settling)
 CHECKPOINT_STATE, CHECKPOINT_META = "state.pt", "meta.json"
 __all__ = ["CellStore", "JobStore", "Checkpoints", "ONESHOT_PRETRAINED", "ONESHOT_TRAINED", "DAMAGE"]
 KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest turns out damaged
@@ -229,6 +230,14 @@ class CellStore:
         if sha256_file(folder / HEAD_FILE) != meta["sha256"]:
             raise maskio.CorruptMask(f"{folder / HEAD_FILE} does not match its checksum")
         return load_file(str(folder / HEAD_FILE))
+
+    def save_settling(self, level: int, curve: dict) -> None:
+        self.storage.write_json(self.level_dir(level) / SETTLING, curve)
+
+    def load_settling(self, level: int) -> dict | None:
+        """The level's settling curve, or None (the last level has none; cells from before it was recorded)."""
+        path = self.level_dir(level) / SETTLING
+        return read_json(path) if path.is_file() else None
 
     def save_metrics(self, level: int, metrics: dict) -> None:
         self.storage.write_json(self.level_dir(level) / METRICS, metrics)

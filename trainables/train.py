@@ -153,15 +153,17 @@ def _numpy_state() -> dict:
     return {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
 
 
-def save_checkpoint(checkpoints: Checkpoints, step: int, model, optimizer, scheduler, accelerator) -> None:
-    """Every rank contributes its RNG state; rank 0 writes the checkpoint."""
+def save_checkpoint(checkpoints: Checkpoints, step: int, model, optimizer, scheduler, accelerator,
+                    settling: dict | None = None) -> None:
+    """Every rank contributes its RNG state; rank 0 writes the checkpoint (with the settling curve's state)."""
     states = accelerator.gather(_rng_state().unsqueeze(0).to(accelerator.device)).cpu()
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8)
     if accelerator.is_main_process:
         checkpoints.save(step, {"step": step, "model": accelerator.unwrap_model(model).state_dict(),
                                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                 "torch_rng": states, "cuda_rng": cuda,
-                                "python_rng": list(random.getstate()[1]), "numpy_rng": _numpy_state()})
+                                "python_rng": list(random.getstate()[1]), "numpy_rng": _numpy_state(),
+                                **({"settling": settling} if settling is not None else {})})
     accelerator.wait_for_everyone()
 
 
@@ -200,6 +202,7 @@ class _Round:
     total: int
     step: int  # where training starts: 0, or the checkpoint's step
     resumed_from: int | None
+    settling: dict | None = None  # the checkpoint's settling state, if it kept one
 
 
 def _prepare_round(model, data: RoundData, spec: CellSpec, level: int, accelerator,
@@ -226,18 +229,23 @@ def _prepare_round(model, data: RoundData, spec: CellSpec, level: int, accelerat
         scheduler.load_state_dict(state["scheduler"])
         _restore_rng(state, accelerator.process_index)
         run.step = run.resumed_from = state["step"]
+        run.settling = state.get("settling")
         log.info("cell %s level %d: resuming at step %d/%d", spec.id, level, run.step, total)
     return run
 
 
 def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int, accelerator,
                 checkpoints: Checkpoints, checkpoint_every: int,
-                after_step: Callable[[int], None] | None = None) -> tuple[object, RoundStats]:
+                after_step: Callable[[int], None] | None = None, settling=None) -> tuple[object, RoundStats]:
     """Train `model` (already rewound and masked) for one round: (the model as prepared, its stats).
 
     The returned model is Accelerate's (wrapped under DDP); accelerator.unwrap_model gives the module.
+    `settling` (trainables.settling.Settling) records the mask pruning would take at its snapshot steps and
+    may end the round early; its stats then count the steps trained.
     """
     run = _prepare_round(model, data, spec, level, accelerator, checkpoints)
+    if settling is not None:
+        settling.restore(run.settling)
     enforce = MaskEnforcer(run.unwrapped, masks)
     if run.resumed_from is not None:
         enforce.weights()
@@ -266,13 +274,26 @@ def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int
                          _mean(losses))
             if after_step is not None:
                 after_step(run.step)
+            if settling is not None and settling.due(run.step, run.total) and _settled(settling, run, accelerator):
+                run.total = run.step  # the mask has settled: the round ends here
             if run.step < run.total and checkpoint_every and run.step % checkpoint_every == 0:
-                save_checkpoint(checkpoints, run.step, run.model, run.optimizer, run.scheduler, accelerator)
+                save_checkpoint(checkpoints, run.step, run.model, run.optimizer, run.scheduler, accelerator,
+                                settling.state() if settling is not None else None)
             if run.step >= run.total:
                 break
     seconds = time.perf_counter() - started
     return run.model, RoundStats(run.total, trained, run.resumed_from, _mean(losses) if losses else None,
                                  seconds, seconds / trained if trained else None)
+
+
+def _settled(settling, run: _Round, accelerator) -> bool:
+    """Rank 0's snapshot decides for every rank (the weights agree; the decision must too)."""
+    stop = settling.observe(run.step, run.total, run.unwrapped) if accelerator.is_main_process else False
+    if accelerator.num_processes == 1:
+        return stop
+    from accelerate.utils import broadcast  # heavy: only a multi-process run gets here
+
+    return bool(broadcast(torch.tensor([int(stop)], device=accelerator.device), from_process=0).item())
 
 
 def _micro_step(run: _Round, batch, enforce: MaskEnforcer, spec: CellSpec, accelerator) -> torch.Tensor:
