@@ -297,10 +297,10 @@ MEASUREMENTS = {
 # The H100 is given the A100's MFU: no measurement of BERT fine-tuning on it was found (an assumption; its
 # memory bandwidth grew less than its FLOP/s, so it more likely reaches less).
 
-# A step's fixed costs. lnsub's train step of a 12-layer BERT dispatches about 2,370 aten ops, 1,000 of them
+# A step's fixed costs. lnsub's train step of a 12-layer BERT dispatches 2,370 aten ops, 912 of them
 # kernels (the rest views; counted on CPU: python bench/cost.py --count-ops). Eager PyTorch spends about
 # 5-25 us of host time on an op before its kernel runs; 10 us a kernel is assumed.
-KERNELS_PER_STEP = 1_000
+KERNELS_PER_STEP = 912
 HOST_SECONDS_PER_KERNEL = 10e-6
 # The optimizer step streams every parameter: fused AdamW reads weight, gradient and both moments and writes
 # three (28 bytes in fp32), clipping reads the gradients twice and writes them once (12), the masks' multiplies
