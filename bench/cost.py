@@ -79,7 +79,21 @@ def savings(p, checkpoint_every: int) -> float:
         print(f"  {total:8,.1f} h  {label}")
         if policy == "lnsub" and device == "a100" and respec is None:
             lnsub = total
+    for every in (0, 1_000, checkpoint_every):
+        mfu, when = needed_mfu(p, every, 100.0), f"every {every:,} steps" if every else "off training's path"
+        print(f"  an A100 MFU of {mfu:.3f} would bring lnsub to 100 h with checkpoints {when}" if mfu < 1 else
+              f"  no A100 MFU brings lnsub to 100 h with checkpoints {when}: the rest alone takes longer")
     return lnsub
+
+
+def needed_mfu(p, checkpoint_every: int, hours: float) -> float:
+    """The bf16 MFU at which lnsub's total on an A100 falls to `hours` (the other parts kept as they are)."""
+    _, costs = _total(p, "a100", lambda s: cost.lnsub_policy(s, checkpoint_every))
+    parts = cost.parts(costs)
+    scaled = parts["compute"] + parts["evaluation"]
+    fixed = sum(parts.values()) - scaled
+    mfu = cost.MEASUREMENTS[("ampere", "tensor16")].mfu
+    return float("inf") if fixed >= hours else scaled * mfu / (hours - fixed)
 
 
 def count_ops() -> None:

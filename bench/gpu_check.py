@@ -27,7 +27,7 @@ from lnsub.trainables.tasks.mlm import MLM_PROBABILITY
 
 HERE = Path(__file__).resolve().parent
 CELL_STEPS, CELL_BATCH, CELL_LEVELS = 200, 32, 1
-CELL_GRID = f"""# one XNLI cell of the rehearsal (mBERT's architecture, random weights) on the GPU, bf16, grouped batches
+CELL_GRID = f"""# one XNLI cell of the rehearsal (mBERT's architecture, random weights) on a GPU: bf16, grouped
 name: gpu-check
 model: ./lnsub-rehearsal/model
 languages: [en]
@@ -84,8 +84,8 @@ def report(task: str, side: str, seconds: float, batch: int, steps: int, w: cost
         step = max(batch * flops / cost.achieved_flops(device, kind)
                    + shape.parameters * cost.OPTIMIZER_BYTES_PER_PARAMETER / device.bandwidth,
                    cost.KERNELS_PER_STEP * cost.HOST_SECONDS_PER_KERNEL)
-        line += (f", MFU {rate * flops / peak:.3f} of {device.name}'s {peak / 1e12:.0f} TFLOP/s; "
-                 f"the cost model predicts {batch / step:8.1f} examples/s (measured/predicted {rate * step / batch:.2f})")
+        line += (f", MFU {rate * flops / peak:.3f} of {device.name}'s {peak / 1e12:.0f} TFLOP/s; the cost model "
+                 f"predicts {batch / step:8.1f} examples/s (measured/predicted {rate * step / batch:.2f})")
     print(line, flush=True)
 
 
@@ -116,8 +116,9 @@ def cell(storage: Path, grid: Path) -> None:
     predicted = cost.cell_cost(spec, device, cost.lnsub_policy(spec, 100)) if device else None
     for path in levels:
         m = json.loads(path.read_text())
-        line = (f"{path.parent.name}: {m['seconds_per_step'] * 1e3:.1f} ms a step, {CELL_BATCH / m['seconds_per_step']:.0f}"
-                f" examples/s; level {m['level_seconds']:.1f} s")
+        step = m["seconds_per_step"]
+        line = (f"{path.parent.name}: {step * 1e3:.1f} ms a step, {CELL_BATCH / step:.0f} examples/s; "
+                f"level {m['level_seconds']:.1f} s")
         if predicted is not None:
             per_round = predicted.hours * 3600 / (spec.levels + 1)
             line += f" (the cost model: {per_round:.1f} s a level, {per_round / CELL_STEPS * 1e3:.1f} ms a step)"
