@@ -77,7 +77,7 @@ def report(task: str, side: str, seconds: float, batch: int, steps: int, w: cost
     shape = cost.model_shape("bert-base-multilingual-cased")
     flops = cost.train_flops(shape, task, w)
     rate = steps * batch / seconds
-    line = f"{task:4s} {side:7s} ({kind}): {rate:8.1f} examples/s, {rate * flops / 1e12:7.1f} TFLOP/s"
+    line = f"{task:4s} {side:7s} ({'bf16' if kind == 'tensor16' else kind}): {rate:8.1f} examples/s, {rate * flops / 1e12:7.1f} TFLOP/s"
     device = this_device()
     if device is not None:
         peak = device.tensor16 if kind == "tensor16" else device.fp32
@@ -89,18 +89,26 @@ def report(task: str, side: str, seconds: float, batch: int, steps: int, w: cost
     print(line, flush=True)
 
 
+def _fresh() -> None:
+    """Free the last run's memory and Accelerate's process-wide state, which keeps the first precision it saw."""
+    from accelerate.state import AcceleratorState  # heavy: bench only
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def throughput(steps: int, mlm_steps: int, batch: int, mlm_batch: int) -> None:
     tp = _throughput_module()
     for task in ("xnli", "ner", "mlm"):
         b, n = (mlm_batch, mlm_steps) if task == "mlm" else (batch, steps)
         pristine = tp.build_model(task)
         data = tp.build_data(task, "en", (200 if task != "mlm" else n + 1) * b)
+        _fresh()
         lnsub = tp.run_lnsub(pristine, task, data, b, n, "en", "bf16")
-        gc.collect()
-        torch.cuda.empty_cache()
+        _fresh()
         authors = tp.run_trainer(pristine, task, data, b, n)
-        gc.collect()
-        torch.cuda.empty_cache()
+        _fresh()
         report(task, "authors", authors, b, n, timed_widths(tp, task, data, b, n, "authors"), "fp32")
         report(task, "lnsub", lnsub, b, n, timed_widths(tp, task, data, b, n, "lnsub"), "tensor16")
         print(f"ratio {task} {authors / lnsub:.2f}  (authors' seconds over lnsub's, same examples)", flush=True)
@@ -117,11 +125,11 @@ def cell(storage: Path, grid: Path) -> None:
     for path in levels:
         m = json.loads(path.read_text())
         step = m["seconds_per_step"]
-        line = (f"{path.parent.name}: {step * 1e3:.1f} ms a step, {CELL_BATCH / step:.0f} examples/s; "
+        line = (f"{path.parent.name}: {step * 1e3:.1f} ms a step, {spec.batch_size / step:.0f} examples/s; "
                 f"level {m['level_seconds']:.1f} s")
         if predicted is not None:
             per_round = predicted.hours * 3600 / (spec.levels + 1)
-            line += f" (the cost model: {per_round:.1f} s a level, {per_round / CELL_STEPS * 1e3:.1f} ms a step)"
+            line += f" (the cost model: {per_round:.1f} s a level, {per_round / spec.steps * 1e3:.1f} ms a step)"
         print(line, flush=True)
 
 

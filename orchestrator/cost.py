@@ -394,7 +394,8 @@ def cell_cost(spec: CellSpec, device: Device, policy: Policy) -> CellCost:
     examples, steps = round_size(spec)
     rounds = spec.levels + 1
     achieved = achieved_flops(device, precision_kind(device, policy.precision or spec.mixed_precision))
-    train = train_flops(shape, spec.task, example_widths(spec, shape, policy.padding, policy.mlm_head)) * examples
+    widths = example_widths(spec, shape, policy.padding, policy.mlm_head)
+    train = train_flops(shape, spec.task, widths) * examples
     valid = forward_flops(shape, spec.task, example_widths(spec, shape, policy.padding, policy.mlm_head, False))
     valid *= valid_examples(spec)
     optimizer = steps * shape.parameters * OPTIMIZER_BYTES_PER_PARAMETER / device.bandwidth
@@ -403,9 +404,8 @@ def cell_cost(spec: CellSpec, device: Device, policy: Policy) -> CellCost:
     saves = (steps - 1) // policy.checkpoint_every if policy.checkpoint_every else 0
     checkpoint = saves * shape.parameters * CHECKPOINT_BYTES_PER_PARAMETER / CHECKPOINT_BYTES_PER_SECOND
     hours = rounds / 3600
-    return CellCost(spec, examples, steps, example_widths(spec, shape, policy.padding, policy.mlm_head).mean,
-                    rounds * (train + valid), hours * train / achieved, hours * optimizer,
-                    hours * max(0.0, host - gpu), hours * valid / achieved, hours * checkpoint)
+    return CellCost(spec, examples, steps, widths.mean, rounds * (train + valid), hours * train / achieved,
+                    hours * optimizer, hours * max(0.0, host - gpu), hours * valid / achieved, hours * checkpoint)
 
 
 def predict(plan: Plan, device: Device, policy_for) -> list[CellCost]:
