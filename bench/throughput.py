@@ -3,10 +3,11 @@
 The authors' configuration: Hugging Face `Trainer`, fp32, every example padded to max_length (128 for NER and
 XNLI), the MLM head on every position. lnsub's: `train.train_round` with a 50% mask enforced (an IMP level),
 per-batch padding with length-grouped batches (spec.group_by_length) and the MLM head on the masked positions
-only (tasks.mlm.predict_masked_only), also fp32. Both train fresh copies of one randomly initialised model of
-bert-base-multilingual-cased's shape (12 x 768, 12 heads, 3072, vocabulary 119,547: built locally, no hub), with
-its task head, on the same examples, with the same batch, steps and optimizer settings. Sentence lengths follow
-the real datasets' (orchestrator/rehearsal/lengths.py, in mBERT tokens); MLM reads full 512-token blocks, 15% masked.
+only (tasks.mlm.predict_masked_only), also fp32 (bench/gpu_check.py runs it in bf16 through run_lnsub's
+`precision`). Both train fresh copies of one randomly initialised model of bert-base-multilingual-cased's shape
+(12 x 768, 12 heads, 3072, vocabulary 119,547: built locally, no hub), with its task head, on the same
+examples, with the same batch, steps and optimizer settings. Sentence lengths follow the real datasets'
+(orchestrator/rehearsal/lengths.py, in mBERT tokens); MLM reads full 512-token blocks, 15% masked.
 
 Each side trains `--steps` + 1 steps and is timed from the end of its first step to the end of its last: set-up,
 the first step's one-off costs (the optimizer's state is allocated there) and lnsub's first batch (length
@@ -109,12 +110,18 @@ class StepClock:
         return self.last - self.first
 
 
-def run_lnsub(pristine, task: str, data, batch: int, steps: int, language: str) -> float:
+def lnsub_spec(task: str, batch: int, steps: int, language: str, precision: str = "no") -> CellSpec:
+    """The spec lnsub's side trains with (its order, grouping and precision)."""
+    return CellSpec.from_values(model="bench", task=task, language=language, steps=steps + 1, lr=LR,
+                                batch_size=batch, max_length=MAX_LENGTH[task], group_by_length=True,
+                                mixed_precision=precision)
+
+
+def run_lnsub(pristine, task: str, data, batch: int, steps: int, language: str, precision: str = "no") -> float:
     """Seconds of `steps` steps of train_round: masked (50%), grouped by length, MLM head on masked positions."""
     model = copy.deepcopy(pristine)
     predict_masked_only(model)  # a no-op for NER and XNLI models
-    spec = CellSpec.from_values(model="bench", task=task, language=language, steps=steps + 1, lr=LR,
-                                batch_size=batch, max_length=MAX_LENGTH[task], group_by_length=True)
+    spec = lnsub_spec(task, batch, steps, language, precision)
     masks = pruning.random_masks(pruning.prunable_parameters(model), 0.5, seed=0)
     pruning.apply_masks(model, masks)
     round_data = RoundData(data, data, pad_collator(None), pad_collator(None))
@@ -139,7 +146,8 @@ def run_trainer(pristine, task: str, data, batch: int, steps: int) -> float:
         args = TrainingArguments(
             output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps + 1, learning_rate=LR,
             adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="linear", warmup_steps=0,
-            use_cpu=True, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
+            use_cpu=not torch.cuda.is_available(), logging_strategy="no", save_strategy="no", eval_strategy="no",
+            report_to=[],
             disable_tqdm=True, dataloader_drop_last=True, seed=0)
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=pad_collator(MAX_LENGTH[task]),
                           callbacks=[Clocked()])

@@ -19,7 +19,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from lnsub.orchestrator import analyses, makespan, progress, ray_backend, tracking
+from lnsub.orchestrator import analyses, cost, makespan, progress, ray_backend, tracking
 from lnsub.orchestrator import ui as mlflow_ui
 from lnsub.orchestrator.grid import SHIPPED
 from lnsub.orchestrator.grid import plan as make_plan
@@ -35,6 +35,7 @@ from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model,
 
 GRID_HELP = f"A shipped grid ({', '.join(SHIPPED)}) or a YAML path."
 TaskName = enum.Enum("TaskName", {t: t for t in TASKS}, type=str)  # --task's choices, shown in --help
+DeviceName = enum.Enum("DeviceName", {d: d for d in cost.DEVICES}, type=str)  # plan --device's choices
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Language-neutral sub-networks: lottery-ticket sweeps over languages x tasks x sparsity.")
@@ -140,6 +141,10 @@ def plan(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_H
                                   help="Also show the sweep's makespan on N devices beside its lower bound: GPUs, "
                                        "or CPU workers for a CPU-only grid (--gpus is the same option)."),
          max_concurrent: int = typer.Option(None, "--max-concurrent", help="The sweep's cap on cells at once."),
+         device: DeviceName = typer.Option(None, "--device", help="Predict each cell's hours on this GPU from "
+                                           "its FLOPs (orchestrator/cost.py); the makespan then uses them."),
+         checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=0,
+                                              help="As lnsub sweep's: steps between checkpoints (for --device)."),
          data_dir: str = DataDirOpt) -> None:
     """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
     if gpus is not None and not 1 <= gpus <= makespan.MAX_DEVICES:
@@ -147,7 +152,10 @@ def plan(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_H
     if max_concurrent is not None and not 1 <= max_concurrent <= makespan.MAX_DEVICES:
         raise LnsubError(f"--max-concurrent must lie in [1, {makespan.MAX_DEVICES:,}], got {max_concurrent}")
     p = make_plan(grid, data_dir=data_dir, workers_per_cell=workers_per_cell, gpus_per_worker=gpus_per_worker)
-    schedule = _schedule(p, gpus, max_concurrent) if gpus is not None else None
+    costs = None if device is None else cost.predict(p, cost.get_device(device.value),
+                                                      lambda spec: cost.lnsub_policy(spec, checkpoint_every))
+    timed = p if costs is None else cost.with_hours(p, costs)
+    schedule = _schedule(timed, gpus, max_concurrent) if gpus is not None else None
     r = p.resources
     table = Table(title=f"grid {p.name}: {len(p.cells)} cells ({p.source})")
     for col in ("cell id", "task", "language", "seed", "levels", "sparsity", "expected"):  # levels: 0 (dense) .. L
@@ -167,8 +175,24 @@ def plan(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_H
         console.print(f"{task}: {n} cells, {_fmt_hours(hours)} expected")
     console.print(f"total expected: [bold]{_fmt_hours(p.total_cost_hours)}[/bold] of "
                   f"{'GPU' if r.gpus_per_worker else 'CPU-worker'} time x {r.workers_per_cell} worker(s) per cell")
+    if costs is not None:
+        _print_cost(costs, cost.get_device(device.value), p.total_cost_hours)
     if schedule is not None:
-        _print_makespan(p, schedule, max_concurrent)
+        _print_makespan(timed, schedule, max_concurrent)
+
+
+def _print_cost(costs: list[cost.CellCost], device: cost.Device, grid_hours: float) -> None:
+    table = Table(title=f"predicted on {device.name}, lnsub's configuration (orchestrator/cost.py)")
+    for col in ("task", "cells", "examples/round", "tokens/example", "TFLOPs/cell", "hours/cell", "hours"):
+        table.add_column(col, justify="right")
+    for row in cost.task_rows(costs):
+        table.add_row(row.task, str(row.cells), f"{row.examples:,.0f}", f"{row.tokens:,.1f}", f"{row.tflops:,.0f}",
+                      f"{row.hours_per_cell:,.2f}", f"{row.hours:,.1f}")
+    console.print(table)
+    total = sum(c.hours for c in costs)
+    console.print(f"total predicted: [bold]{total:,.1f} {device.name} hours[/bold] (the grid's cost_hours: "
+                  f"{grid_hours:,.1f} h); by part: " + ", ".join(f"{k} {v:,.1f} h" for k, v in cost.parts(costs).items()))
+    console.print("the makespan below uses the predicted hours, cells in the order the sweep submits them")
 
 
 def _schedule(p, devices: int, max_concurrent: int | None) -> makespan.Schedule:

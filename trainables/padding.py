@@ -21,14 +21,30 @@ def batch_lengths(lengths: list[int], order: list[int], batch: int) -> list[list
     return [[lengths[i] for i in order[start:start + batch]] for start in range(0, len(order) - batch + 1, batch)]
 
 
+def epoch_batches(lengths: list[int], spec: CellSpec, policy: str, batch: int, level: int = 0,
+                  epoch: int = 0) -> list[list[int]]:
+    """The lengths of each whole batch of one epoch, in the order training draws them under `policy`."""
+    grouped = dataclasses.replace(spec, group_by_length=policy == "grouped")
+    data = RoundData(range(len(lengths)), None, None, None, train_lengths=lengths)
+    return batch_lengths(lengths, epoch_order(data, grouped, level, epoch, batch), batch)
+
+
+def batch_widths(lengths: list[int], spec: CellSpec, policy: str, batch: int, level: int = 0,
+                 epoch: int = 0) -> list[int]:
+    """The width each whole batch of one epoch is computed at: max_length, or its longest example."""
+    return [width(b, spec, policy) for b in epoch_batches(lengths, spec, policy, batch, level, epoch)]
+
+
+def width(lengths: list[int], spec: CellSpec, policy: str) -> int:
+    """The width one batch of these lengths is computed at under `policy`."""
+    return spec.max_length if policy == "max_length" else max(lengths)
+
+
 def tokens_computed(lengths: list[int], spec: CellSpec, policy: str, batch: int, level: int = 0,
                     epoch: int = 0) -> tuple[int, int]:
     """(tokens computed, real tokens) over one epoch's whole batches under `policy`."""
-    grouped = dataclasses.replace(spec, group_by_length=policy == "grouped")
-    data = RoundData(range(len(lengths)), None, None, None, train_lengths=lengths)
-    batches = batch_lengths(lengths, epoch_order(data, grouped, level, epoch, batch), batch)
-    width = (lambda b: spec.max_length) if policy == "max_length" else max
-    return sum(width(b) * len(b) for b in batches), sum(sum(b) for b in batches)
+    batches = epoch_batches(lengths, spec, policy, batch, level, epoch)
+    return sum(width(b, spec, policy) * len(b) for b in batches), sum(sum(b) for b in batches)
 
 
 def padding_ratio(lengths: list[int], spec: CellSpec, policy: str, batch: int | None = None) -> float:
