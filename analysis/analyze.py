@@ -219,11 +219,12 @@ def below_baseline(bars: dict, uniform: float) -> list[tuple[str, float, float]]
 def _group_bars(groups: dict, baseline: float, title: str, path: Path) -> Path:
     fig = new_figure(9, 4.2)
     flagged = {g for g, _, _ in below_baseline(groups, baseline)}
-    colours = {"layer": "C0", "component": "C3", "stack": "C4"}
+    colours = {"layer": "C0", "component": "C2", "stack": "C4"}  # red marks a bar below its baseline
     for k, (kind, bars) in enumerate(groups.items()):
         ax = fig.add_subplot(1, len(groups), k + 1)
         x = range(len(bars))
-        ax.bar(x, [b[1] for b in bars], yerr=[b[2] or 0 for b in bars], capsize=3, color=colours[kind],
+        spread = [b[2] for b in bars] if any(b[2] is not None for b in bars) else None
+        ax.bar(x, [b[1] for b in bars], yerr=spread and [e or 0 for e in spread], capsize=3, color=colours[kind],
                edgecolor=["red" if b[0] in flagged else colours[kind] for b in bars], linewidth=2)
         ax.axhline(baseline, color="grey", ls="--", label="random d/(2-d)")
         if any(b[3] is not None for b in bars):
@@ -237,8 +238,8 @@ def _group_bars(groups: dict, baseline: float, title: str, path: Path) -> Path:
         ax.set_xlabel(kind)
         ax.set_ylabel("mean Jaccard across languages")
         ax.legend(fontsize=7)
-    fig.suptitle(title + "\nerror bars: ±1 std over seeds (none with one seed); red: below its random baseline",
-                 fontsize=10)
+    fig.suptitle(title + "\nerror bars: ±1 std over seeds (none with one seed); "
+                 + ("red: below its random baseline" if flagged else "no bar below its random baseline"), fontsize=10)
     return save_png(fig, path)
 
 

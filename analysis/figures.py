@@ -109,6 +109,17 @@ def overlap_panel(ax, matrix, labels: Sequence[str], vmin: float, vmax: float, b
     return im
 
 
+def baseline_note(baseline: float | None, vmin: float, vmax: float, matrices) -> str:
+    """A heatmap title's second line: the random baseline, where it sits on the colour scale, what is below it."""
+    if baseline is None:
+        return ""
+    where = ("red line on the colour bar" if vmin <= baseline <= vmax
+             else "below the colour range" if baseline < vmin else "above the colour range")
+    below = any((np.asarray(m, dtype=float)[~np.eye(len(m), dtype=bool)] < baseline).any() for m in matrices)
+    return f"\nrandom-mask baseline {baseline:.3f} ({where}); " + (
+        "red boxes: below it" if below else "no pair below it")
+
+
 def heatmap_grid(panels: dict[str, np.ndarray], labels: Sequence[str], title: str, path: str | Path,
                  baseline: float | None = None, columns: int = 3) -> Path:
     """Small multiples: one overlap heatmap per panel (a layer), all on one colour scale, the panels'
@@ -123,12 +134,13 @@ def heatmap_grid(panels: dict[str, np.ndarray], labels: Sequence[str], title: st
         ax = fig.add_subplot(rows, columns, k + 1)
         im = overlap_panel(ax, matrix, labels, vmin, vmax, baseline, annotate=len(labels) <= 6, fontsize=7)
         ax.set_title(name, fontsize=9)
+        if k % columns:  # the rows' languages once, on the left
+            ax.set_yticklabels([])
     if im is not None:
         bar = fig.colorbar(im, ax=fig.axes, shrink=0.8, label="Jaccard of kept weights (off-diagonal range)")
         if baseline is not None and vmin <= baseline <= vmax:
             bar.ax.axhline(baseline, color="red", lw=1.5)
-    fig.suptitle(title + ("" if baseline is None else f"\nrandom-mask baseline {baseline:.3f} (red on the "
-                                                       f"colour bar; red boxes: below it)"), fontsize=10)
+    fig.suptitle(title + baseline_note(baseline, vmin, vmax, panels.values()), fontsize=10)
     with atomic_path(Path(path)) as tmp:  # no tight_layout: the shared colour bar spans the panels
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     return Path(path)

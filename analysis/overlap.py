@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lnsub.analysis.figures import new_figure, offdiagonal_range, overlap_panel, save_png
+from lnsub.analysis.figures import baseline_note, new_figure, offdiagonal_range, overlap_panel, save_png
 from lnsub.trainables.masks import load_packed
 from lnsub.trainables.pruning import locate_name
 
@@ -266,7 +266,5 @@ def heatmap_png(matrix, labels: Sequence[str], title: str, path: str | Path, bas
     bar = fig.colorbar(im, ax=ax, label="Jaccard of kept weights (off-diagonal range)")
     if baseline is not None and vmin <= baseline <= vmax:
         bar.ax.axhline(baseline, color="red", lw=1.5)
-    note = "" if baseline is None else f"\nrandom-mask baseline: {baseline:.3f}" + (
-        "; red boxes: below it" if (m[~np.eye(n, dtype=bool)] < baseline).any() else "")
-    ax.set_title(title + note)
+    ax.set_title(title + baseline_note(baseline, vmin, vmax, [m]), fontsize=10)
     return save_png(fig, path)

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from lnsub.trainables.storage.layout import DONE
 from lnsub.trainables.testbed.shipped import SHIPPED, write_sums
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain
@@ -27,6 +29,7 @@ def ship(config: TinyBertConfig, fresh: bool, root: Path = SHIPPED) -> Path:
     with tempfile.TemporaryDirectory(prefix="lnsub-ship-") as tmp:
         built = Path(tmp) / config.id
         if fresh:
+            torch.set_num_threads(1)  # as bench/multilinguality.py: other thread counts round otherwise
             built.mkdir()
             pretrain(config, built)
         else:
