@@ -38,6 +38,11 @@ def verdict_clause(claim: str, row: dict | None) -> str:
     return f"Claim ({claim}): cannot tell whether {question}{effect}."
 
 
+def pooled(clause: str) -> str:
+    """A verdict clause read under one task's figure: the verdict is the claims table's, pooled over tasks."""
+    return f"In the claims table (pooled over tasks at the level nearest 50%): {clause}" if clause else ""
+
+
 def range_phrase(values: Sequence[float], what: str, fmt: str = ".0%") -> str:
     """'<what> range from X to Y (median Z)', or '<what> are all at X' when they are one value."""
     lo, hi = min(values), max(values)
@@ -88,10 +93,10 @@ def overlap_reading(task: str, sparsity: float, jaccard: float, uniform: float, 
         text += f"; the same language with another seed overlaps {same_language:.3f}"
     below = [(f"{task} across languages", jaccard, matched if matched is not None else uniform)]
     below = [b for b in below if b[1] < b[2]]
-    parts = [text + ".", below_baseline_phrase(below), verdict_clause("a", claims.get("a")),
-             verdict_clause("e", claims.get("e"))]
+    clauses = [verdict_clause("a", claims.get("a")), verdict_clause("e", claims.get("e"))]
     if same_language is not None:
-        parts.append(verdict_clause("b", claims.get("b")))
+        clauses.append(verdict_clause("b", claims.get("b")))
+    parts = [text + ".", below_baseline_phrase(below), pooled(" ".join(c for c in clauses if c))]
     return " ".join(p for p in parts if p)
 
 

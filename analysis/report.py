@@ -172,9 +172,9 @@ def overlap_figures(overlap: Path, task: str, rows: list[dict]) -> list[str]:
         for heat in sorted(overlap.glob(f"overlap_{task}_s*_level{level}.png")):
             out.append(figure(heat, f"{sparsity:.0%} sparsity (level {level}): most alike {hi['language_a']} & "
                                     f"{hi['language_b']} ({float(hi['jaccard']):.3f}); least {lo['language_a']} & "
-                                    f"{lo['language_b']} ({float(lo['jaccard']):.3f}), over seeds; random baseline "
-                                    f"{rnd:.3f}. Colours span the off-diagonal range; the diagonal (1) is grey. "
-                                    + flag))
+                                    f"{lo['language_b']} ({float(lo['jaccard']):.3f}); random baseline "
+                                    f"{rnd:.3f}. Colours span the off-diagonal range; the diagonal (1) is grey."
+                                    + (" " + flag if flag else "")))
         layers = [r for r in rows if r["task"] == task and r["grouping"] == "layer" and int(r["level"]) == level]
         below = [(f"{r['group']} {r['language_a']} & {r['language_b']}", float(r["jaccard"]), rnd) for r in layers
                  if float(r["jaccard"]) < rnd]
@@ -274,7 +274,7 @@ def transfer_section(sweep: Sweep, folder: Path, claims: dict[str, dict]) -> str
             extra = [f"{k} {v:+.2%}" for k, v in drop.items() if k not in langs]
             reading += (", against " + ", ".join(extra)) if extra else ""
             if path.exists():
-                out.append(figure(path, reading + ". " + captions.verdict_clause("d", claims.get("d"))))
+                out.append(figure(path, reading + ". " + captions.pooled(captions.verdict_clause("d", claims.get("d")))))
             out.append(table(["source", "mean relative drop", "successes"],
                              [[r["source"], f"{float(r['mean_relative_drop']):+.2%}",
                                f"{r['successes']}/{r['targets']}"] for r in rows]))
