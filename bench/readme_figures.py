@@ -11,9 +11,9 @@ baselines and beyond θ0 (excess_overlap.csv), the winning tickets and the claim
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
+from lnsub.analysis.captions import range_phrase
 from lnsub.analysis.tables import read_csv
 from lnsub.trainables.tasks import get_task
 
@@ -24,7 +24,7 @@ def dense_scores(tickets: list[dict]) -> str:
     parts = []
     for task in sorted({r["task"] for r in tickets}):
         values = [float(r["dense_score"]) for r in tickets if r["task"] == task]
-        parts.append(f"{task} {get_task(task).metric} {min(values):.3f}-{max(values):.3f}")
+        parts.append(f"{task} {get_task(task).metric} {min(values):.3g}-{max(values):.3g}")
     return "dense (level 0) " + ", ".join(parts)
 
 
@@ -56,8 +56,7 @@ def main() -> None:
         raise SystemExit(f"no analysis in {analysis}: run scripts/readme_figures.sh (lnsub study) first")
     sparsities = [float(r["ticket_sparsity"]) for r in tickets]
     print(f"What the {args.name} study shows (`scripts/readme_figures.sh`): {dense_scores(tickets)}. "
-          f"{overlap(excess)}. Sparsest winning tickets: median {statistics.median(sparsities):.0%} "
-          f"(from {min(sparsities):.0%} to {max(sparsities):.0%}). Claims: "
+          f"{overlap(excess)}. {range_phrase(sparsities, 'Sparsest winning tickets')}. Claims: "
           + "; ".join(f"({r['claim']}) {r['verdict']}" for r in claims) + ".")
     report = analysis / "report" / "report.html"
     print(f"\nreport: {report}")
