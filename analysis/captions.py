@@ -78,10 +78,13 @@ def head_carryover_note(labels: Sequence[str]) -> str:
 
 def overlap_reading(task: str, sparsity: float, jaccard: float, uniform: float, claims: dict[str, dict],
                     matched: float | None = None, ratio: float | None = None, excess: float | None = None,
-                    oneshot: float | None = None, same_language: float | None = None) -> str:
-    """The overlap curve's reading: the numbers at the deepest level, then claims (a), (e) and (b) as they stand."""
-    text = (f"At {sparsity:.0%} sparsity, {task} sub-networks of different languages overlap {jaccard:.3f} "
-            f"(Jaccard), against {uniform:.3f} for random masks of one density")
+                    oneshot: float | None = None, same_language: float | None = None,
+                    other_seed: float | None = None) -> str:
+    """The overlap curve's reading: the numbers at the deepest level, then claims (a), (e) and (b) as they stand.
+    `jaccard` is of pairs trained with one seed (the curve's), `other_seed` of pairs of other languages and seeds."""
+    text = (f"At {sparsity:.0%} sparsity, {task} sub-networks of different languages trained with one seed overlap "
+            f"{jaccard:.3f} (Jaccard)" + ("" if other_seed is None else f", with other seeds {other_seed:.3f}")
+            + f", against {uniform:.3f} for random masks of one density")
     if matched is not None:
         text += f" and {matched:.3f} for random masks of each mask's per-matrix densities"
     if ratio is not None and excess is not None:

@@ -204,7 +204,8 @@ def overlap_section(sweep: Sweep, overlap: Path, claims: dict[str, dict]) -> str
             task, deepest, _mean_of(at(total), "jaccard"), random_jaccard(1 - deepest), claims,
             matched=_mean_of(beyond, "random_matched"), ratio=_mean_of(beyond, "ratio"),
             excess=_mean_of(beyond, "excess_jaccard"), oneshot=_mean_of(at(baselines), "oneshot_pretrained"),
-            same_language=_mean_of(at(seeds), "jaccard"))
+            same_language=_mean_of(at(seeds), "jaccard"),
+            other_seed=_mean_of([r for r in at(pairs) if r["kind"] == "cross_language_cross_seed"], "jaccard"))
         curve = overlap / f"overlap_curve_{task}.png"
         if curve.exists():
             out.append(figure(curve, reading))
