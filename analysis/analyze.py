@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lnsub.analysis.figures import line_plot, new_figure, save_png
+from lnsub.analysis.figures import heatmap_grid, line_plot, mean_band, new_figure, save_png
 from lnsub.analysis.overlap import (GROUPINGS, cluster_order, group_slices, heatmap_png, jaccard_matrix,
                                     random_jaccard, read_packed, winning_ticket)
 from lnsub.analysis.pairs import CROSS_CROSS, CROSS_SAME, pair_tables
@@ -66,7 +66,8 @@ def overlap_tables(root: Storage, specs: list[CellSpec], out: Path) -> tuple[lis
             density = 1 - sparsity
             ref = next(iter(masks.values()))
             kinds = {group: by for by in GROUPINGS for group in group_slices(ref, by)}
-            for group, (labels, matrix) in jaccard_matrix(masks, by=GROUPINGS).items():
+            matrices = jaccard_matrix(masks, by=GROUPINGS)
+            for group, (labels, matrix) in matrices.items():
                 kind = kinds[group]
                 for i, a in enumerate(labels):
                     for j, b in enumerate(labels):
@@ -80,6 +81,13 @@ def overlap_tables(root: Storage, specs: list[CellSpec], out: Path) -> tuple[lis
                     heatmap_png(matrix[index][:, index], order, f"{task}: mask overlap at {sparsity:.0%} sparsity "
                                 f"(seed {seed})", out / f"overlap_{task}_s{seed}_level{level}.png",
                                 baseline=random_jaccard(density))
+                    layers = {g.removeprefix("layer_").replace("_layer_", " "): m[index][:, index]
+                              for g, (_, m) in matrices.items() if kinds[g] == "layer"}
+                    if layers:
+                        heatmap_grid({f"layer {k}": m for k, m in layers.items()}, order,
+                                     f"{task}: mask overlap per layer at {sparsity:.0%} sparsity (seed {seed})",
+                                     out / f"overlap_layers_{task}_s{seed}_level{level}.png",
+                                     baseline=random_jaccard(density))
             # each mask against θ0's one-shot mask: how close the ticket stays to the pretrained magnitudes
             for lang, st in ready.items():
                 if st.has_baseline(ONESHOT_PRETRAINED, sparsity):
@@ -132,60 +140,106 @@ def seed_overlap(root: Storage, specs: list[CellSpec]) -> list[dict]:
     return rows
 
 
+def _seed_means(items: list[dict], xs: list[float], key: str, seed_of=lambda r: r["seed"]) -> list[list[float]]:
+    """Per x: the mean of `key` within each seed (over language pairs or languages), one value per seed."""
+    out = []
+    for x in xs:
+        at = [r for r in items if r["sparsity"] == x]
+        out.append([float(np.mean([r[key] for r in at if seed_of(r) == s])) for s in sorted({seed_of(r) for r in at})])
+    return out
+
+
+def _curve(series: dict, bands: dict, label: str, items: list[dict], key: str, style: dict, seed_of=None) -> int:
+    """Add one mean-over-seeds line and its ±1 std band over seeds; returns how many seeds it has at fewest."""
+    xs = sorted({r["sparsity"] for r in items})
+    mean, low, high, seeds = mean_band(_seed_means(items, xs, key, seed_of or (lambda r: r["seed"])))
+    series[label] = (xs, mean, style)
+    if seeds > 1:
+        bands[label] = (low, high)
+    return seeds
+
+
 def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], folder: Path,
-                   pairs: list[dict] = ()) -> list[Path]:
-    """Per task: mean cross-language Jaccard against sparsity, beside its baselines; and by layer/component."""
+                   pairs: list[dict] = (), excess: list[dict] = ()) -> list[Path]:
+    """Per task: mean cross-language Jaccard against sparsity (bands: ±1 std over seeds) beside its baselines;
+    and by layer/component at the deepest level, each bar against its own random baseline."""
     paths = []
     for task in sorted({r["task"] for r in rows}):
         total = [r for r in rows if r["task"] == task and r["grouping"] == "total"]
         xs = sorted({r["sparsity"] for r in total})
-        mean = lambda items, key: float(np.mean([r[key] for r in items]))  # noqa: E731
-        series = {"across languages (mean over pairs)": (
-            xs, [mean([r for r in total if r["sparsity"] == x], "jaccard") for x in xs], dict(lw=2.5, color="C0"))}
+        series, bands = {}, {}
+        n = _curve(series, bands, "across languages (mean over pairs)", total, "jaccard", dict(lw=2.5, color="C0"))
         same_seed = [r for r in seeds if r["task"] == task]
-        if same_seed:
-            sx = sorted({r["sparsity"] for r in same_seed})
-            series["same language, other seed"] = (
-                sx, [mean([r for r in same_seed if r["sparsity"] == x], "jaccard") for x in sx], dict(color="C2"))
+        if same_seed:  # its spread is over the languages (each language's pairs of seeds)
+            _curve(series, bands, "same language, other seed", same_seed, "jaccard", dict(color="C2"),
+                   seed_of=lambda r: r["language"])
         base = [b for b in baselines if b["task"] == task]
         if base:
-            bx = sorted({b["sparsity"] for b in base})
-            series["ticket vs θ0 one-shot mask"] = (
-                bx, [mean([b for b in base if b["sparsity"] == x], "oneshot_pretrained") for x in bx],
-                dict(color="C1", ls="-."))
+            _curve(series, bands, "ticket vs θ0 one-shot mask", base, "oneshot_pretrained", dict(color="C1", ls="-."))
         series["random masks, d/(2-d)"] = (xs, [random_jaccard(1 - x) for x in xs], dict(color="grey", ls="--"))
         cross = [p for p in pairs if p["task"] == task and p["kind"] in (CROSS_CROSS, CROSS_SAME)]
         if cross:
-            px = sorted({p["sparsity"] for p in cross})
-            series["random masks, each mask's per-matrix densities"] = (
-                px, [mean([p for p in cross if p["sparsity"] == x], "random_matched") for x in px],
-                dict(color="black", ls=":"))
+            _curve(series, bands, "random masks, each mask's per-matrix densities", cross, "random_matched",
+                   dict(color="black", ls=":"), seed_of=lambda r: r["seed_a"])
+        note = ("bands: ±1 std over seeds (same language: over languages)" if n > 1
+                else "one seed: no band over seeds")
         paths.append(line_plot(series, "sparsity", "Jaccard of kept weights", f"{task}: mask overlap",
-                               folder / f"overlap_curve_{task}.png", percent_x=True))
-        deepest = max(xs)
-        groups = {}
-        for kind, colour in (("layer", "C0"), ("component", "C3"), ("stack", "C4")):
-            at = [r for r in rows if r["task"] == task and r["grouping"] == kind and r["sparsity"] == deepest]
-            names = list(dict.fromkeys(r["group"] for r in at))
-            if names:  # an encoder-only model has no stacks
-                groups[kind] = (names, [mean([r for r in at if r["group"] == g], "jaccard") for g in names], colour)
-        paths.append(_group_bars(groups, random_jaccard(1 - deepest), f"{task}: overlap by layer and component "
-                                 f"at {deepest:.0%} sparsity", folder / f"overlap_groups_{task}.png"))
+                               folder / f"overlap_curve_{task}.png", percent_x=True, bands=bands, note=note))
+        paths.append(_group_bars(group_figures(rows, excess, task, max(xs)), random_jaccard(1 - max(xs)),
+                                 f"{task}: overlap by layer and component at {max(xs):.0%} sparsity",
+                                 folder / f"overlap_groups_{task}.png"))
     return paths
 
 
+def group_figures(rows: list[dict], excess: list[dict], task: str, sparsity: float) -> dict:
+    """{grouping: [(group, mean Jaccard, std over seeds or None, the group's matched random baseline or None)]}
+    of the cross-language pairs of one task at one level."""
+    out = {}
+    for kind in ("layer", "component", "stack"):
+        at = [r for r in rows if r["task"] == task and r["grouping"] == kind and r["sparsity"] == sparsity]
+        names = list(dict.fromkeys(r["group"] for r in at))
+        if not names:  # an encoder-only model has no stacks
+            continue
+        matched = {e["group"]: e["random_matched"] for e in excess if e["task"] == task and e["grouping"] == kind
+                   and e["sparsity"] == sparsity and e["kind"] in (CROSS_CROSS, CROSS_SAME) and e["random_matched"] != ""}
+        bars = []
+        for g in names:
+            [mean], [low], _, seeds = mean_band(_seed_means([r for r in at if r["group"] == g], [sparsity], "jaccard"))
+            bars.append((g, mean, mean - low if seeds > 1 else None, matched.get(g)))
+        out[kind] = bars
+    return out
+
+
+def below_baseline(bars: dict, uniform: float) -> list[tuple[str, float, float]]:
+    """(group, Jaccard, baseline) of every bar under its random baseline: its matched one, else d/(2-d)."""
+    return [(g, mean, base if base is not None else uniform) for kind in bars.values()
+            for g, mean, _, base in kind if mean < (base if base is not None else uniform)]
+
+
 def _group_bars(groups: dict, baseline: float, title: str, path: Path) -> Path:
-    fig = new_figure(9, 4)
-    for k, (kind, (names, values, colour)) in enumerate(groups.items()):
+    fig = new_figure(9, 4.2)
+    flagged = {g for g, _, _ in below_baseline(groups, baseline)}
+    colours = {"layer": "C0", "component": "C2", "stack": "C4"}  # red marks a bar below its baseline
+    for k, (kind, bars) in enumerate(groups.items()):
         ax = fig.add_subplot(1, len(groups), k + 1)
-        ax.bar(range(len(names)), values, color=colour)
+        x = range(len(bars))
+        spread = [b[2] for b in bars] if any(b[2] is not None for b in bars) else None
+        ax.bar(x, [b[1] for b in bars], yerr=spread and [e or 0 for e in spread], capsize=3, color=colours[kind],
+               edgecolor=["red" if b[0] in flagged else colours[kind] for b in bars], linewidth=2)
         ax.axhline(baseline, color="grey", ls="--", label="random d/(2-d)")
-        ax.set_xticks(range(len(names)), [n.removeprefix("layer_") for n in names], rotation=45, fontsize=8)
-        ax.set_ylim(0, 1.02)
+        if any(b[3] is not None for b in bars):
+            ax.scatter(x, [b[3] if b[3] is not None else np.nan for b in bars], marker="_", s=300, color="black",
+                       zorder=3, label="random, matched densities")
+        for i, b in enumerate(bars):
+            if b[0] in flagged:
+                ax.text(i, b[1] + 0.02, "below\nrandom", ha="center", va="bottom", fontsize=6, color="red")
+        ax.set_xticks(list(x), [b[0].removeprefix("layer_") for b in bars], rotation=45, fontsize=8)
+        ax.set_ylim(0, 1.08)
         ax.set_xlabel(kind)
         ax.set_ylabel("mean Jaccard across languages")
         ax.legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title + "\nerror bars: ±1 std over seeds (none with one seed); "
+                 + ("red: below its random baseline" if flagged else "no bar below its random baseline"), fontsize=10)
     return save_png(fig, path)
 
 
@@ -204,7 +258,7 @@ def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str |
     write_csv(folder / "winning_tickets.csv", tickets)
     write_csv(folder / "pair_overlap.csv", pairs)
     write_csv(folder / "excess_overlap.csv", excess)
-    overlap_curves(rows, baselines, seeds, folder, pairs)
+    overlap_curves(rows, baselines, seeds, folder, pairs, excess)
     totals = [r["jaccard"] for r in rows if r["grouping"] == "total"]
     cross = [p["ratio"] for p in pairs if p["kind"] == CROSS_CROSS] or [p["ratio"] for p in pairs if p["kind"] == CROSS_SAME]
     sweep.publish(folder)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lnsub.analysis.figures import new_figure, save_png
+from lnsub.analysis.figures import baseline_note, new_figure, offdiagonal_range, overlap_panel, save_png
 from lnsub.trainables.masks import load_packed
 from lnsub.trainables.pruning import locate_name
 
@@ -254,20 +254,17 @@ def winning_ticket(levels: list[dict], dense_scores: list[float] | None, greater
 
 
 def heatmap_png(matrix, labels: Sequence[str], title: str, path: str | Path, baseline: float | None = None) -> Path:
-    """Draw a 0..1 overlap heatmap with a colour bar and write it as a PNG, atomically."""
+    """Draw an overlap heatmap, coloured on its off-diagonal range (the diagonal, 1, in grey), with a colour bar
+    that marks the random baseline; cells below the baseline outlined in red. Written as a PNG, atomically."""
     m = np.asarray(matrix, dtype=float)
     n = len(labels)
     size = max(4.0, 0.55 * n + 2.5)
     fig = new_figure(size + 1.2, size)
     ax = fig.add_subplot()
-    im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis")
-    ax.set_xticks(range(n), labels, rotation=90)
-    ax.set_yticks(range(n), labels)
-    if n <= 12:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if m[i, j] > 0.6 else "white")
-    fig.colorbar(im, ax=ax, label="Jaccard of kept weights")
-    ax.set_title(title if baseline is None else f"{title}\nrandom-mask baseline: {baseline:.3f}")
+    vmin, vmax = offdiagonal_range([m])
+    im = overlap_panel(ax, m, labels, vmin, vmax, baseline, annotate=n <= 12)
+    bar = fig.colorbar(im, ax=ax, label="Jaccard of kept weights (off-diagonal range)")
+    if baseline is not None and vmin <= baseline <= vmax:
+        bar.ax.axhline(baseline, color="red", lw=1.5)
+    ax.set_title(title + baseline_note(baseline, vmin, vmax, [m]), fontsize=10)
     return save_png(fig, path)

@@ -20,7 +20,10 @@ import numpy as np
 
 from lnsub.analysis import claims as paper_claims
 from lnsub.analysis import verdicts
-from lnsub.analysis.figures import line_plot
+from lnsub.analysis import captions
+from lnsub.analysis.analyze import below_baseline, group_figures
+from lnsub.analysis.figures import line_plot, mean_band
+from lnsub.analysis.overlap import random_jaccard
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import Sweep, open_sweep
 from lnsub.analysis.tables import read_csv
@@ -83,26 +86,52 @@ def grid_section(sweep: Sweep) -> str:
     return "\n".join(out)
 
 
-def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
-    out = []
-    by_task = defaultdict(lambda: defaultdict(list))
+def score_curves(sweep: Sweep) -> dict[str, dict[str, dict[float, list[float]]]]:
+    """{task: {language: {sparsity: [score of each seed]}}} from every cell's metrics."""
+    out = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for s in sweep.specs:
         for r in CellStore(sweep.storage, s).all_metrics():
-            by_task[s.task][s.language].append((r[SPARSITY], r[SCORE]))
-    for task, langs in sorted(by_task.items()):
-        series = {}
-        for lang, points in sorted(langs.items()):
-            xs = sorted({x for x, _ in points})
-            series[lang] = (xs, [statistics.fmean(y for x2, y in points if x2 == x) for x in xs], {})
-        metric = get_task(task).metric
-        path = line_plot(series, "sparsity", metric, f"{task}: validation {metric} of each ticket",
-                         figures / f"scores_{task}.png", ylim=None, percent_x=True)
+            out[s.task][s.language][r[SPARSITY]].append(r[SCORE])
+    return out
+
+
+def score_figure(task: str, langs: dict, tickets: list[dict], path: Path) -> tuple[Path, dict, int]:
+    """One task's score against sparsity: mean over seeds per language, ±1 std band, and each language's dense
+    score (dotted) and ticket threshold (dashed) in its colour. Returns the path, the series and the seeds."""
+    series, bands, hlines, seeds = {}, {}, [], []
+    for i, (lang, points) in enumerate(sorted(langs.items())):
+        xs = sorted(points)
+        mean, low, high, n = mean_band([points[x] for x in xs])
+        series[lang] = (xs, mean, dict(color=f"C{i}"))
+        seeds.append(n)
+        if n > 1:
+            bands[lang] = (low, high)
+        for t in (t for t in tickets if t["task"] == task and t["language"] == lang):
+            hlines.append((float(t["dense_score"]), f"{lang} dense", dict(color=f"C{i}", ls=":")))
+            if t.get("threshold", "") != "":
+                hlines.append((float(t["threshold"]), f"{lang} ticket threshold", dict(color=f"C{i}", ls="--")))
+    metric = get_task(task).metric
+    fewest = min(seeds)
+    note = ("bands: ±1 std over seeds; " if fewest > 1 else "one seed: no band over seeds; ") + \
+        "dotted: dense score, dashed: the winning-ticket threshold (a ticket scores on its good side)"
+    line_plot(series, "sparsity", metric, f"{task}: validation {metric} of each ticket", path, ylim=None,
+              percent_x=True, bands=bands, hlines=hlines, note=note)
+    return path, series, fewest
+
+
+def tickets_section(sweep: Sweep, overlap: Path, figures: Path, claims: dict[str, dict]) -> str:
+    out = []
+    rows = read_csv(overlap / "winning_tickets.csv")
+    for task, langs in sorted(score_curves(sweep).items()):
+        path, series, _ = score_figure(task, langs, rows, figures / f"scores_{task}.png")
+        info = get_task(task)
         changes = [v[1][-1] - v[1][0] for v in series.values()]
         deepest = max(max(v[0]) for v in series.values())
-        out.append(figure(path, f"From dense to {deepest:.0%} sparsity the {metric} changes by "
-                                f"{np.mean(changes):+.4f} on average over languages "
-                                f"({'higher' if get_task(task).greater_is_better else 'lower'} is better)."))
-    rows = read_csv(overlap / "winning_tickets.csv")
+        reading = (f"From dense to {deepest:.0%} sparsity the {info.metric} changes by {np.mean(changes):+.4f} on "
+                   f"average over languages ({'higher' if info.greater_is_better else 'lower'} is better).")
+        note = captions.head_carryover_note(captions.rising({k: (v[0], v[1]) for k, v in series.items()},
+                                                            info.greater_is_better))
+        out.append(figure(path, " ".join(p for p in (reading, note) if p)))
     if not rows:
         return "\n".join(out) + missing(f"lnsub analyze --name {sweep.name}")
     langs = sorted({r["language"] for r in rows})
@@ -113,64 +142,84 @@ def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
                "score, or within 1% of it with one seed), as in Table 2 of the paper:</p>")
     out.append(table(["task", *langs], [[t, *(grid[t].get(lang, "-") for lang in langs)] for t in sorted(grid)]))
     sparsities = [float(r["ticket_sparsity"]) for r in rows]
-    out.append(f"<p class='reading'><b>Reading:</b> sparsest winning tickets range from {min(sparsities):.0%} to "
-               f"{max(sparsities):.0%} (median {statistics.median(sparsities):.0%}); on mBERT the paper found 50% "
-               f"for almost every cell.</p>")
+    reading = (f"{captions.range_phrase(sparsities, 'Sparsest winning tickets')}; on mBERT the paper found 50% for "
+               f"almost every cell. {captions.verdict_clause('c', claims.get('c'))}")
+    out.append(f"<p class='reading'><b>Reading:</b> {html.escape(reading)}</p>")
     return "\n".join(out)
 
 
-def overlap_section(sweep: Sweep, overlap: Path) -> str:
+def _floats(rows: list[dict], *keys: str) -> list[dict]:
+    """CSV rows with `keys` as numbers (an empty cell stays '')."""
+    return [{**r, **{k: float(r[k]) if r.get(k, "") != "" else "" for k in keys}} for r in rows]
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    values = [float(r[key]) for r in rows if r.get(key, "") != ""]
+    return statistics.fmean(values) if values else None
+
+
+def overlap_figures(overlap: Path, task: str, rows: list[dict]) -> list[str]:
+    """Every level's heatmaps of one task (the total and the per-layer small multiples), deepest first."""
+    out = []
+    for level in sorted({int(r["level"]) for r in rows if r["task"] == task}, reverse=True):
+        at = [r for r in rows if r["task"] == task and r["grouping"] == "total" and int(r["level"]) == level]
+        sparsity = float(at[0]["sparsity"])
+        rnd = random_jaccard(1 - sparsity)
+        ranked = sorted(at, key=lambda r: float(r["jaccard"]))
+        lo, hi = ranked[0], ranked[-1]
+        flag = captions.below_baseline_phrase([(f"{r['language_a']} & {r['language_b']}", float(r["jaccard"]), rnd)
+                                               for r in ranked if float(r["jaccard"]) < rnd])
+        for heat in sorted(overlap.glob(f"overlap_{task}_s*_level{level}.png")):
+            out.append(figure(heat, f"{sparsity:.0%} sparsity (level {level}): most alike {hi['language_a']} & "
+                                    f"{hi['language_b']} ({float(hi['jaccard']):.3f}); least {lo['language_a']} & "
+                                    f"{lo['language_b']} ({float(lo['jaccard']):.3f}); random baseline "
+                                    f"{rnd:.3f}. Colours span the off-diagonal range; the diagonal (1) is grey."
+                                    + (" " + flag if flag else "")))
+        layers = [r for r in rows if r["task"] == task and r["grouping"] == "layer" and int(r["level"]) == level]
+        below = [(f"{r['group']} {r['language_a']} & {r['language_b']}", float(r["jaccard"]), rnd) for r in layers
+                 if float(r["jaccard"]) < rnd]
+        for heat in sorted(overlap.glob(f"overlap_layers_{task}_s*_level{level}.png")):
+            out.append(figure(heat, f"Per layer at {sparsity:.0%} sparsity: each layer's six matrices together, "
+                                    f"one colour scale across the layers. " + (
+                                        captions.below_baseline_phrase(below) or
+                                        f"No layer's pair is below the random baseline {rnd:.3f}.")))
+    return out
+
+
+def overlap_section(sweep: Sweep, overlap: Path, claims: dict[str, dict]) -> str:
     rows = read_csv(overlap / "overlap.csv")
     if not rows:
         return missing(f"lnsub analyze --name {sweep.name}")
     baselines = read_csv(overlap / "overlap_baselines.csv")
     seeds = read_csv(overlap / "seed_overlap.csv")
     pairs = read_csv(overlap / "pair_overlap.csv")
+    excess = _floats(read_csv(overlap / "excess_overlap.csv"), "sparsity", "random_matched")
     out = []
     for task in sorted({r["task"] for r in rows}):
         total = [r for r in rows if r["task"] == task and r["grouping"] == "total"]
         deepest = max(float(r["sparsity"]) for r in total)
-        at = [r for r in total if float(r["sparsity"]) == deepest]
-        j = statistics.fmean(float(r["jaccard"]) for r in at)
-        d = 1 - deepest
-        rnd = d / (2 - d)
-        base = [float(b["oneshot_pretrained"]) for b in baselines
-                if b["task"] == task and float(b["sparsity"]) == deepest]
-        same = [float(r["jaccard"]) for r in seeds if r["task"] == task and float(r["sparsity"]) == deepest]
-        beyond = [r for r in pairs if r["task"] == task and float(r["sparsity"]) == deepest
-                  and r["kind"] in ("cross_language_cross_seed", "cross_language_same_seed")]
-        reading = (f"At {deepest:.0%} sparsity, {task} sub-networks of different languages overlap {j:.3f} "
-                   f"(Jaccard), against {rnd:.3f} for random masks of one density")
-        if beyond:
-            reading += (f", {statistics.fmean(float(r['random_matched']) for r in beyond):.3f} for random masks of "
-                        f"each mask's per-matrix densities, and {statistics.fmean(float(r['ratio']) for r in beyond):.3f}"
-                        f" times the intersection θ0's magnitudes explain (excess Jaccard "
-                        f"{statistics.fmean(float(r['excess_jaccard']) for r in beyond):+.3f})")
-        if base:
-            reading += f"; each ticket overlaps θ0's own one-shot magnitude mask {statistics.fmean(base):.3f}"
-        if same:
-            reading += f"; the same language with another seed overlaps {statistics.fmean(same):.3f}"
+        at = lambda items: [r for r in items if r["task"] == task and float(r["sparsity"]) == deepest]  # noqa: E731
+        beyond = [r for r in at(pairs) if r["kind"] in ("cross_language_cross_seed", "cross_language_same_seed")]
+        reading = captions.overlap_reading(
+            task, deepest, _mean_of(at(total), "jaccard"), random_jaccard(1 - deepest), claims,
+            matched=_mean_of(beyond, "random_matched"), ratio=_mean_of(beyond, "ratio"),
+            excess=_mean_of(beyond, "excess_jaccard"), oneshot=_mean_of(at(baselines), "oneshot_pretrained"),
+            same_language=_mean_of(at(seeds), "jaccard"),
+            other_seed=_mean_of([r for r in at(pairs) if r["kind"] == "cross_language_cross_seed"], "jaccard"))
         curve = overlap / f"overlap_curve_{task}.png"
         if curve.exists():
-            out.append(figure(curve, reading + "."))
-        level = max(int(r["level"]) for r in at)
-        heat = sorted(overlap.glob(f"overlap_{task}_s*_level{level}.png"))
-        if heat:
-            pairs = sorted(at, key=lambda r: float(r["jaccard"]))
-            lo, hi = pairs[0], pairs[-1]
-            out.append(figure(heat[0], f"Most alike: {hi['language_a']} & {hi['language_b']} "
-                                       f"({float(hi['jaccard']):.3f}); least: {lo['language_a']} & {lo['language_b']} "
-                                       f"({float(lo['jaccard']):.3f});"
-                                       f" languages ordered by clustering, random baseline {rnd:.3f}."))
+            out.append(figure(curve, reading))
+        out += overlap_figures(overlap, task, rows)
         groups = overlap / f"overlap_groups_{task}.png"
         if groups.exists():
-            parts = [r for r in rows
-                     if r["task"] == task and r["grouping"] != "total" and float(r["sparsity"]) == deepest]
-            means = {g: statistics.fmean(float(r["jaccard"]) for r in parts if r["group"] == g)
-                     for g in dict.fromkeys(r["group"] for r in parts)}
+            bars = group_figures(_floats(rows, "sparsity", "jaccard", "seed"), excess, task, deepest)
+            means = {g: m for kind in bars.values() for g, m, _, _ in kind}
             best, worst = max(means, key=means.get), min(means, key=means.get)
+            flag = captions.below_baseline_phrase(below_baseline(bars, random_jaccard(1 - deepest)))
             out.append(figure(groups, f"Across languages, overlap is highest in {best} ({means[best]:.3f}) and "
-                                      f"lowest in {worst} ({means[worst]:.3f}); the dashed line is random masks."))
+                                      f"lowest in {worst} ({means[worst]:.3f}); the dashed line is random masks of "
+                                      f"one density, the black ticks random masks of the group's own densities. "
+                                      + (flag or "No group is below its random baseline.")))
     out.append(excess_table(read_csv(overlap / "excess_overlap.csv")))
     return "\n".join(out)
 
@@ -199,7 +248,7 @@ def excess_table(rows: list[dict]) -> str:
                      "excess Jaccard", "excess given level-0 training"], body))
 
 
-def transfer_section(sweep: Sweep, folder: Path) -> str:
+def transfer_section(sweep: Sweep, folder: Path, claims: dict[str, dict]) -> str:
     levels = sorted({int(m.group(1)) for p in folder.glob("transfer_matrix_level*.csv")
                      if (m := re.search(r"level(\d+)", p.name))})
     example = f"lnsub transfer --name {sweep.name} --level {max(s.levels for s in sweep.specs)}"
@@ -226,7 +275,7 @@ def transfer_section(sweep: Sweep, folder: Path) -> str:
             extra = [f"{k} {v:+.2%}" for k, v in drop.items() if k not in langs]
             reading += (", against " + ", ".join(extra)) if extra else ""
             if path.exists():
-                out.append(figure(path, reading + "."))
+                out.append(figure(path, reading + ". " + captions.pooled(captions.verdict_clause("d", claims.get("d")))))
             out.append(table(["source", "mean relative drop", "successes"],
                              [[r["source"], f"{float(r['mean_relative_drop']):+.2%}",
                                f"{r['successes']}/{r['targets']}"] for r in rows]))
@@ -252,7 +301,7 @@ def head_reading(rows: list[dict]) -> str:
             + "; ".join(parts) + ".</p>")
 
 
-def similarity_section(sweep: Sweep, folder: Path) -> str:
+def similarity_section(sweep: Sweep, folder: Path, claims: dict[str, dict]) -> str:
     rows = read_csv(folder / "similarity.csv")
     if not rows:
         return missing(f"lnsub similarity --name {sweep.name}")
@@ -261,22 +310,20 @@ def similarity_section(sweep: Sweep, folder: Path) -> str:
     def mean(encoder: str, key: str, layer: int) -> float:
         return statistics.fmean(float(r[key]) for r in rows if r["encoder"] == encoder and int(r["layer"]) == layer)
 
-    dense, rnd = mean("dense", "cka", top), mean("random", "cka", top)
-    reading = f"At the top layer the dense model's cross-language CKA is {dense:.3f} against {rnd:.3f} for a random encoder"
     if "cka_debiased" in rows[0]:
-        d_dense, d_rnd = mean("dense", "cka_debiased", top), mean("random", "cka_debiased", top)
-        reading += (f"; debiased (unbiased HSIC, about 0 for unrelated representations), {d_dense:.3f} against "
-                    f"{d_rnd:.3f}: the plotted CKA carries the plug-in estimator's bias at this number of sentences")
-        dense, rnd = d_dense, d_rnd
-    out = [figure(folder / "similarity_cka.png", reading + ": " + (
-        "representations align across languages above the lower bound." if dense > rnd
-        else "no alignment above the random lower bound."))]
+        reading = captions.similarity_reading(top, mean("dense", "cka_debiased", top), mean("random", "cka_debiased", top),
+                                              claims, mean("dense", "cka", top), mean("random", "cka", top))
+    else:
+        reading = (f"At the top layer the dense model's cross-language CKA is {mean('dense', 'cka', top):.3f} against "
+                   f"{mean('random', 'cka', top):.3f} for a random encoder. " + captions.verdict_clause("f", claims.get("f")))
+    out = [figure(folder / "similarity_cka.png", reading + " Bands: ±1 std over language pairs (one encoder of each "
+                                                           "kind, no seeds).")]
     layers = range(top + 1)
     best = max(layers, key=lambda k: mean("dense", "retrieval", k))
     out.append(figure(folder / "similarity_retrieval.png",
                       f"Sentence retrieval (ratio margin, k=5) peaks at layer {best} for the dense model "
                       f"({mean('dense', 'retrieval', best):.3f}); the random encoder reaches "
-                      f"{max(mean('random', 'retrieval', k) for k in layers):.3f}."))
+                      f"{max(mean('random', 'retrieval', k) for k in layers):.3f}. Bands: ±1 std over language pairs."))
     out.append(retrieval_best_table(read_csv(folder / "retrieval_best.csv")))
     return "\n".join(out)
 
@@ -398,9 +445,12 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
     figures.mkdir(exist_ok=True)
     overlap, transfer, similarity = (sweep.analysis / k for k in ("overlap", "transfer", "similarity"))
     claims_body, claim_rows = claims_section(sweep, folder, other)
-    bodies = {"grid": grid_section(sweep), "claims": claims_body, "tickets": tickets_section(sweep, overlap, figures),
-              "overlap": overlap_section(sweep, overlap), "transfer": transfer_section(sweep, transfer),
-              "similarity": similarity_section(sweep, similarity)}
+    verdicts_by_claim = {r["claim"]: r for r in claim_rows}  # the captions word their claims by these verdicts
+    bodies = {"grid": grid_section(sweep), "claims": claims_body,
+              "tickets": tickets_section(sweep, overlap, figures, verdicts_by_claim),
+              "overlap": overlap_section(sweep, overlap, verdicts_by_claim),
+              "transfer": transfer_section(sweep, transfer, verdicts_by_claim),
+              "similarity": similarity_section(sweep, similarity, verdicts_by_claim)}
     nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
     sections = "\n".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>\n{bodies[key]}\n</section>'
                          for key, title in SECTIONS)

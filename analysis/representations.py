@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lnsub.analysis.similarity import cka_by_layer, layer_representations, random_encoder_like, retrieval_accuracy
-from lnsub.analysis.figures import line_plot
+from lnsub.analysis.figures import line_plot, mean_band
 from lnsub.analysis.multilinguality import best_layer, retrieval_by_layer, summarise
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import open_sweep
@@ -307,11 +307,15 @@ def _compare(label: str, reps: dict[str, np.ndarray]) -> list[dict]:
 
 
 def _plot(rows: list[dict], path: Path, key: str, ylabel: str) -> None:
-    series = {}
+    series, bands = {}, {}
     for label in dict.fromkeys(r["encoder"] for r in rows):
         layers = sorted({r["layer"] for r in rows if r["encoder"] == label})
-        means = [np.mean([r[key] for r in rows if r["encoder"] == label and r["layer"] == k]) for k in layers]
+        means, low, high, pairs = mean_band([[r[key] for r in rows if r["encoder"] == label and r["layer"] == k]
+                                             for k in layers])
         style = {"dense": dict(lw=2.5, color="black"), "random": dict(lw=2, ls="--", color="grey")}.get(
             label, dict(lw=1, alpha=0.7))
         series[label] = (layers, means, style)
-    line_plot(series, "layer (0 = embeddings)", ylabel, "", path)
+        if pairs > 1 and label in ("dense", "random"):  # the sub-networks' bands would bury the figure
+            bands[label] = (low, high)
+    line_plot(series, "layer (0 = embeddings)", ylabel, "", path, bands=bands,
+              note="bands: ±1 std over language pairs (dense and random; one encoder of each kind, no seeds)")

@@ -1,8 +1,10 @@
 """Is the testbed's tiny BERT multilingual? Sentence retrieval and word translation P@1 per layer,
 for the pretrained model and its random-init control (same architecture, fresh weights).
 
-Usage: python bench/multilinguality.py [--set field=value ...] [--json out.json]
+Usage: python bench/multilinguality.py [--set field=value ...] [--languages a,b,c] [--json out.json]
     e.g. --set layers=8 --set decoupled=true     (fields of TinyBertConfig; pretrains once, cached)
+    --languages syn-en,syn-ur,syn-ar also prints the best layer's sentence retrieval P@1 averaged over the
+    ordered pairs of those twins (the smoke grid's), the figure the smoke model is held to.
 Sentences: the testbed's held-out parallel file (data/parallel/validation.jsonl).
 """
 
@@ -48,6 +50,15 @@ def evaluate(model, tokenizers, config: TinyBertConfig) -> dict:
             "words": word_translation(model, tokenizers, words, order)}
 
 
+def pairs_best(result: dict, languages: list[str]) -> tuple[float, int]:
+    """(P@1, layer): the layer whose sentence retrieval P@1, averaged over the ordered pairs of `languages`, is best."""
+    pairs = [v for k, v in result["sentences"]["pairs"].items()
+             if k.split(">")[0] in languages and k.split(">")[1] in languages]
+    means = [sum(p[layer] for p in pairs) / len(pairs) for layer in range(len(pairs[0]))]
+    best = max(range(len(means)), key=means.__getitem__)
+    return means[best], best
+
+
 def table(name: str, result: dict) -> str:
     lines = [f"{name}: sentence retrieval P@1 (n={result['sentences']['n']}), word translation P@1 "
              f"(n={result['words']['n']})",
@@ -63,6 +74,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--json")
     parser.add_argument("--anchor-fraction", type=float, default=0.0)  # shared anchor words: DIRECT signal
+    parser.add_argument("--languages", default="", help="comma-separated twins: best-layer P@1 over their pairs")
     parser.add_argument("--threads", type=int, default=1)  # 2 threads on 2 shared cores ran 15x slower
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,6 +107,10 @@ def main() -> None:
               + ", ".join(f"{r['same_order']:.2f}/{r['different_order']:.2f}" for r in c))
         print(f"  best same-order {best_layer(s)['same_order']:.3f} (layer {best_layer(s)['layer']}), best "
               f"diff-order {best_layer(s, 'different_order')['different_order']:.3f}")
+        if args.languages:
+            p1, layer = pairs_best(out[name], args.languages.split(","))
+            out[name]["pairs_best"] = {"languages": args.languages.split(","), "p1": p1, "layer": layer}
+            print(f"  best layer over the pairs of {args.languages}: P@1 {p1:.3f} (layer {layer})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -50,6 +50,8 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     assert {t["language"] for t in tickets} == {"syn-en", "syn-ar"}
     assert all(int(t["ticket_level"]) in (0, 1, 2) for t in tickets)
     assert (folder / "overlap_ner_s0_level2.png").stat().st_size > 1000
+    for level in (1, 2):  # per level, the per-layer small multiples beside the total
+        assert (folder / f"overlap_layers_ner_s0_level{level}.png").stat().st_size > 1000
     for name in ("overlap_curve_ner.png", "overlap_groups_ner.png"):
         assert (folder / name).stat().st_size > 1000
     # same language, different seed: syn-en seed 0 against seed 1, against a set computation

@@ -43,6 +43,7 @@ from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar, world
 from lnsub.trainables.testbed.pretraining import masked_positions_loss, train_step, warmup_cosine
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root
+from lnsub.trainables.testbed.shipped import copy_shipped
 from lnsub.trainables.testbed.languages import TWINS
 
 # 3: direct-signal knobs (code_switch, translation_pairs); the layout names the shared specials. New fields
@@ -452,15 +453,19 @@ def pretrain(config: TinyBertConfig, out: Path) -> dict:
 
 
 def ensure_tiny_model(config: TinyBertConfig = TinyBertConfig(), root: Path | None = None) -> Path:
-    """The tiny model's folder, pretraining it the first time (minutes on 2 cores; docs/testbed.md)."""
+    """The tiny model's folder: the shipped copy of its configuration (trainables/testbed/shipped/, checked by
+    sha256) when there is one, else pretrained the first time (minutes on 2 cores; docs/testbed.md)."""
     final = (root or cache_root()) / config.id
     if is_built(final):
         return final
-    log.info("pretraining the tiny multilingual BERT %s (once; cached in %s)", config.id, final)
     with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
         if not is_built(final):
             with atomic_dir(final) as tmp:
-                pretrain(config, tmp)
+                if copy_shipped(config.id, tmp):
+                    log.info("tiny multilingual BERT %s: the shipped weights (sha256 checked), in %s", config.id, final)
+                else:
+                    log.info("pretraining the tiny multilingual BERT %s (once; cached in %s)", config.id, final)
+                    pretrain(config, tmp)
     return final
 
 
