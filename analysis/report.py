@@ -24,6 +24,7 @@ from lnsub.analysis.figures import line_plot
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import Sweep, open_sweep
 from lnsub.analysis.tables import read_csv
+from lnsub.analysis.tickets import ROUND, SOURCE_TEXT, THETA0
 from lnsub.trainables.storage.local import write_text
 from lnsub.trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
 from lnsub.trainables.store import CellStore
@@ -95,7 +96,7 @@ def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
             xs = sorted({x for x, _ in points})
             series[lang] = (xs, [statistics.fmean(y for x2, y in points if x2 == x) for x in xs], {})
         metric = get_task(task).metric
-        path = line_plot(series, "sparsity", metric, f"{task}: validation {metric} of each ticket",
+        path = line_plot(series, "sparsity", metric, f"{task}: validation {metric} of each IMP round (head carried over)",
                          figures / f"scores_{task}.png", ylim=None, percent_x=True)
         changes = [v[1][-1] - v[1][0] for v in series.values()]
         deepest = max(max(v[0]) for v in series.values())
@@ -105,18 +106,34 @@ def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
     rows = read_csv(overlap / "winning_tickets.csv")
     if not rows:
         return "\n".join(out) + missing(f"lnsub analyze --name {sweep.name}")
+    return "\n".join(out + ticket_table(sweep, rows))
+
+
+def ticket_table(sweep: Sweep, rows: list[dict]) -> list[str]:
+    """The winning-ticket table, saying which scores it read: θ0's (the IMP round's beside them), or what is missing."""
     langs = sorted({r["language"] for r in rows})
     grid = defaultdict(dict)
     for r in rows:
-        grid[r["task"]][r["language"]] = f"{float(r['ticket_sparsity']):.0%}"
-    out.append("<p>Sparsest winning ticket per cell (the sparsest level within one std over seeds of the dense "
-               "score, or within 1% of it with one seed), as in Table 2 of the paper:</p>")
-    out.append(table(["task", *langs], [[t, *(grid[t].get(lang, "-") for lang in langs)] for t in sorted(grid)]))
-    sparsities = [float(r["ticket_sparsity"]) for r in rows]
-    out.append(f"<p class='reading'><b>Reading:</b> sparsest winning tickets range from {min(sparsities):.0%} to "
-               f"{max(sparsities):.0%} (median {statistics.median(sparsities):.0%}); on mBERT the paper found 50% "
-               f"for almost every cell.</p>")
-    return "\n".join(out)
+        theta0 = "θ0 missing" if r.get("ticket_sparsity", "") == "" else f"{float(r['ticket_sparsity']):.0%}"
+        beside = "" if r.get("round_ticket_sparsity", "") == "" else f" (round {float(r['round_ticket_sparsity']):.0%})"
+        grid[r["task"]][r["language"]] = theta0 + beside
+    gaps = [r for r in rows if r.get("ticket_sparsity", "") == ""]
+    out = [f"<p>Sparsest winning ticket per cell (the sparsest level within one std over seeds of the dense score, "
+           f"or within 1% of it with one seed), as in Table 2 of the paper. <b>Scores: {SOURCE_TEXT[THETA0]}</b>; in "
+           f"brackets, the ticket the {SOURCE_TEXT[ROUND]} would give.</p>",
+           table(["task", *langs], [[t, *(grid[t].get(lang, "-") for lang in langs)] for t in sorted(grid)])]
+    if gaps:
+        levels = sorted({x for r in gaps for x in str(r.get("theta0_missing", "")).split()})
+        out.append(f"<p class='reading'><b>Reading:</b> {len(gaps)} of {len(rows)} cells have no θ0 score at "
+                   f"level(s) {', '.join(levels) or '?'}, so no ticket (the round scores are not used in their "
+                   f"place): run <code>lnsub tickets --name {html.escape(sweep.name)}</code>, then <code>lnsub "
+                   f"analyze</code>.</p>")
+    sparsities = [float(r["ticket_sparsity"]) for r in rows if r.get("ticket_sparsity", "") != ""]
+    if sparsities:
+        out.append(f"<p class='reading'><b>Reading:</b> sparsest winning tickets from θ0 scores range from "
+                   f"{min(sparsities):.0%} to {max(sparsities):.0%} (median {statistics.median(sparsities):.0%}); on "
+                   f"mBERT the paper found 50% for almost every cell.</p>")
+    return out
 
 
 def overlap_section(sweep: Sweep, overlap: Path) -> str:
