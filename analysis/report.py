@@ -84,25 +84,40 @@ def grid_section(sweep: Sweep) -> str:
     return "\n".join(out)
 
 
+def _score_curves(points: dict[str, list[tuple[float, float]]], style: dict, suffix: str = "") -> dict:
+    """{language + suffix: (sparsities, mean score over seeds, style)} for line_plot."""
+    series = {}
+    for i, (lang, pts) in enumerate(sorted(points.items())):
+        xs = sorted({x for x, _ in pts})
+        series[lang + suffix] = (xs, [statistics.fmean(y for x2, y in pts if x2 == x) for x in xs],
+                                 {"color": f"C{i}", **style})
+    return series
+
+
 def tickets_section(sweep: Sweep, overlap: Path, figures: Path) -> str:
     out = []
-    by_task = defaultdict(lambda: defaultdict(list))
+    rounds, theta0 = defaultdict(lambda: defaultdict(list)), defaultdict(lambda: defaultdict(list))
     for s in sweep.specs:
         for r in CellStore(sweep.storage, s).all_metrics():
-            by_task[s.task][s.language].append((r[SPARSITY], r[SCORE]))
-    for task, langs in sorted(by_task.items()):
-        series = {}
-        for lang, points in sorted(langs.items()):
-            xs = sorted({x for x, _ in points})
-            series[lang] = (xs, [statistics.fmean(y for x2, y in points if x2 == x) for x in xs], {})
+            rounds[s.task][s.language].append((r[SPARSITY], r[SCORE]))
+    for r in read_csv(overlap.parent / "tickets" / "theta0_scores.csv"):
+        if r["theta0_score"] != "":
+            theta0[r["task"]][r["language"]].append((float(r["sparsity"]), float(r["theta0_score"])))
+    for task, langs in sorted(rounds.items()):
+        series = _score_curves(langs, {})
         metric = get_task(task).metric
-        path = line_plot(series, "sparsity", metric, f"{task}: validation {metric} of each IMP round (head carried over)",
-                         figures / f"scores_{task}.png", ylim=None, percent_x=True)
+        path = line_plot({**series, **_score_curves(theta0.get(task, {}), {"ls": "--"}, " (θ0)")}, "sparsity", metric,
+                         f"{task}: validation {metric}, IMP round (head carried over; solid)\nand each mask "
+                         f"trained from θ0 with a fresh head (dashed)", figures / f"scores_{task}.png", ylim=None,
+                         percent_x=True)
         changes = [v[1][-1] - v[1][0] for v in series.values()]
+        fresh = [v[1][-1] - v[1][0] for v in _score_curves(theta0.get(task, {}), {}).values()]
         deepest = max(max(v[0]) for v in series.values())
-        out.append(figure(path, f"From dense to {deepest:.0%} sparsity the {metric} changes by "
-                                f"{np.mean(changes):+.4f} on average over languages "
-                                f"({'higher' if get_task(task).greater_is_better else 'lower'} is better)."))
+        better = "higher" if get_task(task).greater_is_better else "lower"
+        out.append(figure(path, f"From dense to {deepest:.0%} sparsity the IMP round {metric} changes by "
+                                f"{np.mean(changes):+.4f} on average over languages"
+                                + (f", the {metric} of the same masks trained from θ0 by {np.mean(fresh):+.4f}"
+                                   if fresh else " (no θ0 scores yet: lnsub tickets)") + f" ({better} is better)."))
     rows = read_csv(overlap / "winning_tickets.csv")
     if not rows:
         return "\n".join(out) + missing(f"lnsub analyze --name {sweep.name}")

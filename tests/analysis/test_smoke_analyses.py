@@ -153,3 +153,4 @@ def test_winning_tickets_read_the_theta0_jobs(analysed):
     page = (storage / "sweeps/smoke/analysis/report/report.html").read_text(encoding="utf-8")
     assert "Scores: each level&#x27;s mask trained from θ0 with a fresh head" in page or \
         "Scores: each level's mask trained from θ0 with a fresh head" in page
+    assert page.count("of the same masks trained from θ0 by") == 3  # each task's score figure: both curves
