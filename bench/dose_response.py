@@ -1,6 +1,7 @@
 """Validate the instrument by dose–response: the claims' statistics against how multilingual the model is.
 
-Usage: python bench/dose_response.py [--storage DIR] [--replicates 2000] [--no-docs]
+Usage: python bench/dose_response.py [--storage DIR] [--replicates 2000] [--no-docs] [--rungs MODEL ...]
+    --rungs: only these models of the ladder (a partial ladder: the table says which ran)
 
 The ladder: the decoupled control (`testbed-decoupled`) and the tiny BERT at code-switching 0, 0.2, 0.4 and
 0.6 (0.6 is `testbed`; the others are registered here as provider models `testbed-cs<x>`), each pretrained
@@ -166,7 +167,8 @@ def markdown(results: dict[str, DoseResponse], rungs: list[dict], wall: float, r
                      f"({r.replicates} of {replicates} replicates defined) | {r.reading} |")
     rising = [n for n, r in results.items() if r.reading == "rises"]
     flat = [n for n, r in results.items() if r.reading != "rises"]
-    lines += ["", f"Rise with multilinguality (interval above 0): {', '.join(rising) or 'none'}. "
+    lines += ["", f"Rungs run: {len(rungs)} of the ladder's {len(LADDER)} ({', '.join(r['label'] for r in rungs)}).",
+              "", f"Rise with multilinguality (interval above 0): {', '.join(rising) or 'none'}. "
               f"Do not: {', '.join(flat) or 'none'}.", "",
               f"Wall time of `bench/dose_response.py`: {wall / 60:.1f} min (per model: "
               + ", ".join(f"{r['label']} {r['seconds'] / 60:.1f} min, of which pretraining {r['model_seconds']:.0f} s"
@@ -190,6 +192,7 @@ def main() -> None:
     parser.add_argument("--storage", default=None)
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--rungs", nargs="+", choices=[m for _, m, _ in LADDER], default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)  # 2 threads on 2 shared cores ran far slower (bench/multilinguality.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -199,7 +202,8 @@ def main() -> None:
     started = time.perf_counter()
     register_ladder()
     # the most multilingual rung first: the smoke grid's model is usually built already
-    rungs = [run_model(label, model, storage) for label, model, _ in reversed(LADDER)][::-1]
+    ladder = [rung for rung in LADDER if args.rungs is None or rung[1] in args.rungs]
+    rungs = [run_model(label, model, storage) for label, model, _ in reversed(ladder)][::-1]
     doses = [r["retrieval"]["same_order"] for r in rungs]
     results = {name: dose_response(name, doses, [r["observations"][name] for r in rungs], args.replicates)
                for name in STATISTICS}
