@@ -117,3 +117,22 @@ def test_the_report_names_the_scores_its_ticket_table_used():
     gaps = "\n".join(ticket_table(sweep, ticket_csv_rows([0.48, None], [0.8, 0.64])))
     assert "θ0 missing (round 64%)" in gaps and "1 of 2 cells have no θ0 score at level(s) 1, 2" in gaps
     assert "lnsub tickets --name tiny" in gaps
+
+
+def test_the_reports_score_figure_draws_both_scores(tmp_path):
+    from lnsub.analysis.report import tickets_section
+    from lnsub.analysis.tables import write_csv
+
+    root = Storage.open(tmp_path / "s")
+    specs = plant(root, THETA0_SCORES)
+    analysis = tmp_path / "analysis"
+    write_csv(analysis / "tickets" / "theta0_scores.csv", score_rows(root, specs))
+    write_csv(analysis / "overlap" / "winning_tickets.csv", winning_tickets(root, specs))
+    (analysis / "figures").mkdir()
+    page = tickets_section(SimpleNamespace(name="tiny", specs=specs, storage=root), analysis / "overlap",
+                           analysis / "figures")
+    rounds = statistics.fmean(s[3] - s[0] for s in ROUNDS.values())
+    theta0 = statistics.fmean(s[3] - s[0] for s in THETA0_SCORES.values())
+    assert f"the IMP round f1 changes by {rounds:+.4f}" in page
+    assert f"the f1 of the same masks trained from θ0 by {theta0:+.4f}" in page
+    assert "10% (round 30%)" in page and (analysis / "figures" / "scores_ner.png").stat().st_size > 1000
