@@ -23,6 +23,7 @@ from lnsub.analysis.overlap import (GROUPINGS, cluster_order, group_slices, heat
 from lnsub.analysis.pairs import CROSS_CROSS, CROSS_SAME, pair_tables
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import open_sweep
+from lnsub.analysis.tickets import THETA0, theta0_score
 from lnsub.analysis.tables import write_csv
 from lnsub.trainables import providers
 from lnsub.trainables.spec import CellSpec
@@ -99,23 +100,51 @@ def overlap_tables(root: Storage, specs: list[CellSpec], out: Path) -> tuple[lis
     return rows, baselines
 
 
+def _ticket(levels: list[dict], dense: list[float], greater: bool) -> dict:
+    """winning_ticket with this module's rule: one std over seeds, or 1% of the dense score with one seed."""
+    tolerance = TICKET_TOLERANCE * abs(dense[0]) if len(dense) < 2 else None
+    return winning_ticket(levels, dense, greater, tolerance)
+
+
+def _curve(scores: list[list[float]], sparsities: list[float]) -> list[dict]:
+    """Per level, the mean score over seeds (scores[seed][level])."""
+    return [{LEVEL: k, SPARSITY: sparsities[k], SCORE: statistics.fmean(s[k] for s in scores)}
+            for k in range(len(sparsities))]
+
+
+def theta0_ticket(root: Storage, seeds: list[CellSpec], common: int, greater: bool) -> dict:
+    """The ticket read from θ0 scores (tickets.py), or, when a level's score is missing, which ones are."""
+    scores = [[theta0_score(root, s, k) for k in range(common)] for s in seeds]
+    missing = sorted({k for row in scores for k, v in enumerate(row) if v is None})
+    if missing:
+        return {"theta0_missing": " ".join(map(str, missing)), "dense_score": None, "ticket_level": None,
+                "ticket_sparsity": None, "ticket_score": None, "threshold": None}
+    ticket = _ticket(_curve(scores, seeds[0].sparsities[:common]), [s[0] for s in scores], greater)
+    return {"theta0_missing": "", "dense_score": statistics.fmean(s[0] for s in scores),
+            "ticket_level": ticket["level"], "ticket_sparsity": ticket["sparsity"], "ticket_score": ticket["score"],
+            "threshold": ticket["threshold"]}
+
+
 def winning_tickets(root: Storage, specs: list[CellSpec]) -> list[dict]:
-    """Per (task, language): the sparsest level within one std over seeds (or 1%) of the dense score."""
+    """Per (task, language): the sparsest level within one std over seeds (or 1%) of the dense score, read from
+    each level's mask trained from θ0 with a fresh head (tickets.py); the IMP round's head-carried scores give
+    the round_* columns beside it. A level whose θ0 score is missing leaves the θ0 ticket empty and is named in
+    theta0_missing: the table never falls back to the round scores."""
     out = []
     for (task, language), seeds in sorted(_by_cell(specs).items()):
         metrics = [CellStore(root, s).all_metrics() for s in seeds]
         common = min(len(m) for m in metrics)
         if common == 0:
             continue
-        levels = [{LEVEL: k, SPARSITY: metrics[0][k][SPARSITY],
-                   SCORE: statistics.fmean(m[k][SCORE] for m in metrics)} for k in range(common)]
-        dense = [m[0][SCORE] for m in metrics]
         greater = get_task(task).greater_is_better
-        tolerance = TICKET_TOLERANCE * abs(dense[0]) if len(dense) < 2 else None
-        ticket = winning_ticket(levels, dense, greater, tolerance)
-        out.append({"task": task, "language": language, "seeds": len(seeds), "dense_score": statistics.fmean(dense),
-                    "ticket_level": ticket["level"], "ticket_sparsity": ticket["sparsity"],
-                    "ticket_score": ticket["score"], "threshold": ticket["threshold"]})
+        rounds = _ticket(_curve([[m[k][SCORE] for k in range(common)] for m in metrics], seeds[0].sparsities[:common]),
+                         [m[0][SCORE] for m in metrics], greater)
+        row = {"task": task, "language": language, "seeds": len(seeds), "score_source": THETA0,
+               **theta0_ticket(root, seeds, common, greater)}
+        row.update({"round_dense_score": statistics.fmean(m[0][SCORE] for m in metrics),
+                    "round_ticket_level": rounds["level"], "round_ticket_sparsity": rounds["sparsity"],
+                    "round_ticket_score": rounds["score"], "round_threshold": rounds["threshold"]})
+        out.append(row)
     return out
 
 

@@ -28,9 +28,11 @@ The rules per claim:
       seed against other languages with another seed, like for like, each cell's own tendency to overlap
       cancelling within a block. Needs two seeds. The note gives the within-seed confound on the same
       blocks: cross-language pairs of the same seed against those of other seeds.
-  (c) one unit: the median over cells of the sparsest winning ticket. Holds when it lies within one
-      pruning step of 50% and the grid goes at least one step beyond 50% (else a ticket at the grid's end
-      could be sparser still); does not hold when it lies more than one step from 50% and is not the
+  (c) one unit: the median over cells of the sparsest winning ticket, read from each level's mask trained from
+      θ0 with a fresh head (analysis/tickets.py; the IMP round's head-carried median is shown beside it, and a
+      cell without its θ0 scores makes the claim cannot tell, naming the command that runs them). Holds when
+      it lies within one pruning step of 50% and the grid goes at least one step beyond 50% (else a ticket at
+      the grid's end could be sparser still); does not hold when it lies more than one step from 50% and is not the
       grid's last level; otherwise cannot tell.
   (d) per task and transfer level, the relative cost of a transfer, (a(s,t) − a(t,t)) / a(t,t), sign
       flipped where lower is better, so > 0 is a loss; two effects: the random mask's cost minus other
@@ -311,10 +313,25 @@ def claim_e(inp: ClaimInputs) -> tuple[dict, list[dict]]:
 
 # --- (c): the winning tickets --------------------------------------------------------------------
 
+def _round_median(tickets: list[dict]) -> str:
+    """The median ticket of the IMP round scores (head carried over), for the text beside the θ0 one."""
+    values = [float(r["round_ticket_sparsity"]) for r in tickets if r.get("round_ticket_sparsity") not in ("", None)]
+    return f"; from the IMP round scores (head carried over): median {_pct(statistics.median(values))}" if values else ""
+
+
 def claim_c(inp: ClaimInputs) -> tuple[dict, list[dict]]:
-    """(c) The median sparsest winning ticket within one pruning step of 50% (rule in the module docstring)."""
+    """(c) The median sparsest winning ticket within one pruning step of 50% (rule in the module docstring), the
+    tickets read from each level's mask trained from θ0 with a fresh head; a cell whose θ0 scores are missing
+    makes the claim cannot tell (never a silent fall-back to the IMP round scores)."""
     if not inp.tickets:
         return not_computed("c", f"lnsub analyze --name {inp.name}")
+    missing = [r for r in inp.tickets if r.get("ticket_sparsity") in ("", None)]
+    if missing:
+        command = f"lnsub tickets --name {inp.name}"
+        names = ", ".join(f"{r['task']}-{r['language']}" for r in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        text = f"θ0 scores missing for {len(missing)} of {len(inp.tickets)} cells ({names}){_round_median(inp.tickets)}"
+        return claim_row("c", text, "", UNSURE, None, f"tickets are read from θ0 scores: run {command}, then lnsub "
+                         f"analyze --name {inp.name} (lnsub study does both)", command), []
     grid = sorted(inp.sparsities)
     step = min(b - a for a, b in zip(grid, grid[1:]))
     last = grid[-1]
@@ -331,7 +348,8 @@ def claim_c(inp: ClaimInputs) -> tuple[dict, list[dict]]:
     effect = Estimate(step - distance, spread, len(values) - 1 if spread is not None else None, len(values))
     rule = "one std over seeds" if seeds >= 2 else "1% of the dense score (one seed)"
     text = (f"median {_pct(median)} ({_pct(min(values))}–{_pct(max(values))} over {len(values)} cells; "
-            f"{seeds} seed(s), tickets within {rule})")
+            f"{seeds} seed(s), tickets within {rule}; scores of each mask trained from θ0"
+            f"{_round_median(inp.tickets)})")
     comparison = f"50% ± one step ({_pct(step)}); the grid ends at {_pct(last)}"
     u = Unit("all", grid.index(min(grid, key=lambda x: abs(x - median))), median, effect, text, comparison, True, result)
     note = "" if result != UNSURE else f"the grid ends at {_pct(last)}: a ticket there could be sparser still"

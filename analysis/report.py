@@ -27,6 +27,7 @@ from lnsub.analysis.overlap import random_jaccard
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import Sweep, open_sweep
 from lnsub.analysis.tables import read_csv
+from lnsub.analysis.tickets import ROUND, SOURCE_TEXT, THETA0
 from lnsub.trainables.storage.local import write_text
 from lnsub.trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
 from lnsub.trainables.store import CellStore
@@ -87,7 +88,7 @@ def grid_section(sweep: Sweep) -> str:
 
 
 def score_curves(sweep: Sweep) -> dict[str, dict[str, dict[float, list[float]]]]:
-    """{task: {language: {sparsity: [score of each seed]}}} from every cell's metrics."""
+    """{task: {language: {sparsity: [score of each seed]}}} from every cell's metrics (the IMP rounds)."""
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for s in sweep.specs:
         for r in CellStore(sweep.storage, s).all_metrics():
@@ -95,57 +96,100 @@ def score_curves(sweep: Sweep) -> dict[str, dict[str, dict[float, list[float]]]]
     return out
 
 
-def score_figure(task: str, langs: dict, tickets: list[dict], path: Path) -> tuple[Path, dict, int]:
-    """One task's score against sparsity: mean over seeds per language, ±1 std band, and each language's dense
-    score (dotted) and ticket threshold (dashed) in its colour. Returns the path, the series and the seeds."""
-    series, bands, hlines, seeds = {}, {}, [], []
+def theta0_curves(overlap: Path) -> dict[str, dict[str, dict[float, list[float]]]]:
+    """The same from `lnsub tickets`' scores: each level's mask trained from θ0 with a fresh head."""
+    out = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in read_csv(overlap.parent / "tickets" / "theta0_scores.csv"):
+        if r["theta0_score"] != "":
+            out[r["task"]][r["language"]][float(r["sparsity"])].append(float(r["theta0_score"]))
+    return out
+
+
+def _mean_series(langs: dict, style: dict, suffix: str = "") -> tuple[dict, dict, list[int]]:
+    series, bands, seeds = {}, {}, []
     for i, (lang, points) in enumerate(sorted(langs.items())):
         xs = sorted(points)
         mean, low, high, n = mean_band([points[x] for x in xs])
-        series[lang] = (xs, mean, dict(color=f"C{i}"))
+        series[lang + suffix] = (xs, mean, dict(color=f"C{i}", **style))
         seeds.append(n)
         if n > 1:
-            bands[lang] = (low, high)
-        for t in (t for t in tickets if t["task"] == task and t["language"] == lang):
-            hlines.append((float(t["dense_score"]), f"{lang} dense", dict(color=f"C{i}", ls=":")))
-            if t.get("threshold", "") != "":
-                hlines.append((float(t["threshold"]), f"{lang} ticket threshold", dict(color=f"C{i}", ls="--")))
+            bands[lang + suffix] = (low, high)
+    return series, bands, seeds
+
+
+def score_figure(task: str, langs: dict, theta0: dict, tickets: list[dict], path: Path) -> tuple[Path, dict, dict]:
+    """One task's score against sparsity: the IMP rounds (solid) and the masks trained from θ0 (dash-dot), mean
+    over seeds per language with a ±1 std band, and each language's dense score (dotted) and ticket threshold
+    (dashed) in its colour. Returns the path and the two series."""
+    series, bands, seeds = _mean_series(langs, {})
+    fresh, fresh_bands, _ = _mean_series(theta0, {"ls": "-."}, " (θ0)")
+    colours = {lang: f"C{i}" for i, lang in enumerate(sorted(langs))}
+    hlines = []
+    for t in (t for t in tickets if t["task"] == task and t["language"] in colours):
+        colour = colours[t["language"]]
+        if t.get("dense_score", "") != "":
+            hlines.append((float(t["dense_score"]), f"{t['language']} dense", dict(color=colour, ls=":")))
+        if t.get("threshold", "") != "":
+            hlines.append((float(t["threshold"]), f"{t['language']} ticket threshold", dict(color=colour, ls="--")))
     metric = get_task(task).metric
-    fewest = min(seeds)
-    note = ("bands: ±1 std over seeds; " if fewest > 1 else "one seed: no band over seeds; ") + \
-        "dotted: dense score, dashed: the winning-ticket threshold (a ticket scores on its good side)"
-    line_plot(series, "sparsity", metric, f"{task}: validation {metric} of each ticket", path, ylim=None,
-              percent_x=True, bands=bands, hlines=hlines, note=note)
-    return path, series, fewest
+    note = ("bands: ±1 std over seeds; " if min(seeds) > 1 else "one seed: no band over seeds; ") + \
+        "solid: IMP round (head carried over), dash-dot: the mask trained from θ0 with a fresh head; " \
+        "dotted: dense score, dashed: the winning-ticket threshold"
+    line_plot({**series, **fresh}, "sparsity", metric, f"{task}: validation {metric} of each ticket", path,
+              ylim=None, percent_x=True, bands={**bands, **fresh_bands}, hlines=hlines, note=note)
+    return path, series, fresh
 
 
 def tickets_section(sweep: Sweep, overlap: Path, figures: Path, claims: dict[str, dict]) -> str:
     out = []
     rows = read_csv(overlap / "winning_tickets.csv")
+    theta0 = theta0_curves(overlap)
     for task, langs in sorted(score_curves(sweep).items()):
-        path, series, _ = score_figure(task, langs, rows, figures / f"scores_{task}.png")
+        path, series, fresh_series = score_figure(task, langs, theta0.get(task, {}), rows,
+                                                  figures / f"scores_{task}.png")
         info = get_task(task)
+        metric = info.metric
         changes = [v[1][-1] - v[1][0] for v in series.values()]
         deepest = max(max(v[0]) for v in series.values())
-        reading = (f"From dense to {deepest:.0%} sparsity the {info.metric} changes by {np.mean(changes):+.4f} on "
-                   f"average over languages ({'higher' if info.greater_is_better else 'lower'} is better).")
+        fresh = [v[1][-1] - v[1][0] for v in fresh_series.values()]
+        better = "higher" if info.greater_is_better else "lower"
+        reading = (f"From dense to {deepest:.0%} sparsity the IMP round {metric} changes by {np.mean(changes):+.4f} "
+                   f"on average over languages" + (f", the {metric} of the same masks trained from θ0 by "
+                                                   f"{np.mean(fresh):+.4f}" if fresh else
+                                                   " (no θ0 scores yet: lnsub tickets)") + f" ({better} is better).")
         note = captions.head_carryover_note(captions.rising({k: (v[0], v[1]) for k, v in series.items()},
                                                             info.greater_is_better))
         out.append(figure(path, " ".join(p for p in (reading, note) if p)))
     if not rows:
         return "\n".join(out) + missing(f"lnsub analyze --name {sweep.name}")
+    return "\n".join(out + ticket_table(sweep, rows, claims))
+
+
+def ticket_table(sweep: Sweep, rows: list[dict], claims: dict[str, dict]) -> list[str]:
+    """The winning-ticket table, saying which scores it read: θ0's (the IMP round's beside them), or what is missing."""
     langs = sorted({r["language"] for r in rows})
     grid = defaultdict(dict)
     for r in rows:
-        grid[r["task"]][r["language"]] = f"{float(r['ticket_sparsity']):.0%}"
-    out.append("<p>Sparsest winning ticket per cell (the sparsest level within one std over seeds of the dense "
-               "score, or within 1% of it with one seed), as in Table 2 of the paper:</p>")
-    out.append(table(["task", *langs], [[t, *(grid[t].get(lang, "-") for lang in langs)] for t in sorted(grid)]))
-    sparsities = [float(r["ticket_sparsity"]) for r in rows]
-    reading = (f"{captions.range_phrase(sparsities, 'Sparsest winning tickets')}; on mBERT the paper found 50% for "
-               f"almost every cell. {captions.verdict_clause('c', claims.get('c'))}")
-    out.append(f"<p class='reading'><b>Reading:</b> {html.escape(reading)}</p>")
-    return "\n".join(out)
+        theta0 = "θ0 missing" if r.get("ticket_sparsity", "") == "" else f"{float(r['ticket_sparsity']):.0%}"
+        beside = "" if r.get("round_ticket_sparsity", "") == "" else f" (round {float(r['round_ticket_sparsity']):.0%})"
+        grid[r["task"]][r["language"]] = theta0 + beside
+    gaps = [r for r in rows if r.get("ticket_sparsity", "") == ""]
+    out = [f"<p>Sparsest winning ticket per cell (the sparsest level within one std over seeds of the dense score, "
+           f"or within 1% of it with one seed), as in Table 2 of the paper. <b>Scores: {SOURCE_TEXT[THETA0]}</b>; in "
+           f"brackets, the ticket the {SOURCE_TEXT[ROUND]} would give.</p>",
+           table(["task", *langs], [[t, *(grid[t].get(lang, "-") for lang in langs)] for t in sorted(grid)])]
+    if gaps:
+        levels = sorted({x for r in gaps for x in str(r.get("theta0_missing", "")).split()})
+        out.append(f"<p class='reading'><b>Reading:</b> {len(gaps)} of {len(rows)} cells have no θ0 score at "
+                   f"level(s) {', '.join(levels) or '?'}, so no ticket (the round scores are not used in their "
+                   f"place): run <code>lnsub tickets --name {html.escape(sweep.name)}</code>, then <code>lnsub "
+                   f"analyze</code>.</p>")
+    sparsities = [float(r["ticket_sparsity"]) for r in rows if r.get("ticket_sparsity", "") != ""]
+    if sparsities:
+        reading = (f"{captions.range_phrase(sparsities, 'Sparsest winning tickets from θ0 scores')}; on mBERT the "
+                   f"paper found 50% for almost every cell. {captions.verdict_clause('c', claims.get('c'))}")
+        out.append(f"<p class='reading'><b>Reading:</b> {html.escape(reading)}</p>")
+    return out
 
 
 def _floats(rows: list[dict], *keys: str) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from lnsub.analysis import tickets as ticket_analysis
 from lnsub.analysis import transfer_matrix as transfer_analysis
 from lnsub.analysis.analyze import analyze as overlap_analysis
 from lnsub.analysis.report import report as report_analysis
@@ -51,31 +52,50 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
     return log(result)
 
 
+def _run_transfer_jobs(sweep, pending: list, jobs: list, experiment, batch_name: str, address: str | None,
+                       max_concurrent: int | None, max_failures: int, checkpoint_every: int,
+                       render: Callable[[int, int], None] | None) -> dict[str, str | None]:
+    """Run (or resume) transfer jobs through `run_jobs`, as Tune trials; each job's root cause if it failed."""
+    if not pending:
+        return {}
+    providers.prepare(sweep.specs)  # the driver builds what the jobs load, before any trial
+    storage = sweep.storage
+    # a transfer job trains on one worker whatever its cells used
+    resources = sweep.state.resources.with_overrides(workers_per_cell=1)
+    batch = Batch(JobKind.TRANSFER, [{"id": j.id, "job": j.to_dict()} for j in pending], batch_name,
+                  experiment / FAILURES_DIR, storage, resources, reuse_processes=reusable(sweep.specs))
+    draw = render or (lambda done, total: None)
+
+    def progress() -> None:
+        transfer_job.pull_results(storage)
+        draw(sum(transfer_job.finished(storage, j) for j in jobs), len(jobs))
+
+    errors = run_jobs(batch, address=address, max_concurrent=max_concurrent, max_failures=max_failures,
+                      checkpoint_every=checkpoint_every, watch=progress)
+    transfer_job.pull_results(storage)
+    return {k: v for k, v in errors.items() if v}
+
+
 def transfer(name: str, storage: str, level: int, tracking_uri: str | None = None, out: str | None = None,
              tasks: list[str] | None = None, cross_task: bool = False, max_concurrent: int | None = None,
              address: str | None = None, max_failures: int = 3, checkpoint_every: int = 100,
              render: Callable[[int, int], None] | None = None) -> AnalysisResult:
     """Plan, run (or resume) and tabulate the transfer jobs; failed jobs' root causes in result.transfer.errors."""
     p = transfer_analysis.plan(name, storage, level, tracking_uri, out, tasks, cross_task)
-    pending = p.pending
-    errors: dict[str, str | None] = {}
-    if pending:
-        providers.prepare(p.sweep.specs)  # the driver builds what the jobs load, before any trial
-        storage = p.sweep.storage
-        # a transfer job trains on one worker whatever its cells used
-        resources = p.sweep.state.resources.with_overrides(workers_per_cell=1)
-        batch = Batch(JobKind.TRANSFER, [{"id": j.id, "job": j.to_dict()} for j in pending],
-                      f"transfer-{p.experiment.name}", p.experiment / FAILURES_DIR, storage, resources,
-                      reuse_processes=reusable(p.sweep.specs))
-        draw = render or (lambda done, total: None)
-
-        def progress() -> None:
-            transfer_job.pull_results(storage)
-            draw(sum(transfer_job.finished(storage, j) for j in p.jobs), len(p.jobs))
-
-        errors = run_jobs(batch, address=address, max_concurrent=max_concurrent, max_failures=max_failures,
-                          checkpoint_every=checkpoint_every, watch=progress)
-        transfer_job.pull_results(storage)
+    errors = _run_transfer_jobs(p.sweep, p.pending, p.jobs, p.experiment, f"transfer-{p.experiment.name}", address,
+                                max_concurrent, max_failures, checkpoint_every, render)
     result = transfer_analysis.tabulate(p)
-    result.transfer.errors = {k: v for k, v in errors.items() if v}
+    result.transfer.errors = errors
     return log(result)
+
+
+def tickets(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
+            max_concurrent: int | None = None, address: str | None = None, max_failures: int = 3,
+            checkpoint_every: int = 100, render: Callable[[int, int], None] | None = None
+            ) -> tuple[AnalysisResult, dict[str, str]]:
+    """Run (or resume) every finished level's θ0 job (analysis/tickets.py) through the job runner and write
+    theta0_scores.csv; the result, and failed jobs' root causes. `lnsub analyze` reads the scores."""
+    p = ticket_analysis.plan(name, storage, tracking_uri, out)
+    errors = _run_transfer_jobs(p.sweep, p.pending, p.jobs, p.experiment, f"tickets-{p.experiment.name}", address,
+                                max_concurrent, max_failures, checkpoint_every, render)
+    return log(ticket_analysis.tabulate(p)), errors

@@ -339,7 +339,7 @@ def study(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_
                                            "too, and its claims side by side (default: the grid's study.control)."),
           max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on cells or jobs at once."),
           address: str = AddressOpt) -> None:
-    """A grid's whole study: sweep, analyze, transfer, similarity, report; resumable (rerun it), nothing redone."""
+    """A grid's whole study: sweep, tickets, analyze, transfer, similarity, report; resumable (rerun it), nothing redone."""
     if name is not None:
         check_name(name, "--name")
     live = Live(console=console, refresh_per_second=2, transient=True) if console.is_terminal else None
@@ -441,6 +441,28 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
 OutOpt = typer.Option(None, "--out", metavar="PATH", help="Analysis folder; each analysis writes its own subfolder there "
                                           "(default: <storage>/sweeps/<name>/analysis).")
 SweepNameOpt = typer.Option(..., "--name", metavar="NAME", help="The sweep's name.")
+
+
+@app.command()
+def tickets(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt, out: str = OutOpt,
+            max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on jobs at once."),
+            address: str = AddressOpt) -> None:
+    """Tickets from θ0: each finished level's mask trained from θ0 with a fresh head (rerun to resume); the scores
+    the winning-ticket table and claim (c) read (then run lnsub analyze)."""
+    progress = Progress(TextColumn("θ0 jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, disable=not console.is_terminal)
+    bar = progress.add_task("jobs", total=None)
+    with progress:
+        result, errors = analyses.tickets(name, storage, tracking_uri, out, max_concurrent=max_concurrent,
+                                          address=address,
+                                          render=lambda done, total: progress.update(bar, completed=done, total=total))
+    console.print(f"{result.params['jobs_done']}/{result.params['jobs']} θ0 jobs done; scores: "
+                  f"[bold]{result.folder / 'theta0_scores.csv'}[/bold] (lnsub analyze --name {name} reads them)")
+    if errors:
+        for job, err in errors.items():
+            console.print(f"[red]failed[/red] {job}: {err.splitlines()[0][:300]}")
+        console.print("rerun the same command to resume")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -2,8 +2,11 @@
 
 The steps, for the grid's sweep (and, with a control grid, for the control's sweep too):
 
-    sweep -> analyze -> transfer at each of the grid's study levels -> similarity
-    then one report (side by side with the control's claims when there is one)
+    sweep -> tickets -> analyze -> transfer at each of the grid's study levels -> similarity
+    then one report
+
+tickets trains each level's mask from θ0 with a fresh head (analysis/tickets.py): the scores the winning-ticket
+table and claim (c) read; analyze comes after it. (side by side with the control's claims when there is one)
 
 Each step is idempotent on its own (cells, transfer jobs and analyses keep their state in
 storage). On top of that, a finished step leaves a marker, <storage>/sweeps/<name>/study/<step>.json,
@@ -116,7 +119,17 @@ def _sweep_steps(steps: Steps, grid: str, name: str | None, storage: str, tracki
     steps.run(name, "sweep", [], sweep)
     state = load_state(root, name)
     tasks = (state.grid.get("study") or {}).get("transfer_tasks")
-    steps.run(name, "analyze", [(name, "sweep")], lambda: analyses.analyze(name, storage, tracking_uri))
+
+    def tickets() -> None:
+        _, errors = analyses.tickets(name, storage, tracking_uri, address=address, max_concurrent=max_concurrent)
+        if errors:
+            job, err = next(iter(errors.items()))
+            raise LnsubError(f"tickets from θ0: {len(errors)} job(s) failed ({job}: {err}); rerun lnsub study to "
+                             f"resume")
+
+    steps.run(name, "tickets", [(name, "sweep")], tickets)
+    steps.run(name, "analyze", [(name, "sweep"), (name, "tickets")],
+              lambda: analyses.analyze(name, storage, tracking_uri))
     for level in transfer_levels(state):
         def transfer(level=level) -> None:
             result = analyses.transfer(name, storage, level, tracking_uri, tasks=tasks, address=address,

@@ -43,6 +43,7 @@ def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
     assert sweep.returncode == 0, sweep.stdout[-3000:]
     storage = cwd / "lnsub-runs"
     out["storage"] = storage
+    out["tickets"] = lnsub("tickets", "--name", "smoke", cwd=cwd)  # θ0 scores, which analyze's tickets read
     out["analyze"] = lnsub("analyze", "--name", "smoke", cwd=cwd)
     specs = load_state(storage, "smoke").specs
     jobs = plan_jobs(specs, SMOKE_LEVEL, ["ner"])

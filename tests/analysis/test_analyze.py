@@ -13,6 +13,8 @@ from lnsub.orchestrator import tracking
 from lnsub.orchestrator.analyses import analyze, report, similarity
 from lnsub.analysis.neutrality import DEFAULT_BINS
 from lnsub.analysis.pairs import pretrained_weights
+from lnsub.analysis.tickets import theta0_jobs
+from lnsub.trainables.transfer_job import run_transfer_job
 from lnsub.trainables.masks import load_masks
 from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore
 from test_neutrality import reference
@@ -27,6 +29,8 @@ def kept_set(masks: dict) -> set:
 def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     storage, all_specs = mini_sweep
     specs = [s for s in all_specs if s.seed == 0]
+    for job in theta0_jobs(all_specs):  # the winning tickets read each level's mask trained from θ0
+        run_transfer_job(job, storage)
     folder = analyze("mini", str(storage), out=str(tmp_path / "analysis")).folder
     assert folder == tmp_path / "analysis" / "overlap"
     rows = list(csv.DictReader(open(folder / "overlap.csv")))
@@ -49,6 +53,8 @@ def test_overlap_tables_baselines_and_tickets(mini_sweep, tmp_path):
     tickets = list(csv.DictReader(open(folder / "winning_tickets.csv")))
     assert {t["language"] for t in tickets} == {"syn-en", "syn-ar"}
     assert all(int(t["ticket_level"]) in (0, 1, 2) for t in tickets)
+    assert all(t["score_source"] == "θ0" and t["theta0_missing"] == "" for t in tickets)
+    assert all(int(t["round_ticket_level"]) in (0, 1, 2) for t in tickets)
     assert (folder / "overlap_ner_s0_level2.png").stat().st_size > 1000
     for level in (1, 2):  # per level, the per-layer small multiples beside the total
         assert (folder / f"overlap_layers_ner_s0_level{level}.png").stat().st_size > 1000

@@ -129,3 +129,28 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[:2] == (2400, 1280)
     assert pixels[..., :3].std() > 0.05  # a page with text and figures, not a blank one
+
+
+def test_winning_tickets_read_the_theta0_jobs(analysed):
+    """`lnsub tickets` trained every level's mask from θ0 with a fresh head; the table's ticket follows those jobs'
+    own result.json files (one seed: within 1% of the level-0 score), the round ticket beside it."""
+    from lnsub.analysis.tickets import theta0_job
+    from lnsub.trainables.store import CellStore
+
+    assert analysed["tickets"].returncode == 0, analysed["tickets"].stdout[-2000:]
+    storage = analysed["storage"]
+    tickets = {(r["task"], r["language"]): r for r in rows(storage / "sweeps/smoke/analysis/overlap/winning_tickets.csv")}
+    for spec in load_state(storage, "smoke").specs:
+        scores = [jobs_io.result(storage, theta0_job(spec, k))["score"] for k in range(spec.levels + 1)]
+        greater = spec.task != "mlm"  # perplexity: lower is better
+        slack = 0.01 * abs(scores[0])
+        ok = [k for k, s in enumerate(scores) if (s >= scores[0] - slack if greater else s <= scores[0] + slack)]
+        row = tickets[(spec.task, spec.language)]
+        assert row["score_source"] == "θ0" and row["theta0_missing"] == ""
+        assert int(row["ticket_level"]) == max(ok) and float(row["dense_score"]) == pytest.approx(scores[0])
+        rounds = [CellStore(storage, spec).metrics(k)["score"] for k in range(spec.levels + 1)]
+        assert float(row["round_dense_score"]) == pytest.approx(rounds[0])
+    page = (storage / "sweeps/smoke/analysis/report/report.html").read_text(encoding="utf-8")
+    assert "Scores: each level&#x27;s mask trained from θ0 with a fresh head" in page or \
+        "Scores: each level's mask trained from θ0 with a fresh head" in page
+    assert page.count("of the same masks trained from θ0 by") == 3  # each task's score figure: both curves
