@@ -178,7 +178,8 @@ def _seed_means(items: list[dict], xs: list[float], key: str, seed_of=lambda r: 
     return out
 
 
-def _curve(series: dict, bands: dict, label: str, items: list[dict], key: str, style: dict, seed_of=None) -> int:
+def _overlap_curve(series: dict, bands: dict, label: str, items: list[dict], key: str, style: dict,
+                   seed_of=None) -> int:
     """Add one mean-over-seeds line and its ±1 std band over seeds; returns how many seeds it has at fewest."""
     xs = sorted({r["sparsity"] for r in items})
     mean, low, high, seeds = mean_band(_seed_means(items, xs, key, seed_of or (lambda r: r["seed"])))
@@ -197,18 +198,20 @@ def overlap_curves(rows: list[dict], baselines: list[dict], seeds: list[dict], f
         total = [r for r in rows if r["task"] == task and r["grouping"] == "total"]
         xs = sorted({r["sparsity"] for r in total})
         series, bands = {}, {}
-        n = _curve(series, bands, "across languages (mean over pairs)", total, "jaccard", dict(lw=2.5, color="C0"))
+        n = _overlap_curve(series, bands, "across languages (mean over pairs)", total, "jaccard",
+                           dict(lw=2.5, color="C0"))
         same_seed = [r for r in seeds if r["task"] == task]
         if same_seed:  # its spread is over the languages (each language's pairs of seeds)
-            _curve(series, bands, "same language, other seed", same_seed, "jaccard", dict(color="C2"),
+            _overlap_curve(series, bands, "same language, other seed", same_seed, "jaccard", dict(color="C2"),
                    seed_of=lambda r: r["language"])
         base = [b for b in baselines if b["task"] == task]
         if base:
-            _curve(series, bands, "ticket vs θ0 one-shot mask", base, "oneshot_pretrained", dict(color="C1", ls="-."))
+            _overlap_curve(series, bands, "ticket vs θ0 one-shot mask", base, "oneshot_pretrained",
+                           dict(color="C1", ls="-."))
         series["random masks, d/(2-d)"] = (xs, [random_jaccard(1 - x) for x in xs], dict(color="grey", ls="--"))
         cross = [p for p in pairs if p["task"] == task and p["kind"] in (CROSS_CROSS, CROSS_SAME)]
         if cross:
-            _curve(series, bands, "random masks, each mask's per-matrix densities", cross, "random_matched",
+            _overlap_curve(series, bands, "random masks, each mask's per-matrix densities", cross, "random_matched",
                    dict(color="black", ls=":"), seed_of=lambda r: r["seed_a"])
         note = ("bands: ±1 std over seeds (same language: over languages)" if n > 1
                 else "one seed: no band over seeds")

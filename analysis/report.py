@@ -140,7 +140,7 @@ def score_figure(task: str, langs: dict, theta0: dict, tickets: list[dict], path
     return path, series, fresh
 
 
-def tickets_section(sweep: Sweep, overlap: Path, figures: Path, claims: dict[str, dict]) -> str:
+def tickets_section(sweep: Sweep, overlap: Path, figures: Path, claims: dict[str, dict] | None = None) -> str:
     out = []
     rows = read_csv(overlap / "winning_tickets.csv")
     theta0 = theta0_curves(overlap)
@@ -165,7 +165,7 @@ def tickets_section(sweep: Sweep, overlap: Path, figures: Path, claims: dict[str
     return "\n".join(out + ticket_table(sweep, rows, claims))
 
 
-def ticket_table(sweep: Sweep, rows: list[dict], claims: dict[str, dict]) -> list[str]:
+def ticket_table(sweep: Sweep, rows: list[dict], claims: dict[str, dict] | None = None) -> list[str]:
     """The winning-ticket table, saying which scores it read: θ0's (the IMP round's beside them), or what is missing."""
     langs = sorted({r["language"] for r in rows})
     grid = defaultdict(dict)
@@ -187,7 +187,7 @@ def ticket_table(sweep: Sweep, rows: list[dict], claims: dict[str, dict]) -> lis
     sparsities = [float(r["ticket_sparsity"]) for r in rows if r.get("ticket_sparsity", "") != ""]
     if sparsities:
         reading = (f"{captions.range_phrase(sparsities, 'Sparsest winning tickets from θ0 scores')}; on mBERT the "
-                   f"paper found 50% for almost every cell. {captions.verdict_clause('c', claims.get('c'))}")
+                   f"paper found 50% for almost every cell. {captions.verdict_clause('c', (claims or {}).get('c'))}")
         out.append(f"<p class='reading'><b>Reading:</b> {html.escape(reading)}</p>")
     return out
 
