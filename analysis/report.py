@@ -21,9 +21,10 @@ import numpy as np
 from lnsub.analysis import claims as paper_claims
 from lnsub.analysis import verdicts
 from lnsub.analysis.figures import line_plot
+from lnsub.analysis.oneshot_tables import TABLES as ONESHOT_TABLES
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import Sweep, open_sweep
-from lnsub.analysis.tables import read_csv
+from lnsub.analysis.tables import read_csv, write_csv
 from lnsub.trainables.storage.local import write_text
 from lnsub.trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
 from lnsub.trainables.store import CellStore
@@ -33,6 +34,7 @@ from lnsub.trainables.tasks import get_task
 SECTIONS = (("grid", "The grid and what ran"), ("claims", "The paper's claims"), ("tickets", "Winning tickets"),
             ("overlap", "Overlap of sub-networks across languages"), ("transfer", "Transfer matrices"),
             ("similarity", "Representation similarity"))
+ONESHOT_SECTIONS = (("grid", "The grid and what ran"), ("oneshot", "One-shot discovery: scores, overlap, transfer, LAPE"))
 
 
 def _img(path: Path) -> str:
@@ -364,6 +366,24 @@ def claims_section(sweep: Sweep, folder: Path, control: Sweep | None = None) -> 
     return "\n".join(out), rows
 
 
+def oneshot_section(sweep: Sweep, control: Sweep | None = None) -> str:
+    """The one-shot analysis's tables (analysis/oneshot_tables.py), and the control's beside them."""
+    out = []
+    for label, s in ((sweep.name, sweep), *(((f"control: {control.name}", control),) if control else ())):
+        folder = s.analysis / "oneshot"
+        if not (folder / "scores.csv").exists():
+            out.append(missing(f"lnsub oneshot --name {s.name}"))
+            continue
+        for title, make in ONESHOT_TABLES:
+            header, rows = make(folder)
+            out.append(f"<h3>{html.escape(label)}: {html.escape(title)}</h3>{table(header, rows)}")
+    return "\n".join(out)
+
+
+def is_oneshot(sweep: Sweep) -> bool:
+    return any(s.method != "imp" for s in sweep.specs)
+
+
 # --- the page -----------------------------------------------------------------------------------
 
 STYLE = """
@@ -397,17 +417,28 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
     figures = folder / "figures"
     figures.mkdir(exist_ok=True)
     overlap, transfer, similarity = (sweep.analysis / k for k in ("overlap", "transfer", "similarity"))
+    if is_oneshot(sweep):  # no IMP tickets to read claims from: the one-shot tables, beside the control's
+        write_csv(folder / "claims.csv", [])
+        return _page(name, sweep, folder, {"grid": grid_section(sweep), "oneshot": oneshot_section(sweep, other)},
+                     ONESHOT_SECTIONS, control, [])
     claims_body, claim_rows = claims_section(sweep, folder, other)
     bodies = {"grid": grid_section(sweep), "claims": claims_body, "tickets": tickets_section(sweep, overlap, figures),
               "overlap": overlap_section(sweep, overlap), "transfer": transfer_section(sweep, transfer),
               "similarity": similarity_section(sweep, similarity)}
-    nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
+    return _page(name, sweep, folder, bodies, SECTIONS, control, claim_rows)
+
+
+def _page(name: str, sweep: Sweep, folder: Path, bodies: dict, sections_: tuple, control: str | None,
+          claim_rows: list[dict]) -> AnalysisResult:
+    """The HTML page of the given sections, written and published; the report's result."""
+    what = "one-shot discovery per language" if is_oneshot(sweep) else "lottery tickets by IMP with rewinding to θ0"
+    nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in sections_)
     sections = "\n".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>\n{bodies[key]}\n</section>'
-                         for key, title in SECTIONS)
+                         for key, title in sections_)
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lnsub report: {html.escape(name)}"
             f"</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
             f"<h1>lnsub report: {html.escape(name)}</h1>"
-            f"<p>Language-neutral sub-networks (lottery tickets by IMP with rewinding to θ0). Generated "
+            f"<p>Language-neutral sub-networks ({what}). Generated "
             f"{time.strftime('%Y-%m-%d %H:%M')} from {html.escape(sweep.storage.location)}.</p><nav>{nav}</nav>"
             f"{sections}</body></html>")
     path = folder / "report.html"

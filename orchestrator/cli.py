@@ -420,6 +420,15 @@ SweepNameOpt = typer.Option(..., "--name", metavar="NAME", help="The sweep's nam
 
 
 @app.command()
+def oneshot(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+            out: str = OutOpt) -> None:
+    """A one-shot sweep's scores, overlap beyond θ0, transfer across languages (with random and magnitude rows) and
+    LAPE's language-specific neurons against the masks."""
+    folder = analyses.oneshot(name, storage, tracking_uri, out).folder
+    console.print(f"one-shot tables: [bold]{folder}[/bold]")
+
+
+@app.command()
 def analyze(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
             out: str = OutOpt) -> None:
     """Cross-language overlap of the sweep's masks (total, per layer, per component), baselines, winning tickets."""

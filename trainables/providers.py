@@ -31,6 +31,9 @@ class ModelProvider:
     install: Callable[[object, str], None] | None = None  # (model, folder) -> adjust a loaded model
     small: bool = False  # jobs on it are cheap enough that a process may run one after another
     tasks: tuple[str, ...] | None = None  # the tasks it has a form for (None: all)
+    # (model folder, language) -> (beginning, end) token ids a language's sequences are framed with, where the model
+    # gives each language its own (None: the tokenizer's)
+    framing: Callable[[str, str], tuple[int | None, int | None]] | None = None
 
 
 @dataclass(frozen=True)
