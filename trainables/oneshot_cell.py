@@ -23,7 +23,7 @@ from lnsub.trainables import memory, pruning
 from lnsub.trainables.layerwise import Structure, magnitude_mask
 from lnsub.trainables.loading import data_root, load_model, model_path
 from lnsub.trainables.oneshot import OneShotConfig, calibration_windows, prune_one_shot
-from lnsub.trainables.providers import model_provider
+from lnsub.trainables.providers import data_provider, model_provider
 from lnsub.trainables.spec import CALIBRATED, CellSpec
 from lnsub.trainables.store import ONESHOT_PRETRAINED, CellStore
 from lnsub.trainables.tasks import LMTask, get_task
@@ -55,13 +55,22 @@ class Scorer:
         return None, None
 
     def evaluation_set(self, spec: CellSpec) -> list:
-        return self.task.evaluation_set(spec.language, data_root(spec), spec.valid_size, spec.valid_documents)
+        examples = self.task.evaluation_set(spec.language, data_root(spec), spec.valid_size, spec.valid_documents)
+        return segmented(spec, examples)
 
     def score(self, spec: CellSpec, examples: list | None = None) -> dict[str, float]:
         """The task's metrics of the model as it is now, on `spec`'s language (its evaluation set)."""
         bos, eos = self.framing(spec.language)
         examples = self.evaluation_set(spec) if examples is None else examples
         return self.task.score(self.model, self.tokenizer, examples, bos, eos, spec.max_length, spec.batch_size)
+
+
+def segmented(spec: CellSpec, texts: list) -> list:
+    """clm's documents as the sequences the model reads: a data provider may cut a document into several."""
+    provider = data_provider(spec.language)
+    if spec.task != "clm" or provider is None or provider.segment is None:
+        return texts
+    return [part for text in texts for part in provider.segment(spec, text)]
 
 
 def open_scorer(spec: CellSpec) -> Scorer:
@@ -79,7 +88,8 @@ def calibration(scorer: Scorer, spec: CellSpec) -> list[dict]:
     """The calibration windows of the cell's language (none for magnitude)."""
     if spec.method not in CALIBRATED:
         return []
-    texts = scorer.task.calibration_texts(spec.language, data_root(spec), spec.train_size, spec.valid_documents)
+    texts = segmented(spec, scorer.task.calibration_texts(spec.language, data_root(spec), spec.train_size,
+                                                          spec.valid_documents))
     bos, eos = scorer.framing(spec.language)
     return calibration_windows(scorer.tokenizer, texts, spec.calibration_samples, spec.max_length, seed=spec.seed,
                                bos=bos, eos=eos)

@@ -46,6 +46,9 @@ class DataProvider:
     data_root: Callable[[object], str]  # spec -> the folder (LnsubError if not prepared)
     parallel_file: Callable[[object], Path] | None = None  # spec -> held-out parallel sentences (similarity)
     word_order: Callable[[str], str] | None = None  # language -> its basic word order, where known
+    # (spec, document) -> the sequences a decoder of this provider models, where a document is several of them
+    # (the testbed's tiny decoder models one sentence per sequence: clm scores and calibrates on sentences)
+    segment: Callable[[object, str], list[str]] | None = None
 
 
 _MODELS: dict[str, ModelProvider] = {}

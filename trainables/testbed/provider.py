@@ -21,6 +21,7 @@ from pathlib import Path
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.providers import DataProvider, ModelProvider, register_data, register_model
 from lnsub.trainables.storage.local import is_built
+from lnsub.trainables.testbed import grammar
 from lnsub.trainables.testbed.generate import PARALLEL_FILE, TestbedConfig, cache_root, ensure_testbed
 from lnsub.trainables.testbed.languages import TWINS, real_language
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, install_layout
@@ -94,6 +95,19 @@ def _data_root(spec) -> str:
     return str(Path(_built(cache_root() / config.id, f"data {config.id}")) / "data")
 
 
+def _sentences(spec, document: str) -> list[str]:
+    """A twin's document cut after each of its end-of-sentence words: the sentences the tiny decoder models."""
+    config = testbed_config(spec)
+    end = grammar.build_lexicon(TWINS[spec.language], config.seed, config.anchor_fraction)["fn:end"]
+    out, current = [], []
+    for word in document.split():
+        current.append(word)
+        if word == end:
+            out.append(" ".join(current))
+            current = []
+    return out + ([" ".join(current)] if current else [])
+
+
 def _parallel_file(spec) -> Path:
     return Path(_data_root(spec)) / PARALLEL_FILE
 
@@ -109,4 +123,4 @@ def register() -> None:
                                  framing=lambda folder, language: language_specials(Path(folder), language)))
     register_data(DataProvider(languages=tuple(TWINS), real_language=real_language, prepare=_prepare_data,
                                data_root=_data_root, parallel_file=_parallel_file,
-                               word_order=lambda language: TWINS[language].order))
+                               word_order=lambda language: TWINS[language].order, segment=_sentences))
