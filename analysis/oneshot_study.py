@@ -39,7 +39,7 @@ from lnsub.analysis.tables import write_csv
 from lnsub.trainables.storage.local import write_text
 from lnsub.trainables import metrics as M
 from lnsub.trainables import providers, pruning
-from lnsub.trainables.layerwise import Structure, nm_mask
+from lnsub.trainables.layerwise import Structure, nm_mask, prune_lowest
 from lnsub.trainables.oneshot_cell import Scorer, open_scorer, pruned_model
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.storage import Storage
@@ -97,12 +97,15 @@ def overlap_rows(root: Storage, specs: list[CellSpec], theta0: dict[str, torch.T
 
 
 def random_masks(params: list[pruning.Prunable], sparsity: float, pattern: str) -> pruning.Masks:
-    """A random mask of the sparsity and pattern: exact counts per matrix, or N of every M at random."""
+    """A random mask of the sparsity and pattern, as the one-shot methods' are: exactly round(s · n) of each matrix's
+    n weights pruned, or N of every M kept at random."""
     structure = Structure.parse(pattern)
-    if not structure.nm:
-        return pruning.random_masks(params, sparsity, seed=RANDOM_SEED)
     generator = torch.Generator().manual_seed(RANDOM_SEED)
-    return {p.name: nm_mask(torch.rand(p.shape, generator=generator), structure) for p in params}
+    out = {}
+    for p in params:
+        scores = torch.rand(p.shape, generator=generator)
+        out[p.name] = nm_mask(scores, structure) if structure.nm else prune_lowest(scores, round(sparsity * scores.numel()))
+    return out
 
 
 def _baseline_models(scorer: Scorer, store: CellStore, spec: CellSpec, level: int) -> dict[str, pruning.Masks]:
