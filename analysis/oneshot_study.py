@@ -30,7 +30,7 @@ from itertools import combinations
 import torch
 
 from lnsub.analysis import neurons
-from lnsub.analysis.neutrality import excess_overlap
+from lnsub.analysis.neutrality import DEFAULT_BINS, MagnitudeStrata, aggregate, ranked_cell, stratum_null
 from lnsub.analysis.oneshot_tables import markdown
 from lnsub.analysis.overlap import jaccard_matrix, random_jaccard, read_packed
 from lnsub.analysis.results import AnalysisResult
@@ -77,6 +77,7 @@ def score_rows(root: Storage, specs: list[CellSpec]) -> list[dict]:
 def overlap_rows(root: Storage, specs: list[CellSpec], theta0: dict[str, torch.Tensor]) -> list[dict]:
     """Every pair of languages' masks in a group, per level: Jaccard, random baseline, overlap beyond θ0."""
     rows = []
+    strata = MagnitudeStrata(theta0, DEFAULT_BINS)  # θ0's magnitude strata, once for every pair
     for group, cells in groups(specs).items():
         langs = sorted(cells)
         for level in range(1, max(s.levels for s in cells.values()) + 1):
@@ -87,8 +88,10 @@ def overlap_rows(root: Storage, specs: list[CellSpec], theta0: dict[str, torch.T
                 continue
             labels, matrix = jaccard_matrix(packed, by="total")["all"]
             sparsity = cells[langs[0]].sparsities[level]
+            ranked = {lang: ranked_cell(strata, m) for lang, m in masks.items()}
             for (i, a), (j, b) in combinations(enumerate(labels), 2):
-                beyond = excess_overlap(theta0, masks[a], masks[b])
+                null = stratum_null(strata, ranked[a], ranked[b])
+                beyond = aggregate(strata, ranked[a], ranked[b], null, "total")["all"]
                 rows.append({**_key(group), "level": level, "sparsity": sparsity, "language_a": a, "language_b": b,
                              "jaccard": float(matrix[i, j]), "random": random_jaccard(1 - sparsity),
                              "ratio_beyond_theta0": beyond.ratio, "excess_jaccard": beyond.excess_jaccard,

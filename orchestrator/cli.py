@@ -31,6 +31,7 @@ from lnsub.trainables.tasks import TASKS
 from lnsub.analysis.sweeps import check_name, load_state, open_storage, redact, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
 from lnsub.orchestrator.rehearsal.build import ensure_rehearsal
+from lnsub.orchestrator.rehearsal.decoder import ensure_decoder_rehearsal
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 GRID_HELP = f"A shipped grid ({', '.join(SHIPPED)}) or a YAML path."
@@ -93,13 +94,20 @@ def testbed(
 
 
 @app.command()
-def rehearsal(out: str = typer.Option("lnsub-rehearsal", "--out", help="Folder for the model and the data "
-                                                                      "(the rehearsal grid reads ./lnsub-rehearsal).")) -> None:
-    """Build the mBERT-shaped rehearsal: random weights in mBERT's architecture, and hub-faithful local copies
-    of Wikipedia, WikiANN and XNLI for en, fr, ar, fa, hi, sw (cached; a rerun does nothing)."""
-    paths = ensure_rehearsal(out)
+def rehearsal(out: str = typer.Option(None, "--out", help="Folder for the model and the data (default: "
+                                                          "lnsub-rehearsal, or lnsub-rehearsal-decoder with --decoder; "
+                                                          "the rehearsal grids read these from the current folder)."),
+              decoder: bool = typer.Option(False, "--decoder", help="The Qwen2.5-0.5B-shaped decoder rehearsal of "
+                                                                     "one-shot discovery (grid rehearsal-decoder).")) -> None:
+    """Build the mBERT-shaped rehearsal (random weights in mBERT's architecture, hub-faithful local copies of
+    Wikipedia, WikiANN and XNLI for en, fr, ar, fa, hi, sw), or with --decoder the Qwen2.5-0.5B-shaped one
+    (cached; a rerun does nothing)."""
+    if decoder:
+        paths, grid = ensure_decoder_rehearsal(out or "lnsub-rehearsal-decoder"), "rehearsal-decoder"
+    else:
+        paths, grid = ensure_rehearsal(out or "lnsub-rehearsal"), "rehearsal"
     console.print(f"model: [bold]{paths['model']}[/bold]\ndata:  [bold]{paths['data']}[/bold]")
-    console.print("next: lnsub sweep --grid rehearsal   (run from the folder that holds "
+    console.print(f"next: lnsub sweep --grid {grid}   (run from the folder that holds "
                   f"{paths['model'].parent.name}/, as the grid's paths are relative)")
 
 

@@ -27,7 +27,7 @@ from lnsub.analysis.sweeps import PlannedCell, Resources, check_name
 from lnsub.trainables.providers import data_provider, provider_languages
 
 SHIPPED = ("smoke", "science", "science-control", "science-mt5", "full-synthetic", "full", "rehearsal", "smoke-mt5", "full-mt5",
-           "oneshot-decoder", "oneshot-decoder-control", "oneshot-qwen", "xlmr")
+           "oneshot-decoder", "oneshot-decoder-control", "oneshot-qwen", "xlmr", "rehearsal-decoder")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
              "description", "study", "methods", "sparsity_patterns"}
 STUDY_FIELDS = {"transfer_levels", "transfer_tasks", "control", "steps"}
