@@ -178,16 +178,17 @@ def lape_rows(root: Storage, cells: dict[str, CellSpec], group: tuple, found: ne
     langs = sorted(cells)
     for level in range(1, max(s.levels for s in cells.values()) + 1):
         met = neurons.neurons_meet_masks(found, {b: CellStore(root, cells[b]).load_mask(level) for b in langs})
+        at = {"level": level, "sparsity": cells[langs[0]].sparsities[level]}
         own, other = [], []
         for i, a in enumerate(met.languages):
             for j, b in enumerate(met.mask_languages):
                 share = met.kept_share[i][j]
-                rows.append({**_key(group), "level": level, "neurons_of": a, "mask_of": b,
+                rows.append({**_key(group), **at, "neurons_of": a, "mask_of": b,
                              "specific": int(found.specific[:, :, i].sum()), "kept_share": share,
                              "base_rate": met.base_rate[j]})
                 if share is not None:
                     (own if a == b else other).append(share)
-        summary.append({**_key(group), "level": level, "own_mask_share": statistics.fmean(own) if own else None,
+        summary.append({**_key(group), **at, "own_mask_share": statistics.fmean(own) if own else None,
                         "other_masks_share": statistics.fmean(other) if other else None,
                         "base_rate": statistics.fmean(met.base_rate), "agnostic": met.agnostic,
                         "agnostic_kept_by_every_mask": met.agnostic_recall, "every_mask_rate": met.every_mask_rate})

@@ -9,6 +9,8 @@ import torch
 
 from lnsub.analysis import neurons
 from lnsub.analysis.oneshot_study import groups, lape_rows, overlap_rows, random_masks, transfer_summary
+from lnsub.analysis.oneshot_tables import lape_table, overlap_table
+from lnsub.analysis.tables import write_csv
 from lnsub.trainables import pruning
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.store import CellStore
@@ -63,6 +65,9 @@ def test_overlap_rows_match_brute_force_and_find_a_planted_shared_mask(tmp_path)
         brute = (flat[a] & flat[b]).sum() / (flat[a] | flat[b]).sum()
         assert row["jaccard"] == pytest.approx(brute) and row["random"] == pytest.approx(1 / 3)
     assert rows[("syn-en", "syn-ur")]["jaccard"] == 1.0 and rows[("syn-en", "syn-ur")]["ratio_beyond_theta0"] > 1.5
+    write_csv(tmp_path / "overlap.csv", list(rows.values()))
+    header, body = overlap_table(tmp_path)  # the report's table reads the rows back
+    assert body[0][:2] == ["wanda unstructured 50%", 3] and float(body[0][3]) == pytest.approx(1 / 3, abs=1e-3)
     independent = [rows[k]["ratio_beyond_theta0"] for k in rows if "syn-ar" in k]
     assert all(0.8 < r < 1.2 for r in independent)  # independent masks: no overlap beyond θ0
 
@@ -98,6 +103,9 @@ def test_lape_rows_count_kept_specific_neurons(tmp_path):
     assert all(r["base_rate"] == pytest.approx(0.5) for r in rows)
     own = np.mean([share[(x, x)] for x in LANGS])
     assert summary[0]["own_mask_share"] == pytest.approx(own)
+    write_csv(tmp_path / "lape_summary.csv", summary)
+    header, body = lape_table(tmp_path)  # the report's table reads the rows back
+    assert body[0][0] == "wanda unstructured 50%" and float(body[0][1]) == pytest.approx(own, abs=1e-3)
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
