@@ -75,7 +75,8 @@ def grid_section(sweep: Sweep) -> str:
     rows = []
     for st in statuses:
         s = st.spec
-        schedule = f"{s.steps} steps" if s.steps is not None else f"{s.epochs:g} epochs"
+        schedule = (f"one-shot {s.method} {s.sparsity_pattern}" if s.method != "imp" else
+                    f"{s.steps} steps" if s.steps is not None else f"{s.epochs:g} epochs")
         rows.append([s.id, s.task, s.language, s.seed, st.state, f"{st.levels_done}/{s.levels + 1}", schedule,
                      "" if st.score is None else f"{st.score:.4f}"])
     out.append(table(["cell", "task", "language", "seed", "state", "levels", "per round", "last score"], rows))
