@@ -339,12 +339,13 @@ def study(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_
     with live if live is not None else contextlib.nullcontext():
         result = run_study(grid, name=name, storage=storage, tracking_uri=tracking_uri, control=control,
                            address=address, max_concurrent=max_concurrent, announce=announce, render=render)
-    table = Table(title=f"the paper's claims on {result.name}")
-    for col in ("claim", "verdict", "statement"):
-        table.add_column(col)
-    for row in result.claims:
-        table.add_row(row.get("claim", ""), row.get("verdict", ""), row.get("statement", ""))
-    console.print(table)
+    if result.claims:  # a one-shot study has tables, not the paper's IMP claims
+        table = Table(title=f"the paper's claims on {result.name}")
+        for col in ("claim", "verdict", "statement"):
+            table.add_column(col)
+        for row in result.claims:
+            table.add_row(row.get("claim", ""), row.get("verdict", ""), row.get("statement", ""))
+        console.print(table)
     console.print(f"study [bold]{result.name}[/bold] finished in {progress.duration(time.time() - began)} "
                   f"({len(result.ran)} step(s) run, {len(result.skipped)} kept from before)")
     console.print(f"report: [bold]{result.report}[/bold]  (open it in a browser: file://{result.report})", soft_wrap=True)
