@@ -8,7 +8,7 @@ import yaml
 
 from lnsub.analysis.tables import read_csv
 from lnsub.orchestrator.study import study_markers
-from lnsub.trainables.spec import CellSpec
+from lnsub.analysis.sweeps import load_state
 from lnsub.trainables.store import CellStore
 
 from tests.conftest import lnsub
@@ -58,5 +58,5 @@ def test_a_oneshot_study_with_its_control_runs_end_to_end(tmp_path):
     page = (storage / "sweeps/dec/analysis/report/report.html").read_text()
     assert "One-shot discovery" in page and "control: ctl" in page and "LAPE" in page
     assert (folder / "summary.md").read_text().count("| syn-") >= 3
-    spec = CellSpec.from_dict(yaml.safe_load((next((storage / "cells").iterdir()) / "spec.json").read_text()))
-    assert CellStore(storage, spec).finished()
+    specs = load_state(storage, "dec").specs
+    assert len(specs) == 12 and all(CellStore(storage, s).finished() for s in specs)
