@@ -23,10 +23,11 @@ from lnsub.analysis import verdicts
 from lnsub.analysis import captions
 from lnsub.analysis.analyze import below_baseline, group_figures
 from lnsub.analysis.figures import line_plot, mean_band
+from lnsub.analysis.oneshot_tables import TABLES as ONESHOT_TABLES
 from lnsub.analysis.overlap import random_jaccard
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import Sweep, open_sweep
-from lnsub.analysis.tables import read_csv
+from lnsub.analysis.tables import read_csv, write_csv
 from lnsub.analysis.tickets import ROUND, SOURCE_TEXT, THETA0
 from lnsub.trainables.storage.local import write_text
 from lnsub.trainables.metrics import LEVEL_SECONDS, SCORE, SPARSITY
@@ -37,6 +38,7 @@ from lnsub.trainables.tasks import get_task
 SECTIONS = (("grid", "The grid and what ran"), ("claims", "The paper's claims"), ("tickets", "Winning tickets"),
             ("overlap", "Overlap of sub-networks across languages"), ("transfer", "Transfer matrices"),
             ("similarity", "Representation similarity"))
+ONESHOT_SECTIONS = (("grid", "The grid and what ran"), ("oneshot", "One-shot discovery: scores, overlap, transfer, LAPE"))
 
 
 def _img(path: Path) -> str:
@@ -77,7 +79,8 @@ def grid_section(sweep: Sweep) -> str:
     rows = []
     for st in statuses:
         s = st.spec
-        schedule = f"{s.steps} steps" if s.steps is not None else f"{s.epochs:g} epochs"
+        schedule = (f"one-shot {s.method} {s.sparsity_pattern}" if s.method != "imp" else
+                    f"{s.steps} steps" if s.steps is not None else f"{s.epochs:g} epochs")
         rows.append([s.id, s.task, s.language, s.seed, st.state, f"{st.levels_done}/{s.levels + 1}", schedule,
                      "" if st.score is None else f"{st.score:.4f}"])
     out.append(table(["cell", "task", "language", "seed", "state", "levels", "per round", "last score"], rows))
@@ -455,6 +458,24 @@ def claims_section(sweep: Sweep, folder: Path, control: Sweep | None = None) -> 
     return "\n".join(out), rows
 
 
+def oneshot_section(sweep: Sweep, control: Sweep | None = None) -> str:
+    """The one-shot analysis's tables (analysis/oneshot_tables.py), and the control's beside them."""
+    out = []
+    for label, s in ((sweep.name, sweep), *(((f"control: {control.name}", control),) if control else ())):
+        folder = s.analysis / "oneshot"
+        if not (folder / "scores.csv").exists():
+            out.append(missing(f"lnsub oneshot --name {s.name}"))
+            continue
+        for title, make in ONESHOT_TABLES:
+            header, rows = make(folder)
+            out.append(f"<h3>{html.escape(label)}: {html.escape(title)}</h3>{table(header, rows)}")
+    return "\n".join(out)
+
+
+def is_oneshot(sweep: Sweep) -> bool:
+    return any(s.method != "imp" for s in sweep.specs)
+
+
 # --- the page -----------------------------------------------------------------------------------
 
 STYLE = """
@@ -488,6 +509,10 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
     figures = folder / "figures"
     figures.mkdir(exist_ok=True)
     overlap, transfer, similarity = (sweep.analysis / k for k in ("overlap", "transfer", "similarity"))
+    if is_oneshot(sweep):  # no IMP tickets to read claims from: the one-shot tables, beside the control's
+        write_csv(folder / "claims.csv", [])
+        return _page(name, sweep, folder, {"grid": grid_section(sweep), "oneshot": oneshot_section(sweep, other)},
+                     ONESHOT_SECTIONS, control, [])
     claims_body, claim_rows = claims_section(sweep, folder, other)
     verdicts_by_claim = {r["claim"]: r for r in claim_rows}  # the captions word their claims by these verdicts
     bodies = {"grid": grid_section(sweep), "claims": claims_body,
@@ -495,13 +520,20 @@ def report(name: str, storage: str, tracking_uri: str | None = None, out: str | 
               "overlap": overlap_section(sweep, overlap, verdicts_by_claim),
               "transfer": transfer_section(sweep, transfer, verdicts_by_claim),
               "similarity": similarity_section(sweep, similarity, verdicts_by_claim)}
-    nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in SECTIONS)
+    return _page(name, sweep, folder, bodies, SECTIONS, control, claim_rows)
+
+
+def _page(name: str, sweep: Sweep, folder: Path, bodies: dict, sections_: tuple, control: str | None,
+          claim_rows: list[dict]) -> AnalysisResult:
+    """The HTML page of the given sections, written and published; the report's result."""
+    what = "one-shot discovery per language" if is_oneshot(sweep) else "lottery tickets by IMP with rewinding to θ0"
+    nav = " ".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title in sections_)
     sections = "\n".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>\n{bodies[key]}\n</section>'
-                         for key, title in SECTIONS)
+                         for key, title in sections_)
     page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lnsub report: {html.escape(name)}"
             f"</title><style>{STYLE}</style><script>{SCRIPT}</script></head><body>"
             f"<h1>lnsub report: {html.escape(name)}</h1>"
-            f"<p>Language-neutral sub-networks (lottery tickets by IMP with rewinding to θ0). Generated "
+            f"<p>Language-neutral sub-networks ({what}). Generated "
             f"{time.strftime('%Y-%m-%d %H:%M')} from {html.escape(sweep.storage.location)}.</p><nav>{nav}</nav>"
             f"{sections}</body></html>")
     path = folder / "report.html"

@@ -13,6 +13,7 @@ from typing import Callable
 from lnsub.analysis import tickets as ticket_analysis
 from lnsub.analysis import transfer_matrix as transfer_analysis
 from lnsub.analysis.analyze import analyze as overlap_analysis
+from lnsub.analysis.oneshot_study import oneshot as oneshot_analysis
 from lnsub.analysis.report import report as report_analysis
 from lnsub.analysis.representations import similarity as similarity_analysis
 from lnsub.analysis.results import AnalysisResult
@@ -34,6 +35,10 @@ def log(result: AnalysisResult) -> AnalysisResult:
 def analyze(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> AnalysisResult:
     result = overlap_analysis(name, storage, tracking_uri, out)
     return log(result)
+
+
+def oneshot(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None) -> AnalysisResult:
+    return log(oneshot_analysis(name, storage, tracking_uri, out))
 
 
 def similarity(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,

@@ -31,6 +31,7 @@ from lnsub.trainables.tasks import TASKS
 from lnsub.analysis.sweeps import check_name, load_state, open_storage, redact, status_counts
 from lnsub.trainables.testbed.generate import TestbedConfig
 from lnsub.orchestrator.rehearsal.build import ensure_rehearsal
+from lnsub.orchestrator.rehearsal.decoder import ensure_decoder_rehearsal
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, ensure_tiny_model, pretrain_report
 
 GRID_HELP = f"A shipped grid ({', '.join(SHIPPED)}) or a YAML path."
@@ -94,13 +95,20 @@ def testbed(
 
 
 @app.command()
-def rehearsal(out: str = typer.Option("lnsub-rehearsal", "--out", help="Folder for the model and the data "
-                                                                      "(the rehearsal grid reads ./lnsub-rehearsal).")) -> None:
-    """Build the mBERT-shaped rehearsal: random weights in mBERT's architecture, and hub-faithful local copies
-    of Wikipedia, WikiANN and XNLI for en, fr, ar, fa, hi, sw (cached; a rerun does nothing)."""
-    paths = ensure_rehearsal(out)
+def rehearsal(out: str = typer.Option(None, "--out", help="Folder for the model and the data (default: "
+                                                          "lnsub-rehearsal, or lnsub-rehearsal-decoder with --decoder; "
+                                                          "the rehearsal grids read these from the current folder)."),
+              decoder: bool = typer.Option(False, "--decoder", help="The Qwen2.5-0.5B-shaped decoder rehearsal of "
+                                                                     "one-shot discovery (grid rehearsal-decoder).")) -> None:
+    """Build the mBERT-shaped rehearsal (random weights in mBERT's architecture, hub-faithful local copies of
+    Wikipedia, WikiANN and XNLI for en, fr, ar, fa, hi, sw), or with --decoder the Qwen2.5-0.5B-shaped one
+    (cached; a rerun does nothing)."""
+    if decoder:
+        paths, grid = ensure_decoder_rehearsal(out or "lnsub-rehearsal-decoder"), "rehearsal-decoder"
+    else:
+        paths, grid = ensure_rehearsal(out or "lnsub-rehearsal"), "rehearsal"
     console.print(f"model: [bold]{paths['model']}[/bold]\ndata:  [bold]{paths['data']}[/bold]")
-    console.print("next: lnsub sweep --grid rehearsal   (run from the folder that holds "
+    console.print(f"next: lnsub sweep --grid {grid}   (run from the folder that holds "
                   f"{paths['model'].parent.name}/, as the grid's paths are relative)")
 
 
@@ -355,12 +363,13 @@ def study(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_
     with live if live is not None else contextlib.nullcontext():
         result = run_study(grid, name=name, storage=storage, tracking_uri=tracking_uri, control=control,
                            address=address, max_concurrent=max_concurrent, announce=announce, render=render)
-    table = Table(title=f"the paper's claims on {result.name}")
-    for col in ("claim", "verdict", "statement"):
-        table.add_column(col)
-    for row in result.claims:
-        table.add_row(row.get("claim", ""), row.get("verdict", ""), row.get("statement", ""))
-    console.print(table)
+    if result.claims:  # a one-shot study has tables, not the paper's IMP claims
+        table = Table(title=f"the paper's claims on {result.name}")
+        for col in ("claim", "verdict", "statement"):
+            table.add_column(col)
+        for row in result.claims:
+            table.add_row(row.get("claim", ""), row.get("verdict", ""), row.get("statement", ""))
+        console.print(table)
     console.print(f"study [bold]{result.name}[/bold] finished in {progress.duration(time.time() - began)} "
                   f"({len(result.ran)} step(s) run, {len(result.skipped)} kept from before)")
     console.print(f"report: [bold]{result.report}[/bold]  (open it in a browser: file://{result.report})", soft_wrap=True)
@@ -463,6 +472,15 @@ def tickets(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: s
             console.print(f"[red]failed[/red] {job}: {err.splitlines()[0][:300]}")
         console.print("rerun the same command to resume")
         raise typer.Exit(1)
+
+
+@app.command()
+def oneshot(name: str = SweepNameOpt, storage: str = StorageOpt, tracking_uri: str = TrackingOpt,
+            out: str = OutOpt) -> None:
+    """A one-shot sweep's scores, overlap beyond θ0, transfer across languages (with random and magnitude rows) and
+    LAPE's language-specific neurons against the masks."""
+    folder = analyses.oneshot(name, storage, tracking_uri, out).folder
+    console.print(f"one-shot tables: [bold]{folder}[/bold]")
 
 
 @app.command()

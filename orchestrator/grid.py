@@ -8,6 +8,7 @@ problem is one line naming the file and the field.
 
 from __future__ import annotations
 
+import itertools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -18,18 +19,21 @@ import yaml
 
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import FieldError, coerce, field_types
-from lnsub.trainables.spec import MAX_SEED, CellSpec, make_spec, resolve_values
+from lnsub.trainables.spec import (CALIBRATED, DEFAULT_CALIBRATION_SAMPLES, MAX_SEED, METHODS, CellSpec, make_spec,
+                                   resolve_values)
 from lnsub.trainables.tasks import TASKS
 from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 from lnsub.analysis.sweeps import PlannedCell, Resources, check_name
 from lnsub.trainables.providers import data_provider, provider_languages
 
-SHIPPED = ("smoke", "science", "science-control", "science-mt5", "full-synthetic", "full", "rehearsal", "smoke-mt5", "full-mt5")
+SHIPPED = ("smoke", "science", "science-control", "science-mt5", "full-synthetic", "full", "rehearsal", "smoke-mt5", "full-mt5",
+           "oneshot-decoder", "oneshot-decoder-control", "oneshot-qwen", "xlmr", "rehearsal-decoder")
 TOP_LEVEL = {"name", "model", "languages", "tasks", "seeds", "levels", "prune_fraction", "resources", "cost_hours",
-             "description", "study"}
-STUDY_FIELDS = {"transfer_levels", "transfer_tasks", "control"}  # what `lnsub study` reads (orchestrator/study.py)
+             "description", "study", "methods", "sparsity_patterns"}
+STUDY_FIELDS = {"transfer_levels", "transfer_tasks", "control", "steps"}
+STUDY_STEPS = ("tickets", "analyze", "transfer", "similarity", "oneshot")  # what `lnsub study` runs, in order
 REQUIRED = ("model", "languages", "tasks", "levels", "prune_fraction")
-GRID_LEVEL_FIELDS = {"model", "task", "language", "seed", "levels", "prune_fraction"}  # not overridable per task
+GRID_LEVEL_FIELDS = {"model", "task", "language", "seed", "levels", "prune_fraction", "method", "sparsity_pattern"}  # not overridable per task
 MAX_GRID_BYTES = 1 << 20
 # What a grid may expand to and ask of a cluster; each refused in one line before anything is written.
 MAX_GRID_NODES = 20_000  # YAML nodes after aliases are expanded (a 1 kB alias bomb expands to millions)
@@ -199,13 +203,42 @@ def _check_tasks(data: dict, source: str) -> None:
         for key in overrides:
             if key in GRID_LEVEL_FIELDS or key not in field_types(CellSpec):
                 _fail(source, f"tasks.{task}.{key}", "unknown or grid-level field")
-        grid_level = {"model": data["model"], "levels": data["levels"], "prune_fraction": data["prune_fraction"]}
-        try:
-            CellSpec.from_values(task=task, language=data["languages"][0], **grid_level,
-                                 **resolve_values(task, overrides))
-        except FieldError as e:
-            field = e.field.split("/")[0]
-            _fail(source, field if field in GRID_LEVEL_FIELDS else f"tasks.{task}.{e.field}", e.why)
+        for method, pattern in discoveries(data):
+            grid_level = {"model": data["model"], "levels": data["levels"], "prune_fraction": data["prune_fraction"],
+                          "method": method, "sparsity_pattern": pattern}
+            values = resolve_values(task, for_method(overrides, method))
+            if method in CALIBRATED:
+                values.setdefault("calibration_samples", DEFAULT_CALIBRATION_SAMPLES)
+            try:
+                CellSpec.from_values(task=task, language=data["languages"][0], **grid_level, **values)
+            except FieldError as e:
+                field = e.field.split("/")[0]
+                _fail(source, field if field in GRID_LEVEL_FIELDS else f"tasks.{task}.{e.field}", e.why)
+
+
+def for_method(overrides: dict, method: str) -> dict:
+    """A task's overrides for one method: calibration_samples only where the method reads a calibration set."""
+    return overrides if method in CALIBRATED else {k: v for k, v in overrides.items() if k != "calibration_samples"}
+
+
+def discoveries(data: dict) -> list[tuple[str, str]]:
+    """The grid's (method, sparsity pattern) pairs: `methods` x `sparsity_patterns` (default: IMP, unstructured)."""
+    return [(m, p) for m in data.get("methods", ["imp"]) for p in data.get("sparsity_patterns", ["unstructured"])]
+
+
+def _check_discovery(data: dict, source: str) -> None:
+    """`methods` and `sparsity_patterns`: non-empty lists of known names, each once."""
+    for key, known, default in (("methods", METHODS, "imp"), ("sparsity_patterns", None, "unstructured")):
+        values = data.get(key, [default])
+        _check_type(source, key, values, list)
+        if not values:
+            _fail(source, key, "must list at least one")
+        for i, value in enumerate(values):
+            _check_type(source, f"{key}[{i}]", value, str)
+            if known is not None and value not in known:
+                _fail(source, f"{key}[{i}]", f"unknown method {value!r} (known: {', '.join(known)})")
+        if len(set(values)) != len(values):
+            _fail(source, key, "duplicate cells: a value is listed twice")
 
 
 def _check_resources_and_cost(data: dict, source: str) -> None:
@@ -235,6 +268,11 @@ def _check_study(data: dict, source: str) -> None:
     for key in study:
         if key not in STUDY_FIELDS:
             _fail(source, f"study.{key}", f"unknown field (known: {', '.join(sorted(STUDY_FIELDS))})")
+    steps = study.get("steps", [])
+    _check_type(source, "study.steps", steps, list)
+    for i, step in enumerate(steps):
+        if step not in STUDY_STEPS:
+            _fail(source, f"study.steps[{i}]", f"unknown step {step!r} (known: {', '.join(STUDY_STEPS)})")
     levels = study.get("transfer_levels", [])
     _check_type(source, "study.transfer_levels", levels, list)
     for i, level in enumerate(levels):
@@ -263,12 +301,13 @@ def validate_grid(data: dict, source: str) -> None:
     _check_type(source, "model", data["model"], str)
     _check_languages(data, source)
     _check_seeds(data, source)
+    _check_discovery(data, source)
     _check_tasks(data, source)
     _check_resources_and_cost(data, source)
     _check_study(data, source)
-    cells = len(data["languages"]) * len(data["tasks"]) * len(data.get("seeds", [0]))
+    cells = len(data["languages"]) * len(data["tasks"]) * len(data.get("seeds", [0])) * len(discoveries(data))
     if cells > MAX_CELLS:
-        _fail(source, "languages x tasks x seeds", f"{cells:,} cells; at most {MAX_CELLS:,} in one grid")
+        _fail(source, "languages x tasks x seeds x methods x patterns", f"{cells:,} cells; at most {MAX_CELLS:,} in one grid")
 
 
 def _resources(grid_resources: dict, overrides: dict) -> Resources:
@@ -339,16 +378,18 @@ def plan(grid: str, data_dir: str | None = None, **resource_overrides) -> Plan:
                 skipped.append(Skipped(task, language, reason))
                 continue
             local = {"data_dir": data_dir} if data_dir is not None and data_provider(language) is None else {}
-            for seed in data.get("seeds", [0]):
+            for seed, (method, pattern) in itertools.product(data.get("seeds", [0]), discoveries(data)):
                 try:
                     spec = make_spec(task, language, model=data["model"], seed=seed, levels=data["levels"],
-                                     prune_fraction=data["prune_fraction"], **{**overrides, **local})
+                                     prune_fraction=data["prune_fraction"], method=method, sparsity_pattern=pattern,
+                                     **{**for_method(overrides, method), **local})
                 except LnsubError as e:
                     raise LnsubError(f"{source}: tasks.{task}: {e}") from None
                 cost = float(data.get("cost_hours", {}).get(task, 1.0))
                 cells.append(PlannedCell(spec, cost))
     # long cells first, so the sweep's makespan is not set by a long cell started last
-    cells.sort(key=lambda c: (-c.cost_hours, c.spec.task, c.spec.language, c.spec.seed))
+    cells.sort(key=lambda c: (-c.cost_hours, c.spec.task, c.spec.language, c.spec.seed, c.spec.method,
+                              c.spec.sparsity_pattern))
     if len({c.spec.id for c in cells}) != len(cells):
         raise LnsubError(f"{source}: duplicate cells")
     return Plan(name=name, source=source, cells=cells, skipped=skipped, resources=resources, grid=data)

@@ -19,7 +19,9 @@ A grid may say which levels its transfer runs at, and for which tasks:
     study: {transfer_levels: [3, 5], transfer_tasks: [ner, xnli], control: science-control}
 
 Without it, transfer runs at the level nearest the paper's 50% sparsity and at the grid's last level,
-for every task.
+for every task. `steps` chooses the analyses between sweep and report (default: analyze, transfer,
+similarity); a one-shot grid asks for `steps: [oneshot]` (overlap beyond θ0, transfer by evaluation,
+LAPE: analysis/oneshot_study.py), since its cells train nothing to transfer or rewind.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Callable
 
 from lnsub.analysis.tables import read_csv
 from lnsub.orchestrator import analyses
-from lnsub.orchestrator.grid import plan
+from lnsub.orchestrator.grid import STUDY_STEPS, plan
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep
 from lnsub.orchestrator import faults
 from lnsub.trainables.errors import LnsubError
@@ -42,6 +44,8 @@ from lnsub.trainables.storage import Storage, read_json
 
 log = logging.getLogger(__name__)
 STUDY_DIR = "study"
+DEFAULT_STEPS = ("tickets", "analyze", "transfer", "similarity")
+STEPS = STUDY_STEPS  # what a grid's study.steps may name, in the order they run (sweep and report always run)
 
 
 @dataclass
@@ -61,6 +65,23 @@ def transfer_levels(state: SweepState) -> list[int]:
     sparsities = state.specs[0].sparsities
     nearest = min(range(1, len(sparsities)), key=lambda k: (abs(sparsities[k] - 0.5), k))
     return sorted({nearest, len(sparsities) - 1})
+
+
+def study_steps(state: SweepState) -> tuple[str, ...]:
+    """The grid's analysis steps, in the order they run."""
+    wanted = (state.grid.get("study") or {}).get("steps") or DEFAULT_STEPS
+    return tuple(step for step in STEPS if step in wanted)
+
+
+def step_markers(state: SweepState, transfer: bool = True) -> list[str]:
+    """The markers a sweep's analysis steps leave (one per transfer level)."""
+    out = []
+    for step in study_steps(state):
+        if step == "transfer":
+            out += [f"transfer-level{k}" for k in transfer_levels(state)] if transfer else []
+        else:
+            out.append(step)
+    return out
 
 
 def _marker(root: Storage, name: str, step: str) -> Path:
@@ -119,18 +140,21 @@ def _sweep_steps(steps: Steps, grid: str, name: str | None, storage: str, tracki
     steps.run(name, "sweep", [], sweep)
     state = load_state(root, name)
     tasks = (state.grid.get("study") or {}).get("transfer_tasks")
+    wanted = study_steps(state)
+    analyze_after = [(name, "sweep")]
+    if "tickets" in wanted:
+        def tickets() -> None:
+            _, errors = analyses.tickets(name, storage, tracking_uri, address=address, max_concurrent=max_concurrent)
+            if errors:
+                job, err = next(iter(errors.items()))
+                raise LnsubError(f"tickets from θ0: {len(errors)} job(s) failed ({job}: {err}); rerun lnsub study "
+                                 f"to resume")
 
-    def tickets() -> None:
-        _, errors = analyses.tickets(name, storage, tracking_uri, address=address, max_concurrent=max_concurrent)
-        if errors:
-            job, err = next(iter(errors.items()))
-            raise LnsubError(f"tickets from θ0: {len(errors)} job(s) failed ({job}: {err}); rerun lnsub study to "
-                             f"resume")
-
-    steps.run(name, "tickets", [(name, "sweep")], tickets)
-    steps.run(name, "analyze", [(name, "sweep"), (name, "tickets")],
-              lambda: analyses.analyze(name, storage, tracking_uri))
-    for level in transfer_levels(state):
+        steps.run(name, "tickets", [(name, "sweep")], tickets)
+        analyze_after.append((name, "tickets"))
+    if "analyze" in wanted:
+        steps.run(name, "analyze", analyze_after, lambda: analyses.analyze(name, storage, tracking_uri))
+    for level in transfer_levels(state) if "transfer" in wanted else []:
         def transfer(level=level) -> None:
             result = analyses.transfer(name, storage, level, tracking_uri, tasks=tasks, address=address,
                                        max_concurrent=max_concurrent)
@@ -139,7 +163,10 @@ def _sweep_steps(steps: Steps, grid: str, name: str | None, storage: str, tracki
                 raise LnsubError(f"transfer at level {level}: {len(result.transfer.errors)} job(s) failed ({job}: "
                                  f"{err}); rerun lnsub study to resume")
         steps.run(name, f"transfer-level{level}", [(name, "sweep")], transfer)
-    steps.run(name, "similarity", [(name, "sweep")], lambda: analyses.similarity(name, storage, tracking_uri))
+    if "similarity" in wanted:
+        steps.run(name, "similarity", [(name, "sweep")], lambda: analyses.similarity(name, storage, tracking_uri))
+    if "oneshot" in wanted:
+        steps.run(name, "oneshot", [(name, "sweep")], lambda: analyses.oneshot(name, storage, tracking_uri))
     return name
 
 
@@ -157,12 +184,11 @@ def run_study(grid: str, name: str | None = None, storage: str = DEFAULT_STORAGE
     steps = Steps(root, result, announce)
     name = _sweep_steps(steps, grid, name, storage, tracking_uri, address, max_concurrent, render)
     control = control or ((load_state(root, name).grid.get("study") or {}).get("control"))
-    upstream = [(name, s) for s in ("analyze", "similarity")] + [(name, f"transfer-level{k}")
-                                                                  for k in transfer_levels(load_state(root, name))]
+    upstream = [(name, s) for s in step_markers(load_state(root, name))]
     control_name = None
     if control:
         control_name = _sweep_steps(steps, control, None, storage, tracking_uri, address, max_concurrent, render)
-        upstream += [(control_name, s) for s in ("analyze", "similarity")]
+        upstream += [(control_name, s) for s in step_markers(load_state(root, control_name), transfer=False)]
     box: dict = {}
 
     def report() -> None:

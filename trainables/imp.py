@@ -26,6 +26,7 @@ from lnsub.trainables import memory, pruning
 from lnsub.trainables.settling import Settling
 from lnsub.trainables.loading import load_task, make_accelerator
 from lnsub.trainables.masks import digest as mask_digest
+from lnsub.trainables.oneshot_cell import run_oneshot_cell
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.storage import Storage
 from lnsub.trainables.storage.layout import NEVER_PULLED
@@ -168,13 +169,19 @@ def write_baselines(store: CellStore, spec: CellSpec, params, trained: dict, the
 
 def run_cell(spec: CellSpec, storage: Storage | str | Path, accelerator=None, *, checkpoint_every: int = 100,
              hooks: Hooks | None = None) -> CellResult:
-    """Run (or finish) the IMP job of one cell in a storage (a Storage, a folder or a store's URI); a finished cell
+    """Run (or finish) the IMP job (or the one-shot discovery) of one cell in a storage (a Storage, a folder or a store's URI); a finished cell
     returns at once."""
     started = time.perf_counter()
     store = CellStore(Storage.open(storage), spec)
     store.fresh()  # on an object store: this cell as the store holds it, checkpoints included
     if store.finished():
         return CellResult(spec.id, store.all_metrics(), 0, store.root)
+    if spec.method != "imp":  # one-shot discovery: nothing to train (trainables.oneshot_cell)
+        seconds = run_oneshot_cell(spec, store)
+        result = CellResult(spec.id, store.all_metrics(), 0, store.root, seconds)
+        store.drop()
+        memory.release()
+        return result
     memory.reset_peak()  # this cell's peak, not the reused process's largest cell so far
     cell = open_cell(spec, store, accelerator or make_accelerator(spec), hooks or Hooks(), checkpoint_every)
     # finished levels are checked first: one whose outputs are damaged loses its DONE and runs again

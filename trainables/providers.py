@@ -31,6 +31,9 @@ class ModelProvider:
     install: Callable[[object, str], None] | None = None  # (model, folder) -> adjust a loaded model
     small: bool = False  # jobs on it are cheap enough that a process may run one after another
     tasks: tuple[str, ...] | None = None  # the tasks it has a form for (None: all)
+    # (model folder, language) -> (beginning, end) token ids a language's sequences are framed with, where the model
+    # gives each language its own (None: the tokenizer's)
+    framing: Callable[[str, str], tuple[int | None, int | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class DataProvider:
     data_root: Callable[[object], str]  # spec -> the folder (LnsubError if not prepared)
     parallel_file: Callable[[object], Path] | None = None  # spec -> held-out parallel sentences (similarity)
     word_order: Callable[[str], str] | None = None  # language -> its basic word order, where known
+    # (spec, document) -> the sequences a decoder of this provider models, where a document is several of them
+    # (the testbed's tiny decoder models one sentence per sequence: clm scores and calibrates on sentences)
+    segment: Callable[[object, str], list[str]] | None = None
 
 
 _MODELS: dict[str, ModelProvider] = {}

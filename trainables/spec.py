@@ -26,8 +26,13 @@ from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 #    and validation masks are drawn per block from the seed, so MLM results differ from schema 2's
 # 4: testbed_pretrain_steps (a grid may pretrain its tiny model for fewer or more steps than the default)
 # 5: group_by_length, lr_schedule, compile (how a round is batched, scheduled and compiled; defaults as before)
-# 6: settle_stop (stop a round once the mask pruning would take has settled; None, the default, never stops)
+# 6: settle_stop (stop a round once the mask pruning would take has settled; None, the default, never stops);
+#    method, sparsity_pattern, calibration_samples (one-shot discovery beside IMP; IMP cells: imp, unstructured, null)
 SCHEMA = 6
+METHODS = ("imp", "magnitude", "wanda", "sparsegpt")  # IMP with rewinding, or one-shot from a calibration set
+CALIBRATED = ("wanda", "sparsegpt")  # the one-shot methods that read a calibration set
+DEFAULT_CALIBRATION_SAMPLES = 128  # sequences per language: Wanda's and SparseGPT's papers
+CARVED = ("mlm", "clm")  # tasks on Wikipedia text, whose validation documents are carved from its one split
 LR_SCHEDULES = ("per_round", "whole_run")
 DEFAULT_MODEL = "testbed"  # the synthetic testbed's tiny multilingual BERT (a provider's model: trainables.providers)
 MAX_SEED = 2**32  # numpy's and Accelerate's seeds are 32-bit
@@ -39,6 +44,9 @@ PAPER_DEFAULTS: dict[str, dict] = {
     "xnli": {"lr": 5e-5, "batch_size": 32, "max_length": 128, "epochs": 3.0},
     "mlm": {"lr": 5e-5, "batch_size": 16, "max_length": 512, "steps": 10_000, "train_size": 1_600_000,
             "valid_size": 30_000, "valid_documents": 0.02},
+    # one-shot on a decoder: 2048-token windows (both papers' calibration length), 2% of documents held out as MLM's
+    "clm": {"max_length": 2048, "batch_size": 8, "train_size": 5_000, "valid_size": 1_000, "valid_documents": 0.02},
+    "xnli-zeroshot": {"max_length": 256, "batch_size": 16, "train_size": 5_000},
 }
 # wikimedia/wikipedia has a single train split: MLM validation blocks come from the 2% of its documents
 # that sha256(id) holds out (tasks/mlm.py), disjoint from training. 30k of 1.6M blocks is about 2%, so
@@ -76,6 +84,9 @@ class CellSpec:
     testbed_noise: float = 0.0
     testbed_anchor_fraction: float = 0.0
     testbed_pretrain_steps: int | None = None  # the tiny model's pretraining steps; None: its config's default
+    method: str = "imp"  # discovery: IMP (trained, rewound), or one-shot magnitude / wanda / sparsegpt (no training)
+    sparsity_pattern: str = "unstructured"  # one-shot: or N:M such as "2:4" (then one level at sparsity 1 - N/M)
+    calibration_samples: int | None = None  # wanda/sparsegpt: sequences of max_length tokens of the cell's language
     model_revision: str = ""  # resolved: a provider model's configuration hash (its revision)
 
     @property
@@ -125,6 +136,8 @@ def make_spec(task: str, language: str, model: str = DEFAULT_MODEL, **overrides)
     if reason:
         raise LnsubError(f"cell {task}/{language} does not exist: {reason}")
     values = resolve_values(task, overrides)
+    if values.get("method") in CALIBRATED and values.get("calibration_samples") is None:
+        values["calibration_samples"] = DEFAULT_CALIBRATION_SAMPLES
     if data_provider(language) is not None and "valid_documents" not in overrides:
         values.pop("valid_documents", None)  # a provider's data ships a validation split: use it as is
     spec = CellSpec.from_values(model=model, task=task, language=language, **values)
@@ -137,7 +150,7 @@ def make_spec(task: str, language: str, model: str = DEFAULT_MODEL, **overrides)
 
 
 POSITIVE = ("steps", "epochs", "lr", "batch_size", "max_length", "grad_accum", "max_grad_norm", "adam_eps",
-            "train_size", "valid_size", "testbed_pretrain_steps")
+            "train_size", "valid_size", "testbed_pretrain_steps", "calibration_samples")
 NON_NEGATIVE = ("seed", "levels", "weight_decay", "warmup_steps", "testbed_seed")
 BELOW_ONE = ("testbed_noise", "testbed_anchor_fraction")  # in [0, 1)
 
@@ -159,8 +172,7 @@ def validate(spec: CellSpec) -> None:
         value = getattr(spec, name)
         if float in kinds and value is not None and not math.isfinite(value):
             bad(name, f"must be a finite number, got {value}")
-    if (spec.steps is None) == (spec.epochs is None):
-        bad("steps/epochs", "must give exactly one of the two")
+    validate_discovery(spec, bad)
     for name in POSITIVE:
         if getattr(spec, name) is not None and getattr(spec, name) <= 0:
             bad(name, f"{name} must be positive, got {getattr(spec, name)}")
@@ -177,8 +189,8 @@ def validate(spec: CellSpec) -> None:
                       f"got {spec.levels} x {spec.prune_fraction:g}")
     if not spec.model:
         bad("model", "must name a model (a hub id, a local folder or testbed)")
-    if spec.valid_documents is not None and (spec.task != "mlm" or not 0 < spec.valid_documents < 1):
-        bad("valid_documents", f"only mlm carves a validation split, from a share in (0, 1) of its documents; "
+    if spec.valid_documents is not None and (spec.task not in CARVED or not 0 < spec.valid_documents < 1):
+        bad("valid_documents", f"only mlm and clm carve a validation split, from a share in (0, 1) of its documents; "
                                f"got {spec.valid_documents} for {spec.task}")
     if spec.mixed_precision not in ("no", "bf16", "fp16"):
         bad("mixed_precision", f"must be no, bf16 or fp16, got {spec.mixed_precision!r}")
@@ -186,3 +198,38 @@ def validate(spec: CellSpec) -> None:
         bad("settle_stop", f"must lie in (0, 1] (a Jaccard between successive snapshot masks), got {spec.settle_stop}")
     if spec.lr_schedule not in LR_SCHEDULES:
         bad("lr_schedule", f"must be {' or '.join(LR_SCHEDULES)}, got {spec.lr_schedule!r}")
+
+
+def validate_discovery(spec: CellSpec, bad) -> None:
+    """IMP trains (exactly one of steps / epochs); one-shot methods train nothing and score a task that needs no
+    training; N:M patterns fix the sparsity (one level at 1 - N/M); only calibrated methods read a calibration set."""
+    if spec.method not in METHODS:
+        bad("method", f"must be {', '.join(METHODS)}, got {spec.method!r}")
+    task = TASKS.get(spec.task)
+    if spec.method == "imp":
+        if task is not None and not task.trainable:
+            bad("method", f"task {spec.task} is scored without training: discover its masks one-shot "
+                          f"(magnitude, wanda or sparsegpt)")
+        if (spec.steps is None) == (spec.epochs is None):
+            bad("steps/epochs", "must give exactly one of the two")
+        if spec.sparsity_pattern != "unstructured":
+            bad("sparsity_pattern", f"IMP prunes unstructured, got {spec.sparsity_pattern!r}")
+    else:
+        if task is not None and task.trainable:
+            bad("method", f"one-shot {spec.method} needs a task scored without training (clm, xnli-zeroshot), "
+                          f"not {spec.task}")
+        if spec.steps is not None or spec.epochs is not None:
+            bad("steps/epochs", f"one-shot {spec.method} trains nothing: give neither")
+        if spec.levels < 1:
+            bad("levels", f"one-shot {spec.method} prunes at levels 1..levels; give at least 1")
+    if spec.sparsity_pattern != "unstructured":
+        n_m = spec.sparsity_pattern.split(":")
+        if len(n_m) != 2 or not all(x.isdigit() for x in n_m) or not 0 < int(n_m[0]) < int(n_m[1]):
+            bad("sparsity_pattern", f"must be unstructured or N:M with 0 < N < M (e.g. 2:4), got {spec.sparsity_pattern!r}")
+        sparsity = 1 - int(n_m[0]) / int(n_m[1])
+        if spec.levels != 1 or abs(spec.prune_fraction - sparsity) > 1e-9:
+            bad("sparsity_pattern", f"{spec.sparsity_pattern} is {sparsity:g} sparsity: give levels 1 and "
+                                    f"prune_fraction {sparsity:g}, got {spec.levels} and {spec.prune_fraction:g}")
+    if (spec.method in CALIBRATED) != (spec.calibration_samples is not None):
+        bad("calibration_samples", f"wanda and sparsegpt read a calibration set, other methods none; "
+                                   f"got {spec.calibration_samples} for {spec.method}")

@@ -6,6 +6,7 @@ open_lth's layout, keyed by the cell's id, with atomic writes and checksums:
     <storage>/cells/<cell id>/level_<k>/mask.npz, mask.json   the mask level k trains with
     <storage>/cells/<cell id>/level_<k>/head.safetensors       task head after training level k (carried over)
     <storage>/cells/<cell id>/level_<k>/head.json               its names and checksum
+    <storage>/cells/<cell id>/level_<k>/weights.safetensors    one-shot: the weights SparseGPT updated (+ weights.json)
     <storage>/cells/<cell id>/level_<k>/metrics.json           validation metrics of level k
     <storage>/cells/<cell id>/level_<k>/DONE                    written last
     <storage>/cells/<cell id>/level_<k>/checkpoint/step_<n>/   a round in progress (state.pt + meta.json)
@@ -43,6 +44,7 @@ from lnsub.trainables.storage.remote import disk_full_named
 log = logging.getLogger(__name__)
 HEAD_FILE, HEAD_META, METRICS, SPEC, TIMING = "head.safetensors", "head.json", "metrics.json", "spec.json", "timing.json"
 SETTLING = "settling.json"  # where the round's mask stopped moving (trainables.settling)
+WEIGHTS_FILE, WEIGHTS_META = "weights.safetensors", "weights.json"
 CHECKPOINT_STATE, CHECKPOINT_META = "state.pt", "meta.json"
 __all__ = ["CellStore", "JobStore", "Checkpoints", "ONESHOT_PRETRAINED", "ONESHOT_TRAINED", "DAMAGE"]
 KEEP_CHECKPOINTS = 2  # the newest, and one to fall back to if the newest turns out damaged
@@ -215,21 +217,37 @@ class CellStore:
         return maskio.load_masks(self.baseline_dir(kind, sparsity))
 
     def save_head(self, level: int, head: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file  # heavy: only a level's end needs it
-
-        with self.storage.atomic_path(self.level_dir(level) / HEAD_FILE) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(tmp))
-        self.storage.write_json(self.level_dir(level) / HEAD_META,
-                                {"sha256": sha256_file(self.level_dir(level) / HEAD_FILE), "names": sorted(head)})
+        self._save_tensors(level, head, HEAD_FILE, HEAD_META)
 
     def load_head(self, level: int) -> dict[str, torch.Tensor]:
+        return self._load_tensors(level, HEAD_FILE, HEAD_META)
+
+    def save_weights(self, level: int, weights: dict[str, torch.Tensor]) -> None:
+        """A one-shot level's pruned weights that are not θ0 ⊙ mask (SparseGPT updates the weights it keeps)."""
+        self._save_tensors(level, weights, WEIGHTS_FILE, WEIGHTS_META)
+
+    def has_weights(self, level: int) -> bool:
+        return (self.level_dir(level) / WEIGHTS_META).exists()
+
+    def load_weights(self, level: int) -> dict[str, torch.Tensor]:
+        return self._load_tensors(level, WEIGHTS_FILE, WEIGHTS_META)
+
+    def _save_tensors(self, level: int, tensors: dict[str, torch.Tensor], file: str, meta: str) -> None:
+        from safetensors.torch import save_file  # heavy: only a level's end needs it
+
+        with self.storage.atomic_path(self.level_dir(level) / file) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        self.storage.write_json(self.level_dir(level) / meta,
+                                {"sha256": sha256_file(self.level_dir(level) / file), "names": sorted(tensors)})
+
+    def _load_tensors(self, level: int, file: str, meta_file: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file  # heavy: only a level's start needs it
 
         folder = self.level_dir(level)
-        meta = read_json(folder / HEAD_META)
-        if sha256_file(folder / HEAD_FILE) != meta["sha256"]:
-            raise maskio.CorruptMask(f"{folder / HEAD_FILE} does not match its checksum")
-        return load_file(str(folder / HEAD_FILE))
+        meta = read_json(folder / meta_file)
+        if sha256_file(folder / file) != meta["sha256"]:
+            raise maskio.CorruptMask(f"{folder / file} does not match its checksum")
+        return load_file(str(folder / file))
 
     def save_settling(self, level: int, curve: dict) -> None:
         self.storage.write_json(self.level_dir(level) / SETTLING, curve)

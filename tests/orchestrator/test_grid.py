@@ -170,7 +170,7 @@ def test_smoke_grid_first_cell_id_is_pinned():
     # a change here is a change of every stored cell's identity: bump SCHEMA in trainables/spec.py with it,
     # or, as with the redesigned tiny BERT and the smoke grid's move to the shipped 6000-step model, it comes
     # through model_revision, the model's config hash
-    assert plan("smoke").cells[0].spec.id == "mlm-syn-ar-6b73fcfd0d52bdc5"
+    assert plan("smoke").cells[0].spec.id == "mlm-syn-ar-2aecb705dbc49839"
 
 
 def test_grid_numbers_spelt_differently_plan_the_same_cells(tmp_path):
@@ -277,10 +277,48 @@ def test_a_study_transfers_near_50_percent_and_at_the_end_unless_the_grid_says()
     ({"transfer_levels": [9]}, "study.transfer_levels[0]: must lie in 1..3"),
     ({"transfer_tasks": ["pos"]}, "study.transfer_tasks[0]: 'pos' is not one of the grid's tasks"),
     ({"colour": 1}, "study.colour: unknown field"),
+    ({"steps": ["oneshot", "train"]}, "study.steps[1]: unknown step 'train'"),
 ])
 def test_a_bad_study_section_is_one_line(tmp_path, study, words):
     grid = yaml.safe_load(grid_path("smoke").read_text())
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({**grid, "study": study}))
+    with pytest.raises(LnsubError, match=re.escape(words)):
+        plan(str(path))
+
+
+def test_the_oneshot_grids_expand_methods_and_patterns_per_language():
+    from lnsub.orchestrator.study import study_steps
+    from lnsub.orchestrator.sweep import new_state
+
+    for name, model in (("oneshot-decoder", "testbed-decoder"), ("oneshot-decoder-control", "testbed-decoder-decoupled")):
+        p = plan(name)
+        specs = [c.spec for c in p.cells]
+        assert len(specs) == 6 * 3 * 2 and len({s.id for s in specs}) == len(specs) and not p.skipped
+        assert {(s.method, s.sparsity_pattern) for s in specs} == {
+            (m, pt) for m in ("magnitude", "wanda", "sparsegpt") for pt in ("unstructured", "2:4")}
+        assert all(s.model == model and s.task == "clm" and s.sparsities == [0.0, 0.5] for s in specs)
+        assert {s.calibration_samples for s in specs if s.method == "magnitude"} == {None}  # reads no data
+        assert {s.calibration_samples for s in specs if s.method != "magnitude"} == {32}
+        assert study_steps(new_state(p, name, "sqlite:///x")) == ("oneshot",)
+    qwen = plan("oneshot-qwen")
+    assert len(qwen.cells) == 11 * 6 + 10 * 6 and [(k.task, k.language) for k in qwen.skipped] == [("xnli-zeroshot", "fa")]
+    assert {c.spec.max_length for c in qwen.cells} == {2048, 256} and qwen.resources.gpus_per_worker == 1
+    xlmr = plan("xlmr")
+    assert len(xlmr.cells) == (11 + 9 + 10) * 3 and {c.spec.method for c in xlmr.cells} == {"imp"}
+    assert study_steps(new_state(plan("smoke"), "s", "sqlite:///x")) == ("tickets", "analyze", "transfer", "similarity")
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"methods": ["imp"]}, "g.yaml: method: task clm is scored without training"),
+    ({"methods": ["obs"]}, "methods[0]: unknown method 'obs'"),
+    ({"methods": []}, "methods: must list at least one"),
+    ({"sparsity_patterns": ["2:4"], "prune_fraction": 0.3}, "2:4 is 0.5 sparsity"),
+    ({"methods": ["wanda", "wanda"]}, "methods: duplicate cells"),
+])
+def test_a_bad_discovery_is_one_line(tmp_path, changes, words):
+    grid = yaml.safe_load(grid_path("oneshot-decoder").read_text())
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({**grid, **changes}))
     with pytest.raises(LnsubError, match=re.escape(words)):
         plan(str(path))

@@ -16,9 +16,11 @@ from lnsub.trainables.spec import CellSpec, make_spec
 # (Testbed cells also change with the tiny model: its config hash is their model_revision.)
 PINNED = [
     (("ner", "syn-en"), {"steps": 20, "lr": 1.0e-3, "batch_size": 32, "max_length": 32, "levels": 3},
-     "ner-syn-en-2d8eb65785b8fb36"),
-    (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-84242c7f35b8b0b9"),
-    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-00081acbe36323ba"),
+     "ner-syn-en-ae8911038f493d03"),
+    (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-2bb42265c3b6fea9"),
+    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-0645ab2a9d73cd78"),
+    (("clm", "en"), {"model": "Qwen/Qwen2.5-0.5B", "method": "wanda", "sparsity_pattern": "2:4", "levels": 1,
+                     "prune_fraction": 0.5}, "clm-en-16c8230e03329444"),
 ]
 
 
@@ -116,3 +118,39 @@ def test_testbed_pretrain_steps_names_the_model_it_pretrains():
     assert quick.id != default.id
     mt5 = make_spec("xnli", "syn-en", model="testbed-mt5", steps=20, testbed_pretrain_steps=300)
     assert mt5.model_revision == TinyMT5Config(steps=300).id != TinyMT5Config().id
+
+
+ONESHOT = {"model": "testbed-decoder", "levels": 1, "prune_fraction": 0.5}
+ONESHOT_REFUSED = [
+    ("clm", {"method": "imp", "steps": 20}, "method: task clm is scored without training"),
+    ("ner", {"method": "wanda", "steps": 20, "model": "testbed"}, "method: one-shot wanda needs a task scored"),
+    ("clm", {"method": "wanda", "steps": 20}, "steps/epochs: one-shot wanda trains nothing"),
+    ("clm", {"method": "obs"}, "method: must be imp, magnitude, wanda, sparsegpt"),
+    ("clm", {"method": "wanda", "sparsity_pattern": "2:4", "prune_fraction": 0.4}, "2:4 is 0.5 sparsity"),
+    ("clm", {"method": "wanda", "sparsity_pattern": "4:2"}, "must be unstructured or N:M"),
+    ("clm", {"method": "magnitude", "calibration_samples": 8}, "calibration_samples: wanda and sparsegpt read"),
+    ("clm", {"method": "sparsegpt", "calibration_samples": 0}, "calibration_samples must be positive"),
+    ("clm", {"method": "wanda", "levels": 0}, "levels: one-shot wanda prunes at levels 1..levels"),
+]
+
+
+@pytest.mark.parametrize("task,overrides,message", ONESHOT_REFUSED, ids=[m for _, _, m in ONESHOT_REFUSED])
+def test_discovery_fields_refuse_what_cannot_run(task, overrides, message):
+    with pytest.raises(LnsubError) as e:
+        make_spec(task, "syn-en", **{**ONESHOT, **overrides})
+    assert message in str(e.value), str(e.value)
+
+
+def test_discovery_fields_are_part_of_the_id_and_resolved():
+    wanda = make_spec("clm", "syn-en", method="wanda", **ONESHOT)
+    assert wanda.calibration_samples == 128  # resolved, so a changed default changes the id
+    assert make_spec("clm", "syn-en", method="wanda", calibration_samples=128, **ONESHOT).id == wanda.id
+    others = [make_spec("clm", "syn-en", method="sparsegpt", **ONESHOT),
+              make_spec("clm", "syn-en", method="wanda", sparsity_pattern="2:4", **ONESHOT),
+              make_spec("clm", "syn-en", method="wanda", calibration_samples=64, **ONESHOT),
+              make_spec("clm", "syn-en", method="magnitude", **ONESHOT)]
+    assert len({wanda.id, *(s.id for s in others)}) == 5
+    assert others[-1].calibration_samples is None  # magnitude reads no data
+    imp = make_spec("ner", "syn-en", steps=20)
+    assert (imp.method, imp.sparsity_pattern, imp.calibration_samples) == ("imp", "unstructured", None)
+    assert make_spec("clm", "en", method="wanda", **ONESHOT).valid_documents == 0.02  # the MLM carve

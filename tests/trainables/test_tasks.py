@@ -49,7 +49,9 @@ def _write(folder, rows_by_split):
 
 
 def test_registry_knows_the_paper_availability():
-    assert set(TASKS) == {"mlm", "ner", "xnli"}
+    assert set(TASKS) == {"mlm", "ner", "xnli", "clm", "xnli-zeroshot"}
+    assert {t for t in TASKS if not TASKS[t].trainable} == {"clm", "xnli-zeroshot"}  # a decoder's, scored as is
+    assert TASKS["clm"].languages == TASKS["mlm"].languages and TASKS["xnli-zeroshot"].languages == TASKS["xnli"].languages
     assert len(TASKS["mlm"].languages) == 11
     assert not TASKS["ner"].has_language("sw") and not TASKS["ner"].has_language("hi")
     assert not TASKS["xnli"].has_language("fa") and TASKS["xnli"].has_language("syn-sw")
@@ -81,7 +83,10 @@ def test_align_labels_handles_truncation_and_specials():
 
 def test_hub_fixtures_have_the_hubs_layout(hub_data):
     """The fixtures every real-language loader test reads: the hub's splits, columns and label names."""
-    for task, language in [(t, lang) for t in TASKS for lang in LANGUAGES]:
+    # the decoder tasks read these folders too (clm: mlm's Wikipedia, xnli-zeroshot: xnli's)
+    assert TASKS["clm"].local_dir("en", hub_data) == hub_data / "mlm" / "en"
+    assert TASKS["xnli-zeroshot"].local_dir("en", hub_data) == hub_data / "xnli" / "en"
+    for task, language in [(t, lang) for t in TASKS if TASKS[t].trainable for lang in LANGUAGES]:
         folder = hub_data / task / language
         assert folder.is_dir() == TASKS[task].has_language(language), (task, language)
         if folder.is_dir():

@@ -36,6 +36,7 @@ class Task:
     greater_is_better: bool
     head_prefixes: tuple[str, ...]  # parameters of the task head: carried over, never rewound
     auto_model: str  # the transformers Auto class
+    trainable: bool = True  # False: a decoder's task scored as is (one-shot discovery; trainables.tasks.lm)
 
     # --- availability -----------------------------------------------------------------
     def has_language(self, language: str) -> bool:
