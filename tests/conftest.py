@@ -141,7 +141,8 @@ def lnsub(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
-    """`lnsub sweep --grid smoke` exactly as the README's first command runs it, once per test session."""
+    """`lnsub sweep --grid smoke`, the sweep step of the README's first command (`lnsub study --grid smoke`), once per
+    test session."""
     cwd = tmp_path_factory.mktemp("smoke")
     return cwd, lnsub("sweep", "--grid", "smoke", cwd=cwd)
 
