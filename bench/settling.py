@@ -69,7 +69,7 @@ def print_curves(by_task: dict[str, list[dict]]) -> None:
 def rerun(sweep, n: int, threshold: float) -> None:
     """n of the sweep's cells again with settle_stop; what it saved and what it changed."""
     chosen, seen = [], set()
-    for spec in sorted(sweep.specs, key=lambda s: (s.seed, s.task, s.language)):
+    for spec in sorted(sweep.specs, key=lambda s: (s.seed, s.language, s.task)):  # every task of a language first
         if (spec.task, spec.language) not in seen and len(chosen) < n:
             seen.add((spec.task, spec.language))
             chosen.append(spec)
