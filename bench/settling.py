@@ -7,8 +7,10 @@ Reads every settling.json of a finished sweep (each level's round, SNAPSHOTS poi
 pruning would take then with the round's final mask and with θ0's one-shot mask) and prints, per task, the
 mean curve and the share of the round after which the mask had settled (Jaccard with the final >= 0.99 and
 >= 0.95): what an early stop would save. Then it reruns `--rerun` of the sweep's cells (one per task and
-language first, seed 0) with `settle_stop=--threshold`, in this process, and prints what the stop changed:
-the steps trained, each level's score, and the Jaccard of each level's mask with the full round's.
+language first, seed 0) twice in this process, as the sweep ran it and with `settle_stop=--threshold`, and
+prints what the stop changed: the steps trained, each level's score, and the Jaccard of each level's mask with
+the full round's. Both runs are made here, on one thread, because a cell's floating-point sums (and so its
+scores and masks) depend on the thread count it ran with.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lnsub.analysis.sweeps import open_sweep
 from lnsub.trainables.imp import run_cell
 from lnsub.trainables.masks import load_masks
 from lnsub.trainables.settling import jaccard
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.store import CellStore
 
 
@@ -79,8 +82,9 @@ def rerun(sweep, n: int, threshold: float) -> None:
     for spec in chosen:
         stopped = dataclasses.replace(spec, settle_stop=threshold)
         started = time.perf_counter()
+        run_cell(spec, storage)
         run_cell(stopped, storage)
-        full, short = CellStore(sweep.storage, spec), CellStore(storage, stopped)
+        full, short = CellStore(Storage.open(storage), spec), CellStore(Storage.open(storage), stopped)
         steps = (sum(full.metrics(k)["steps"] for k in range(spec.levels + 1)),
                  sum(short.metrics(k)["steps"] for k in range(spec.levels + 1)))
         scores = " ".join(f"{full.metrics(k)['score']:.3f}/{short.metrics(k)['score']:.3f}"
@@ -98,7 +102,7 @@ def main() -> None:
     parser.add_argument("--rerun", type=int, default=4, help="cells to rerun with the early stop (0: none)")
     parser.add_argument("--threshold", type=float, default=0.99)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     sweep = open_sweep(args.name, args.storage)
     by_task = curves(sweep)
     if not by_task:
