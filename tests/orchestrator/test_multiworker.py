@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 
+from lnsub.analysis.sweeps import Resources
 from lnsub.orchestrator import faults
 from lnsub.trainables.masks import load_masks, pack
 from lnsub.trainables.spec import make_spec
@@ -40,11 +41,11 @@ def test_two_workers_hold_identical_masks_close_to_one_worker(tmp_path, tiny_mod
     from lnsub.orchestrator.ray_backend import run_cell_on_workers
 
     spec = make_spec("ner", "syn-en", **FAST)
-    one = run_cell_on_workers(spec, tmp_path / "one", workers=1, checkpoint_every=4)
+    one = run_cell_on_workers(spec, tmp_path / "one", Resources(workers_per_cell=1), checkpoint_every=4)
     marker = tmp_path / "crashed"
     faults.write_plan(ray_local / "faults.json", [{"unit": spec.id, "level": 1, "step": 6, "rank": 1,
                                                    "action": "crash", "marker": str(marker)}])
-    two = run_cell_on_workers(spec, tmp_path / "two", workers=2, checkpoint_every=4)
+    two = run_cell_on_workers(spec, tmp_path / "two", Resources(workers_per_cell=2), checkpoint_every=4)
     assert json.loads(marker.read_text())["rank"] == 1  # rank 1 did die mid-round ...
     store_two, store_one = CellStore(tmp_path / "two", spec), CellStore(tmp_path / "one", spec)
     resumed = store_two.metrics(1)["resumed_from_step"]
