@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from pathlib import Path
 from typing import Sequence
 
@@ -20,9 +22,11 @@ def new_figure(width: float, height: float):
     return fig
 
 
-def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
+def save_png(fig, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
+    """Write the figure atomically; `tight=False` keeps a layout the caller already made (a note's margin)."""
     path = Path(path)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
@@ -55,10 +59,11 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float], dict]], 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
-    if note:
-        fig.text(0.01, 0.005, note, fontsize=7, color="#444", ha="left", va="bottom")
-        fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return save_png(fig, path, dpi=100)
+    if note:  # wrapped to the figure's width: a long note must not run off the page
+        lines = textwrap.wrap(note, 120)
+        fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, color="#444", ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.02 + 0.035 * len(lines), 1, 1))
+    return save_png(fig, path, dpi=100, tight=not note)
 
 
 def mean_band(values_by_x: Sequence[Sequence[float]]) -> tuple[list[float], list[float], list[float], int]:
