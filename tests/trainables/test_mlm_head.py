@@ -117,6 +117,10 @@ assert out.logits.dim() == 2  # the head ran on the masked positions only, insid
 accelerator.backward(out.loss)
 save_file({n: p.grad.contiguous() for n, p in model.module.named_parameters() if p.grad is not None},
           f"{sys.argv[1]}/grads{accelerator.process_index}.safetensors")
+# Leave the group before exiting: a rank that exits while gloo's threads still run aborts
+# ("terminate called without an active exception", exit -6), which CI saw once.
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 
