@@ -82,8 +82,8 @@ def grid_section(sweep: Sweep) -> str:
         schedule = (f"one-shot {s.method} {s.sparsity_pattern}" if s.method != "imp" else
                     f"{s.steps} steps" if s.steps is not None else f"{s.epochs:g} epochs")
         rows.append([s.id, s.task, s.language, s.seed, st.state, f"{st.levels_done}/{s.levels + 1}", schedule,
-                     "" if st.score is None else f"{st.score:.4f}"])
-    out.append(table(["cell", "task", "language", "seed", "state", "levels", "per round", "last score"], rows))
+                     "" if st.score is None else f"{st.metric} {st.score:.4f}"])
+    out.append(table(["cell", "task", "language", "seed", "state", "levels", "per round", "last score (metric)"], rows))
     for sk in sweep.state.skipped:
         out.append(f"<p>Skipped {html.escape(sk['task'])}/{html.escape(sk['language'])}: "
                    f"{html.escape(sk['reason'])}</p>")
