@@ -120,7 +120,7 @@ save_file({n: p.grad.contiguous() for n, p in model.module.named_parameters() if
 # Leave the group before exiting: a rank that exits while gloo's threads still run aborts
 # ("terminate called without an active exception", exit -6), which CI saw once.
 accelerator.wait_for_everyone()
-torch.distributed.destroy_process_group()
+accelerator.end_training()  # Accelerate's own end: destroys the process group
 """
 
 
