@@ -442,7 +442,8 @@ def ui(name: str = typer.Option(None, "--name", help="The sweep's name (for its 
                          f"cluster.yaml --port-forward 5000, then http://127.0.0.1:5000), or give lnsub ui its "
                          f"database with --tracking-uri")
     found = tracking.experiment_id(uri, name) if name else None
-    page = f"http://127.0.0.1:{port}/#/experiments/{found}" if found else f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
+    page = mlflow_ui.runs_page(base, found) if found else base
     console.print(f"MLflow UI for {redact(uri)}: open {page}  (the sweep's runs; Ctrl-C to stop)", soft_wrap=True)
     mlflow_ui.serve(["ui", "--backend-store-uri", uri, *serve], env)
 

@@ -17,11 +17,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from lnsub.trainables.errors import LnsubError
 
 HOST = "127.0.0.1"
 GRACE_SECONDS = 10.0
+
+
+def runs_page(base: str, experiment_id: str) -> str:
+    """The URL of an experiment's runs table in MLflow's model-training view.
+
+    MLflow 3's UI opens an experiment on its GenAI overview (traces, an assistant) unless the browser
+    stored the other choice of its "GenAI / Model training" switch; `workflowType=machine_learning` in
+    the page's query makes that choice for a browser that never saw MLflow (a fresh profile). The table
+    keeps MLflow's default order (newest first), the one that lists cells as rows and folds each
+    analysis under the sweep's run (sorting by name flattens the nesting).
+    """
+    return f"{base}/#/experiments/{experiment_id}/runs?{urlencode({'workflowType': 'machine_learning'})}"
 
 
 def check_port(port: int) -> None:

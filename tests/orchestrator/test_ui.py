@@ -29,6 +29,7 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from lnsub.orchestrator import tracking
+from lnsub.orchestrator.ui import runs_page
 from lnsub.trainables.spec import CellSpec
 from lnsub.trainables.store import CellStore
 from lnsub.analysis.sweeps import load_state
@@ -54,6 +55,7 @@ class Served:
     after_start: object = None  # called with the server's URL once it answers (to log the sweep to it)
     tracking: str | None = None  # the tracking URI, where it is not the one the sweep's plan names
     artifacts: object = None  # () -> the keys of the artifacts in the object store, where there is one
+    printed: str = ""  # what `lnsub ui` printed
 
     @property
     def specs(self) -> list[CellSpec]:
@@ -159,6 +161,7 @@ def lnsub_ui(served: Served, log: Path, waiter, timeout: float = 300):
         waiter(lambda: proc.poll() is not None or answers(f"{url}/health"), "lnsub ui to answer", timeout, 0.5)
         assert proc.poll() is None, log.read_text()[-3000:]
         assert url in log.read_text()  # it told the user where to look
+        served.printed = log.read_text()
         yield url
     finally:
         stop_group(proc)
@@ -226,6 +229,37 @@ def test_experiment_page_lists_one_run_per_cell(served, tmp_path):
     # from the sweep's runs, not from anything every page shows
     total, rows = listed_runs(render(f"{url}/#/experiments/0/runs?{BY_NAME}", tmp_path / "p0"), "0")
     assert total == 0 and rows == []
+
+
+def test_the_printed_page_shows_the_runs_to_a_browser_that_never_saw_mlflow(served, tmp_path):
+    """The URL `lnsub ui` prints, opened in a fresh browser profile (no stored "GenAI / Model training" choice),
+    is the sweep's runs table: every cell a row of its own, each analysis folded under the sweep's run."""
+    sweep, url = served
+    runs = cell_runs(sweep)
+    experiment_id = next(iter(runs.values())).info.experiment_id
+    folder = tmp_path / "browser-check"
+    folder.mkdir()
+    (folder / "note.txt").write_text("an analysis run, logged as every analysis logs its files\n")
+    analysis = tracking.log_analysis(sweep.name, sweep.storage, sweep.tracking_uri, "browser-check", folder)
+    page = runs_page(url, experiment_id)
+    if "--storage" in sweep.args and not sweep.args[sweep.args.index("--storage") + 1].startswith("s3://"):
+        assert f"open {page} " in sweep.printed, sweep.printed  # the README's case: lnsub ui printed this page
+    client = tracking._client(sweep.tracking_uri)
+    everything = client.search_runs([experiment_id], max_results=10_000)
+    parent = next(r for r in everything if r.data.tags.get(tracking.TAG_ROLE) == "sweep")
+    folded = {r.info.run_id for r in everything if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert analysis in folded
+    dom = render(page, tmp_path / "fresh-profile")
+    total, rows = listed_runs(dom, experiment_id)
+    assert total == len(everything), (total, len(everything))
+    shown = {run_id for run_id, _ in rows}
+    assert {r.info.run_id for r in runs.values()} <= shown  # every cell is a row, not under an expander
+    assert parent.info.run_id in shown and not folded & shown  # analyses sit under the sweep's run
+    assert "Model training" in text_of(dom)
+    # the same browser without the page's view parameter lands on MLflow's GenAI overview, not on runs:
+    # what the parameter is there for
+    bare = text_of(render(f"{url}/#/experiments/{experiment_id}", tmp_path / "fresh-profile-2"))
+    assert "matching runs" not in bare and "Overview" in bare, bare[:1000]
 
 
 def test_masks_download_through_the_ui_artifact_endpoint(served, tmp_path):
