@@ -437,15 +437,18 @@ def claim_d(inp: ClaimInputs) -> tuple[dict, list[dict]]:
     units = with_profile(primary, profile)
     results = [u.result for u in primary]
     result = HOLDS if results and all(v == HOLDS for v in results) else FAILS if FAILS in results else UNSURE
+    note = "effect: the weaker of the two comparisons"
     if not all(small):
         result = FAILS  # fewer than half the transfers are within one std of the target's own ticket
+        note = ("verdict: fewer than half the transfers are within one std of the target's own ticket (see the "
+                "testbed column), whatever the comparisons give; effect: the weaker of the two comparisons")
     for u in primary:
         u.testbed = text
     effects = [u.estimate for u in primary if u.estimate is not None]
     weakest = min(effects, key=lambda e: e.t if e.t is not None else -math.inf) if effects else None
     comparison = "; ".join(f"{u.comparison}: {'n/a' if u.estimate is None else u.estimate.text('.2%')}"
                            for u in primary)
-    return claim_row("d", text, comparison, result, weakest, "effect: the weaker of the two comparisons"), \
+    return claim_row("d", text, comparison, result, weakest, note), \
         [u.row("d") for u in units]
 
 

@@ -81,9 +81,10 @@ def grid_section(sweep: Sweep) -> str:
         s = st.spec
         schedule = (f"one-shot {s.method} {s.sparsity_pattern}" if s.method != "imp" else
                     f"{s.steps} steps" if s.steps is not None else f"{s.epochs:g} epochs")
-        rows.append([s.id, s.task, s.language, s.seed, st.state, f"{st.levels_done}/{s.levels + 1}", schedule,
+        level = "-" if st.last_level is None else f"{st.last_level} of {s.levels}"  # as the CLI's live table
+        rows.append([s.id, s.task, s.language, s.seed, st.state, level, schedule,
                      "" if st.score is None else f"{st.metric} {st.score:.4f}"])
-    out.append(table(["cell", "task", "language", "seed", "state", "levels", "per round", "last score (metric)"], rows))
+    out.append(table(["cell", "task", "language", "seed", "state", "last level", "per round", "last score (metric)"], rows))
     for sk in sweep.state.skipped:
         out.append(f"<p>Skipped {html.escape(sk['task'])}/{html.escape(sk['language'])}: "
                    f"{html.escape(sk['reason'])}</p>")

@@ -120,6 +120,8 @@ def test_report_renders_in_headless_chromium(analysed, tmp_path):
     assert "Not computed yet" not in dom.stdout  # every analysis ran, so no section is a placeholder
     named = re.findall(r"<td>(perplexity|accuracy|f1) \d+\.\d{4}</td>", dom.stdout)  # the grid table names each score
     assert len(named) == 9 and set(named) == {"perplexity", "accuracy", "f1"}, named
+    levels = re.findall(r"<td>(\d+) of (\d+)</td>", dom.stdout)  # levels counted as `lnsub status` counts them
+    assert levels == [("3", "3")] * 9, levels
     assert dom.stdout.count("<b>Reading:</b>") >= sum(int(v) for v in sections.values())
     shot = tmp_path / "report.png"
     run = subprocess.run([chromium, *flags, f"--user-data-dir={tmp_path / 'u2'}", "--hide-scrollbars",
