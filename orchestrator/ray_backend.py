@@ -19,9 +19,11 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import stat
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -424,7 +426,13 @@ def run_trials(kind: JobKind, items: list[dict], experiment: Path, config: Trial
         run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=config.max_failures)),
     )
-    results = tuner.fit()
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        results = tuner.fit()
+    finally:  # Tune installs a SIGINT handler of its own and leaves it after fit: a later Ctrl-C (a study's
+        # next step) would only log "ending Ray Tune run" and be swallowed
+        if threading.current_thread() is threading.main_thread() and before is not None:
+            signal.signal(signal.SIGINT, before)
     return {r.config["item"]["id"]: (one_line(root_cause(r.error)) if r.error else None) for r in results}
 
 

@@ -4,6 +4,7 @@ every analysis run on the README's smoke sweep (slow: once a session)."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -52,10 +53,12 @@ def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
     marker = folder / "crashed"
     os.environ[faults.ENV] = str(faults.write_plan(folder / "faults.json", [
         {"unit": victim.id, "step": 6, "action": "crash", "marker": str(marker)}]))
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         out["transfer"] = transfer("smoke", str(storage), SMOKE_LEVEL, tasks=["ner"], checkpoint_every=4)
     finally:
         os.environ.pop(faults.ENV)
+    out["sigint"] = (sigint, signal.getsignal(signal.SIGINT))  # Ray Tune ran in this process: whose Ctrl-C now?
     out.update(jobs=jobs, victim=victim, marker=marker)
     out["rerun"] = lnsub("transfer", "--name", "smoke", "--level", str(SMOKE_LEVEL), "--task", "ner", cwd=cwd)
     out["similarity"] = lnsub("similarity", "--name", "smoke", "--sentences", "60", cwd=cwd)

@@ -33,6 +33,8 @@ def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
     assert analysed["analyze"].returncode == 0, analysed["analyze"].stdout[-2000:]
     result = analysed["transfer"]
     assert result.transfer.errors == {} and result.transfer.done == result.transfer.jobs == 15
+    before, after = analysed["sigint"]  # Tune's own SIGINT handler is gone once the jobs end: Ctrl-C is the user's
+    assert after is before, (before, after)
     # the killed job was retried by Tune and resumed from its checkpoint at step 4, not from scratch
     assert json.loads(analysed["marker"].read_text())["step"] == 6
     assert jobs_io.result(storage, analysed["victim"])["resumed_from_step"] == 4
