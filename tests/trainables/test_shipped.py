@@ -1,5 +1,6 @@
-"""The tiny BERT that ships with lnsub: its files match their recorded sha256, a changed file is refused,
-and it is what the smoke grid's cells load, with no pretraining on the way."""
+"""The tiny models that ship with lnsub (the smoke grid's tiny BERT; the one-shot decoder grids' tiny decoder and
+its decoupled control): their files match their recorded sha256, a changed file is refused, and they are what
+the grids' cells load, with no pretraining on the way."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pytest
 
 from lnsub.orchestrator.grid import plan
 from lnsub.trainables import providers
-from lnsub.trainables.testbed import shipped, tinybert
+from lnsub.trainables.testbed import shipped, tinybert, tinydecoder
 from lnsub.trainables.testbed.generate import TestbedConfig
 
 SMOKE = plan("smoke").cells[0].spec
 FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "testbed_layout.json",
          "pretrain.json"}
+DECODER_GRIDS = ("oneshot-decoder", "oneshot-decoder-control")
+DECODER_FILES = FILES | {"generation_config.json"}
 
 
 def shipped_smoke() -> Path:
@@ -26,18 +29,22 @@ def shipped_smoke() -> Path:
     return folder
 
 
-def test_the_smoke_grid_names_a_shipped_model_whose_files_match_their_sums():
-    folder = shipped_smoke()
-    assert {p.name for p in folder.iterdir()} == FILES | {shipped.SUMS}
+@pytest.mark.parametrize("grid", ["smoke", *DECODER_GRIDS])
+def test_each_grid_names_a_shipped_model_whose_files_match_their_sums(grid):
+    [revision] = {c.spec.model_revision for c in plan(grid).cells}
+    folder = shipped.shipped_folder(revision)
+    assert folder is not None, f"no shipped model for the {grid} grid's {revision}"
+    files = FILES if grid == "smoke" else DECODER_FILES
+    assert {p.name for p in folder.iterdir()} == files | {shipped.SUMS}
     # the reference is coreutils' sha256sum, not the module's own hashing
     if shutil.which("sha256sum"):
         done = subprocess.run(["sha256sum", "--check", "--strict", shipped.SUMS], cwd=folder,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert done.stdout.count(": OK") == len(FILES)
-    assert set(shipped.verify(folder)) == FILES
+        assert done.stdout.count(": OK") == len(files)
+    assert set(shipped.verify(folder)) == files
     assert sum(p.stat().st_size for p in folder.iterdir()) < 5e6  # a few MB in the repository, no more
-    assert tinybert.read_json(folder / tinybert.PRETRAIN_REPORT)["id"] == SMOKE.model_revision
+    assert tinybert.read_json(folder / tinybert.PRETRAIN_REPORT)["id"] == revision
 
 
 def _tampered_copy(tmp_path: Path, name: str) -> Path:
@@ -133,3 +140,53 @@ def test_the_smoke_grid_loads_the_shipped_model_without_pretraining(tmp_path, mo
     state = model.state_dict()
     assert all(state[k].equal(v) for k, v in weights.items() if k in state)
     assert sum(k in state for k in weights) >= len(weights) - 1  # the tied decoder may be stored once
+
+
+def test_the_decoder_grids_load_the_shipped_decoders_without_pretraining(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    specs = [c.spec for grid in DECODER_GRIDS for c in plan(grid).cells]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _link_testbed(cache, specs[0])
+    monkeypatch.setenv("LNSUB_CACHE", str(cache))
+
+    def no_pretraining(config, out):
+        raise AssertionError(f"pretrained {config.id}")
+
+    monkeypatch.setattr(tinydecoder, "pretrain", no_pretraining)
+    providers.prepare(specs)
+    models = {s.model: s for s in specs}
+    assert set(models) == {"testbed-decoder", "testbed-decoder-decoupled"}
+    for spec in models.values():
+        path = Path(providers.model_provider(spec.model).path(spec))
+        assert path == cache / spec.model_revision
+        source = shipped.shipped_folder(spec.model_revision)
+        for name in DECODER_FILES:
+            assert (path / name).read_bytes() == (source / name).read_bytes(), (spec.model, name)
+        state = AutoModelForCausalLM.from_pretrained(path).state_dict()
+        weights = load_file(source / "model.safetensors")
+        assert all(state[k].equal(v) for k, v in weights.items())
+        assert tinybert.read_json(path / tinybert.PRETRAIN_REPORT)["config"]["decoupled"] == \
+            (spec.model == "testbed-decoder-decoupled")
+
+
+def test_a_tampered_shipped_decoder_is_pretrained_instead(tmp_path, monkeypatch):
+    config = tinydecoder.TinyDecoderConfig()
+    root = tmp_path / "shipped"
+    shutil.copytree(shipped.shipped_folder(config.id), root / config.id)
+    target = root / config.id / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    monkeypatch.setattr(tinydecoder, "copy_shipped", lambda model_id, into: shipped.copy_shipped(model_id, into, root))
+    calls = []
+
+    def pretrain(config, out):
+        calls.append(config.id)
+        (out / "model.safetensors").write_bytes(b"rebuilt")
+
+    monkeypatch.setattr(tinydecoder, "pretrain", pretrain)
+    folder = tinydecoder.ensure_tiny_decoder(config, root=tmp_path / "cache")
+    assert calls == [config.id] and (folder / "model.safetensors").read_bytes() == b"rebuilt"

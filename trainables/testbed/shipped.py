@@ -1,10 +1,12 @@
-"""Pretrained tiny BERTs that ship inside the package, so the smoke grid's first run pretrains nothing.
+"""Pretrained tiny models that ship inside the package, so the smoke grid's first run (the tiny BERT) and the
+one-shot decoder grids' (the tiny decoder and its decoupled control) pretrain nothing.
 
-A shipped model is a folder `shipped/<config id>/` holding exactly what `tinybert.pretrain` writes
-(weights as safetensors, config, tokenizer, layout, pretraining report) and `SHA256SUMS` (the
-format `sha256sum -c` reads). `ensure_tiny_model` copies it into the cache when the configuration's
-hash names it; a file whose sha256 differs from the list is refused with a one-line error, and the
-model is pretrained from its configuration instead. `scripts/ship_tiny_model.py` writes one.
+A shipped model is a folder `shipped/<config id>/` holding exactly what `tinybert.pretrain` (or
+`tinydecoder.pretrain`) writes (weights as safetensors, config, tokenizer, layout, pretraining report) and
+`SHA256SUMS` (the format `sha256sum -c` reads). `ensure_tiny_model` (and `ensure_tiny_decoder`) copies it
+into the cache when the configuration's hash names it; a file whose sha256 differs from the list is refused
+with a one-line error, and the model is pretrained from its configuration instead.
+`scripts/ship_tiny_model.py` writes one.
 """
 
 from __future__ import annotations
