@@ -54,10 +54,10 @@ def test_each_grid_names_a_shipped_model_whose_files_match_their_sums(grid):
     assert tinybert.read_json(folder / tinybert.PRETRAIN_REPORT)["id"] == revision
 
 
-def _tampered_copy(tmp_path: Path, name: str) -> Path:
+def _tampered_copy(tmp_path: Path, name: str, model_id: str = SMOKE.model_revision) -> Path:
     root = tmp_path / "shipped"
-    shutil.copytree(shipped_smoke(), root / SMOKE.model_revision)
-    target = root / SMOKE.model_revision / name
+    shutil.copytree(shipped.shipped_folder(model_id), root / model_id)
+    target = root / model_id / name
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit
     target.write_bytes(bytes(data))
@@ -91,18 +91,22 @@ def test_an_extra_or_missing_file_is_refused(tmp_path):
         shipped.verify(folder)
 
 
-def test_a_refused_model_is_pretrained_instead(tmp_path, monkeypatch):
-    root = _tampered_copy(tmp_path, "model.safetensors")
-    monkeypatch.setattr(tinybert, "copy_shipped", lambda model_id, into: shipped.copy_shipped(model_id, into, root))
+@pytest.mark.parametrize("family", ["tinybert", "tinydecoder"])
+def test_a_refused_model_is_pretrained_instead(tmp_path, monkeypatch, family):
+    module = {"tinybert": tinybert, "tinydecoder": tinydecoder}[family]
+    config = _smoke_config() if family == "tinybert" else tinydecoder.TinyDecoderConfig()
+    root = _tampered_copy(tmp_path, "model.safetensors", config.id)
+    monkeypatch.setattr(module, "copy_shipped", lambda model_id, into: shipped.copy_shipped(model_id, into, root))
     calls = []
 
     def pretrain(config, out):
         calls.append(config.id)
         (out / "model.safetensors").write_bytes(b"rebuilt")
 
-    monkeypatch.setattr(tinybert, "pretrain", pretrain)
-    folder = tinybert.ensure_tiny_model(_smoke_config(), root=tmp_path / "cache")
-    assert calls == [SMOKE.model_revision]
+    monkeypatch.setattr(module, "pretrain", pretrain)
+    ensure = tinybert.ensure_tiny_model if family == "tinybert" else tinydecoder.ensure_tiny_decoder
+    folder = ensure(config, root=tmp_path / "cache")
+    assert calls == [config.id]
     assert (folder / "model.safetensors").read_bytes() == b"rebuilt"
 
 
@@ -177,23 +181,3 @@ def test_the_decoder_grids_load_the_shipped_decoders_without_pretraining(tmp_pat
         assert all(state[k].equal(v) for k, v in weights.items())
         assert tinybert.read_json(path / tinybert.PRETRAIN_REPORT)["config"]["decoupled"] == \
             (spec.model == "testbed-decoder-decoupled")
-
-
-def test_a_tampered_shipped_decoder_is_pretrained_instead(tmp_path, monkeypatch):
-    config = tinydecoder.TinyDecoderConfig()
-    root = tmp_path / "shipped"
-    shutil.copytree(shipped.shipped_folder(config.id), root / config.id)
-    target = root / config.id / "model.safetensors"
-    data = bytearray(target.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    target.write_bytes(bytes(data))
-    monkeypatch.setattr(tinydecoder, "copy_shipped", lambda model_id, into: shipped.copy_shipped(model_id, into, root))
-    calls = []
-
-    def pretrain(config, out):
-        calls.append(config.id)
-        (out / "model.safetensors").write_bytes(b"rebuilt")
-
-    monkeypatch.setattr(tinydecoder, "pretrain", pretrain)
-    folder = tinydecoder.ensure_tiny_decoder(config, root=tmp_path / "cache")
-    assert calls == [config.id] and (folder / "model.safetensors").read_bytes() == b"rebuilt"
