@@ -6,13 +6,14 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 from lnsub.orchestrator import progress
 from lnsub.orchestrator.cli import main
 from lnsub.trainables import metrics as M
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.store import CellStore
-from lnsub.analysis.sweeps import Resources, CellStatus, PlannedCell, SweepState, save_state
+from lnsub.analysis.sweeps import Resources, CellStatus, PlannedCell, SweepState, load_state, save_state
 
 
 def a_status(task, state, levels_done, seconds=0.0, levels=3):
@@ -69,7 +70,8 @@ def _sweep(storage, name, done: bool):
     if done:
         store = CellStore(storage, spec)
         store.write_spec()
-        for level in (0, 1):
+        for level in (0, 1):  # a finished cell as IMP leaves it: each level's mask, metrics, DONE
+            store.save_mask(level, {"encoder.weight": torch.arange(20).reshape(4, 5) >= 20 * spec.sparsities[level]})
             store.save_metrics(level, {M.LEVEL: level, M.SPARSITY: spec.sparsities[level], M.METRIC: "f1",
                                        M.SCORE: 0.9, M.LEVEL_SECONDS: 2.0})
             store.mark_level_done(level)
@@ -101,3 +103,7 @@ def test_resume_needs_a_name_and_a_finished_sweep_is_left_alone(tmp_path, monkey
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     code, out = run(monkeypatch, capsys, "sweep", "--name", "alpha", "--resume", "--storage", str(tmp_path))
     assert code == 0 and "nothing left to do" in out, out
+    from lnsub.orchestrator import tracking
+
+    state = load_state(tmp_path, "alpha")  # and it logged the finished cell to MLflow at once (no retry loop)
+    assert list(tracking.find_cell_runs("alpha", state.tracking_uri)) == [state.specs[0].id]
