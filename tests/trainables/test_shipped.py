@@ -96,7 +96,8 @@ def test_a_refused_model_is_pretrained_instead(tmp_path, monkeypatch, family):
     module = {"tinybert": tinybert, "tinydecoder": tinydecoder}[family]
     config = _smoke_config() if family == "tinybert" else tinydecoder.TinyDecoderConfig()
     root = _tampered_copy(tmp_path, "model.safetensors", config.id)
-    monkeypatch.setattr(module, "copy_shipped", lambda model_id, into: shipped.copy_shipped(model_id, into, root))
+    copy = shipped.copy_shipped
+    monkeypatch.setattr(shipped, "copy_shipped", lambda model_id, into: copy(model_id, into, root))
     calls = []
 
     def pretrain(config, out):

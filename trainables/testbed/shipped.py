@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from lnsub.trainables.errors import LnsubError
+from lnsub.trainables.storage.local import atomic_dir, build_lock, is_built
 
 SHIPPED = Path(__file__).parent / "shipped"
 SUMS = "SHA256SUMS"
@@ -100,3 +102,19 @@ def write_sums(folder: Path) -> Path:
     (folder / SUMS).write_text("".join(f"{sha256(folder / name)}  {name}\n" for name in files))
     verify(folder)
     return folder
+
+
+def ensure_model(final: Path, model_id: str, pretrain: Callable[[Path], object], what: str) -> Path:
+    """The model folder `final`: built once (under its build lock, written atomically) from the verified shipped
+    copy of `model_id` when one ships, else by `pretrain(folder)`; `what` names the model in the log."""
+    if is_built(final):
+        return final
+    with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
+        if not is_built(final):
+            with atomic_dir(final) as tmp:
+                if copy_shipped(model_id, tmp):
+                    log.info("%s %s: the shipped weights (sha256 checked), in %s", what, model_id, final)
+                else:
+                    log.info("pretraining the %s %s (once; cached in %s)", what, model_id, final)
+                    pretrain(tmp)
+    return final

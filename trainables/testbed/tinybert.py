@@ -38,12 +38,12 @@ from pathlib import Path
 
 import torch
 
-from lnsub.trainables.storage.local import atomic_dir, build_lock, is_built, read_json
+from lnsub.trainables.storage.local import is_built, read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.testbed import grammar, world
 from lnsub.trainables.testbed.pretraining import masked_positions_loss, train_step, warmup_cosine
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root
-from lnsub.trainables.testbed.shipped import copy_shipped
+from lnsub.trainables.testbed.shipped import ensure_model
 from lnsub.trainables.testbed.languages import TWINS
 
 # 3: direct-signal knobs (code_switch, translation_pairs); the layout names the shared specials. New fields
@@ -455,18 +455,8 @@ def pretrain(config: TinyBertConfig, out: Path) -> dict:
 def ensure_tiny_model(config: TinyBertConfig = TinyBertConfig(), root: Path | None = None) -> Path:
     """The tiny model's folder: the shipped copy of its configuration (trainables/testbed/shipped/, checked by
     sha256) when there is one, else pretrained the first time (minutes on 2 cores; docs/testbed.md)."""
-    final = (root or cache_root()) / config.id
-    if is_built(final):
-        return final
-    with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
-        if not is_built(final):
-            with atomic_dir(final) as tmp:
-                if copy_shipped(config.id, tmp):
-                    log.info("tiny multilingual BERT %s: the shipped weights (sha256 checked), in %s", config.id, final)
-                else:
-                    log.info("pretraining the tiny multilingual BERT %s (once; cached in %s)", config.id, final)
-                    pretrain(config, tmp)
-    return final
+    return ensure_model((root or cache_root()) / config.id, config.id, lambda tmp: pretrain(config, tmp),
+                        "tiny multilingual BERT")
 
 
 def pretrain_report(model_dir: Path) -> dict:

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from lnsub.trainables.storage.local import atomic_dir, build_lock, is_built, read_json
+from lnsub.trainables.storage.local import read_json
 from lnsub.trainables.ids import canonical, stable_id
 from lnsub.trainables.lm_scoring import perplexity, unigram_perplexity
 from lnsub.trainables.pruning import prunable_count, prunable_parameters
 from lnsub.trainables.testbed.generate import TestbedConfig, cache_root
 from lnsub.trainables.testbed.pretraining import train_step, warmup_cosine
-from lnsub.trainables.testbed.shipped import copy_shipped
+from lnsub.trainables.testbed.shipped import ensure_model
 from lnsub.trainables.testbed.tinybert import TinyBertConfig, lexicon_vocab, pretraining_sentences, train_tokenizer
 
 SCHEMA = 1
@@ -190,18 +190,8 @@ def pretrain(config: TinyDecoderConfig, out: Path) -> dict:
 def ensure_tiny_decoder(config: TinyDecoderConfig = TinyDecoderConfig(), root: Path | None = None) -> Path:
     """The tiny decoder's folder: the shipped copy of its configuration (trainables/testbed/shipped/, checked by
     sha256) when there is one, else pretrained the first time (cached by its configuration's hash)."""
-    final = (root or cache_root()) / config.id
-    if is_built(final):
-        return final
-    with build_lock(final):  # a second process (a parallel test worker, a trial) waits for the first
-        if not is_built(final):
-            with atomic_dir(final) as tmp:
-                if copy_shipped(config.id, tmp):
-                    log.info("tiny decoder %s: the shipped weights (sha256 checked), in %s", config.id, final)
-                else:
-                    log.info("pretraining the tiny decoder %s (once; cached in %s)", config.id, final)
-                    pretrain(config, tmp)
-    return final
+    return ensure_model((root or cache_root()) / config.id, config.id, lambda tmp: pretrain(config, tmp),
+                        "tiny decoder")
 
 
 def pretrain_report(model_dir: Path) -> dict:
