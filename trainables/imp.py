@@ -187,9 +187,10 @@ def run_cell(spec: CellSpec, storage: Storage | str | Path, accelerator=None, *,
     # finished levels are checked first: one whose outputs are damaged loses its DONE and runs again
     first = _broadcast_int(store.first_unfinished_level() if cell.main else 0, cell.accelerator)
     steps_trained = 0
-    for level in range(first, spec.levels + 1):
-        record = run_level(cell, level)
-        steps_trained += record.stats.steps_trained if record else 0
+    with memory.long_lived():
+        for level in range(first, spec.levels + 1):
+            record = run_level(cell, level)
+            steps_trained += record.stats.steps_trained if record else 0
     seconds = time.perf_counter() - started
     if cell.main:
         # this call's wall time, set-up included: the cell's compute as the orchestrator sees it

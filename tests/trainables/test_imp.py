@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -37,19 +38,33 @@ def reference_run(tmp_path_factory, tiny_model):
     """One uninterrupted run, observed through the hooks."""
     spec = spec_for()
     storage = tmp_path_factory.mktemp("reference")
-    starts, trained = {}, {}
-    hooks = Hooks(level_start=lambda k, m: starts.__setitem__(k, {n: t.clone() for n, t in m.state_dict().items()}),
+    starts, trained, frozen = {}, {}, {}
+
+    def start(k, m):
+        starts[k] = {n: t.clone() for n, t in m.state_dict().items()}
+        frozen[k] = gc.get_freeze_count()
+
+    hooks = Hooks(level_start=start,
                   level_trained=lambda k, m: trained.__setitem__(k, {n: t.clone() for n, t in m.named_parameters()}))
     result = run_cell(spec, storage, checkpoint_every=4, hooks=hooks)
-    return spec, storage, result, starts, trained
+    frozen["after"] = gc.get_freeze_count()
+    return spec, storage, result, starts, trained, frozen
 
 
 def _all_masks(store: CellStore, levels: int):
     return [load_masks(store.level_dir(k)) for k in range(levels + 1)]
 
 
+def test_levels_run_with_what_the_cell_loaded_out_of_the_collectors_sight(reference_run):
+    """Accelerate collects garbage after every level: the libraries, model and data loaded before the first level are
+    frozen (memory.long_lived), so those collections walk only what a level made; all is back in sight after."""
+    *_, frozen = reference_run
+    assert all(frozen[k] > 100_000 for k in range(FAST["levels"] + 1)), frozen
+    assert frozen["after"] == 0
+
+
 def test_densities_are_exact_and_masks_nested(reference_run):
-    spec, storage, result, _, _ = reference_run
+    spec, storage, result, _, _, _ = reference_run
     store = CellStore(storage, spec)
     masks = _all_masks(store, spec.levels)
     total = mask_meta(store.level_dir(0))["total"]
@@ -65,7 +80,7 @@ def test_densities_are_exact_and_masks_nested(reference_run):
 
 
 def test_pruned_weights_are_exactly_zero_after_training(reference_run):
-    spec, storage, _, _, trained = reference_run
+    spec, storage, _, _, trained, _ = reference_run
     store = CellStore(storage, spec)
     for k in range(spec.levels + 1):
         mask = load_masks(store.level_dir(k))
@@ -80,7 +95,7 @@ def test_each_round_starts_from_theta0_times_mask_and_carries_the_head(reference
 
     from lnsub.trainables.tasks import get_task
 
-    spec, storage, _, starts, _ = reference_run
+    spec, storage, _, starts, _, _ = reference_run
     store = CellStore(storage, spec)
     set_seed(spec.seed)
     fresh = get_task(spec.task).load_model(model_path(spec))
@@ -102,7 +117,7 @@ def test_timing_records_the_cells_peak_rss(reference_run):
     """timing.json's peak_rss_bytes is in bytes and physical: above what torch and a model keep resident (not
     a KiB-for-bytes slip) and below the machine's memory (/proc/meminfo, read here). That it is the kernel's
     per-cell high-water mark is tests/trainables/test_memory.py's check."""
-    spec, storage, _, _, _ = reference_run
+    spec, storage, _, _, _, _ = reference_run
     timing = CellStore(storage, spec).timing()
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
     total = int(meminfo["MemTotal"].split()[0]) * 1024
@@ -110,7 +125,7 @@ def test_timing_records_the_cells_peak_rss(reference_run):
 
 
 def test_a_finished_cell_does_no_training(reference_run):
-    spec, storage, _, _, _ = reference_run
+    spec, storage, _, _, _, _ = reference_run
     stamps = {p: p.stat().st_mtime_ns for p in Path(storage).rglob("*") if p.is_file()}
     again = run_cell(spec, storage)
     assert again.steps_trained == 0
@@ -119,7 +134,7 @@ def test_a_finished_cell_does_no_training(reference_run):
 
 
 def test_baseline_masks_are_written_in_the_same_format(reference_run):
-    spec, storage, _, _, _ = reference_run
+    spec, storage, _, _, _, _ = reference_run
     store = CellStore(storage, spec)
     total = mask_meta(store.level_dir(0))["total"]
     for kind in ("oneshot_trained", "oneshot_pretrained"):
@@ -142,7 +157,7 @@ run_cell(spec, sys.argv[2], checkpoint_every=3, hooks=Hooks(after_step=lambda le
 
 @pytest.mark.parametrize("corrupt_latest", [False, True])
 def test_sigkill_mid_round_then_resume_gives_the_same_masks(reference_run, tmp_path, corrupt_latest):
-    spec, ref_storage, ref_result, _, _ = reference_run
+    spec, ref_storage, ref_result, _, _, _ = reference_run
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec.to_dict()), str(tmp_path)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -170,7 +185,7 @@ def test_sigkill_mid_round_then_resume_gives_the_same_masks(reference_run, tmp_p
 
 
 def test_damaged_mask_of_an_unfinished_level_is_recomputed(reference_run, tmp_path, caplog):
-    spec, ref_storage, ref_result, _, _ = reference_run
+    spec, ref_storage, ref_result, _, _, _ = reference_run
     storage = tmp_path / "copy"
     shutil.copytree(ref_storage, storage)
     store = CellStore(storage, spec)
@@ -259,7 +274,7 @@ def _tree(root: Path) -> dict:
 
 
 def test_an_io_error_on_a_finished_level_fails_the_call_and_redoes_nothing(reference_run, tmp_path, monkeypatch):
-    spec, ref_storage, _, _, _ = reference_run
+    spec, ref_storage, _, _, _, _ = reference_run
     storage = tmp_path / "copy"
     shutil.copytree(ref_storage, storage)
     store = CellStore(storage, spec)

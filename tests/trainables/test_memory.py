@@ -5,6 +5,9 @@ Checked against the kernel's own figures in /proc/self/status (VmRSS, VmHWM), re
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import sys
 from pathlib import Path
 
@@ -46,3 +49,25 @@ def test_release_hands_fragmented_free_memory_back():
     memory.release()
     assert _status("VmRSS") <= held - 200 * MB
     assert len(survivors) == 1000
+
+
+def test_long_lived_hides_what_was_alive_from_the_collector_until_the_block_ends():
+    class Node:
+        pass
+
+    old = Node()
+    old.self = old  # a reference cycle: only the collector frees it
+    gone = weakref.ref(old)
+    with memory.long_lived():
+        del old
+        gc.collect()
+        assert gone() is not None  # frozen: a collection inside the block does not walk it
+        young = Node()
+        young.self = young
+        made = weakref.ref(young)
+        del young
+        gc.collect()
+        assert made() is None  # what the block made is collected as usual
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert gone() is None  # back in sight: collected
