@@ -99,9 +99,24 @@ def ray_instance(record_path: Path, address: str | None = None):
 
     The private instance's temp dir is recorded on this host first (session_file), so that after a SIGKILL the
     next driver of the same batch stops the daemons left behind: only those (ray_backend.reap_orphans).
+    Inside `held_ray` (a study's steps) the first batch's instance stays up for the next ones.
     """
-    _reap_left_behind(record_path)
     address = address or os.environ.get("RAY_ADDRESS")
+    if _HELD and not address:
+        _reap_left_behind(record_path)  # what a killed driver of this batch alone left
+        held = _HELD[-1]
+        if held.temp_dir is None:
+            held.temp_dir = held.stack.enter_context(_private_ray(held.record_path))
+        yield held.temp_dir / "scheduler"
+        return
+    with _private_ray(record_path, address) as temp_dir:
+        yield temp_dir / "scheduler"
+
+
+@contextlib.contextmanager
+def _private_ray(record_path: Path, address: str | None = None):
+    """Start (or join) Ray, recorded at record_path; its temp dir; stopped and cleaned up on the way out."""
+    _reap_left_behind(record_path)
     temp_dir = tempfile.mkdtemp(prefix="lnsub-ray-")  # 0700; Ray's sockets and logs, and Tune's state
     if not address:
         write_bytes(record_path, ray_backend.SessionRecord.mine(temp_dir).body())
@@ -112,13 +127,37 @@ def ray_instance(record_path: Path, address: str | None = None):
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     try:
-        yield Path(temp_dir) / "scheduler"
+        yield Path(temp_dir)
     finally:
         if we_started:
             ray_backend.stop()
         record_path.unlink(missing_ok=True)
         shutil.rmtree(temp_dir, ignore_errors=True)  # our private Ray's sessions and sockets, Tune's state
 
+
+@dataclass
+class _Held:
+    record_path: Path
+    stack: contextlib.ExitStack
+    temp_dir: Path | None = None  # once the first batch has started the instance
+
+
+_HELD: list[_Held] = []
+
+
+@contextlib.contextmanager
+def held_ray(record_path: Path):
+    """Batches run inside the block share one private Ray: the first starts it, the block's end stops it (a study's
+    steps: seconds of start-up and shutdown a step, and no instance at all when every step is done already).
+    Recorded at record_path, whose next holder reaps what a killed one left; a cluster (--address) is joined per
+    batch as ever."""
+    _reap_left_behind(record_path)
+    with contextlib.ExitStack() as stack:
+        _HELD.append(_Held(record_path, stack))
+        try:
+            yield
+        finally:
+            _HELD.pop()
 
 FIX = 'start Ray from lnsub\'s environment (~/lnsub/.venv/bin/ray start ...): see README "On a cluster"'
 

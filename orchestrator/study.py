@@ -36,6 +36,7 @@ from typing import Callable
 from lnsub.analysis.tables import read_csv
 from lnsub.orchestrator import analyses
 from lnsub.orchestrator.grid import STUDY_STEPS, plan
+from lnsub.orchestrator.jobs import held_ray, session_file
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, run_sweep
 from lnsub.orchestrator import faults
 from lnsub.trainables.errors import LnsubError
@@ -182,19 +183,20 @@ def run_study(grid: str, name: str | None = None, storage: str = DEFAULT_STORAGE
     announce = announce or (lambda text: log.info("%s", text))
     result = StudyResult(name or "", None, [])
     steps = Steps(root, result, announce)
-    name = _sweep_steps(steps, grid, name, storage, tracking_uri, address, max_concurrent, render)
-    control = control or ((load_state(root, name).grid.get("study") or {}).get("control"))
-    upstream = [(name, s) for s in step_markers(load_state(root, name))]
-    control_name = None
-    if control:
-        control_name = _sweep_steps(steps, control, None, storage, tracking_uri, address, max_concurrent, render)
-        upstream += [(control_name, s) for s in step_markers(load_state(root, control_name), transfer=False)]
-    box: dict = {}
+    name = name or _planned_name(grid)
+    with held_ray(session_file(root, f"study-{name}")):  # one private Ray for every step that runs jobs
+        _sweep_steps(steps, grid, name, storage, tracking_uri, address, max_concurrent, render)
+        control = control or ((load_state(root, name).grid.get("study") or {}).get("control"))
+        upstream = [(name, s) for s in step_markers(load_state(root, name))]
+        control_name = None
+        if control:
+            control_name = _sweep_steps(steps, control, None, storage, tracking_uri, address, max_concurrent, render)
+            upstream += [(control_name, s) for s in step_markers(load_state(root, control_name), transfer=False)]
 
-    def report() -> None:
-        box["report"] = analyses.report(name, storage, tracking_uri, control=control_name)
+        def report() -> None:
+            analyses.report(name, storage, tracking_uri, control=control_name)
 
-    steps.run(name, "report" if not control_name else f"report-vs-{control_name}", upstream, report)
+        steps.run(name, "report" if not control_name else f"report-vs-{control_name}", upstream, report)
     folder = sweep_dir(root, name) / "analysis" / "report"
     root.pull(folder)
     result.name, result.report = name, f"{root.location}/sweeps/{name}/analysis/report/report.html"

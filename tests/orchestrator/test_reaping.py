@@ -106,3 +106,29 @@ def test_state_lives_in_a_private_folder(tmp_path, state_home):
     folder = jobs.private_dir("ray-sessions")
     assert folder.stat().st_mode & 0o777 == 0o700 and str(folder).startswith(str(state_home))
     assert ray_backend.private_temp_dir(str(tmp_path)) is False
+
+
+def test_batches_inside_held_ray_share_one_instance_recorded_for_the_holder(tmp_path, state_home, monkeypatch):
+    """A study's steps: the first batch starts the private Ray, the next ones use it, the block's end stops it; the
+    holder's record names its temp dir while it runs (a killed study's next run reaps it) and is gone after."""
+    calls = []
+    monkeypatch.setattr(ray_backend, "start", lambda address=None, temp_dir=None: calls.append(("start", temp_dir))
+                        or True)
+    monkeypatch.setattr(ray_backend, "stop", lambda: calls.append(("stop", None)))
+    holder = jobs.session_file(tmp_path / "runs", "study-s")
+    batches = [jobs.session_file(tmp_path / "runs", f"sweep-{k}") for k in range(2)]
+    with jobs.held_ray(holder):
+        assert calls == [] and not holder.exists()  # nothing to run yet: no instance
+        folders = []
+        for record in batches:
+            with jobs.ray_instance(record) as scheduler:
+                folders.append(scheduler)
+                recorded = ray_backend.SessionRecord.parse(holder.read_bytes())
+                assert recorded.temp_dir == str(scheduler.parent) and not record.exists()
+        assert calls == [("start", str(folders[0].parent))] and folders[0] == folders[1]
+        assert folders[0].parent.is_dir()
+    assert calls[-1] == ("stop", None) and len(calls) == 2
+    assert not holder.exists() and not folders[0].parent.exists()
+    with jobs.ray_instance(batches[0]) as scheduler:  # outside the block: one instance a batch, as before
+        assert batches[0].exists()
+    assert [c[0] for c in calls] == ["start", "stop", "start", "stop"] and not batches[0].exists()

@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from lnsub.analysis.tickets import theta0_jobs
+from lnsub.orchestrator import ray_backend
+from lnsub.orchestrator.jobs import session_file
 from lnsub.orchestrator.study import study_markers, transfer_levels
 from lnsub.trainables import transfer_job
 from lnsub.trainables.store import CellStore
@@ -28,6 +31,13 @@ def _study(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def _names(process: psutil.Process, folder: str) -> bool:
+    try:
+        return any(folder in arg for arg in process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def test_a_study_killed_between_steps_resumes_with_nothing_redone(tmp_path, tiny_model, fault_plan):
     grid = {"name": "tiny", "model": "testbed", "languages": ["syn-en", "syn-ar"],
             "tasks": {"ner": {"steps": 12, "lr": 1.0e-3, "batch_size": 16, "max_length": 32, "train_size": 400,
@@ -39,6 +49,9 @@ def test_a_study_killed_between_steps_resumes_with_nothing_redone(tmp_path, tiny
     first = _study(tmp_path, "--grid", "tiny.yaml")
     assert first.returncode != 0 and json.loads(killed.read_text())["step"] == 3, first.stdout[-2000:]
     storage = tmp_path / "lnsub-runs"
+    # the study's steps shared one private Ray, recorded for the study (not per step) when its driver was killed
+    held = session_file(storage, "study-tiny")
+    left = ray_backend.SessionRecord.parse(held.read_bytes()).temp_dir
     before = study_markers(str(storage), "tiny")
     assert set(before) == {"sweep", "tickets", "analyze"}  # the study died between analyze and transfer
     # the tickets step trained every level's mask from θ0 (a fresh head), before analyze read them
@@ -59,6 +72,7 @@ def test_a_study_killed_between_steps_resumes_with_nothing_redone(tmp_path, tiny
     out = second.stdout
     assert second.returncode == 0, (out + second.stderr)[-3000:]
     after = study_markers(str(storage), "tiny")
+    assert not held.exists() and not any(_names(p, left) for p in psutil.process_iter())  # reaped, then its own gone
     assert set(after) == {"sweep", "tickets", "analyze", "transfer-level2", "similarity", "report"}
     assert {k: after[k] for k in before} == before  # the finished steps were kept, not redone ...
     assert "sweep finished before; kept" in out and "analyze finished before; kept" in out
