@@ -30,7 +30,7 @@ def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
     import torch
 
     storage = analysed["storage"]
-    assert analysed["analyze"].returncode == 0, analysed["analyze"].stdout[-2000:]
+    assert analysed["analyze"].folder.is_dir()
     result = analysed["transfer"]
     assert result.transfer.errors == {} and result.transfer.done == result.transfer.jobs == 15
     before, after = analysed["sigint"]  # Tune's own SIGINT handler is gone once the jobs end: Ctrl-C is the user's
@@ -87,8 +87,7 @@ def test_transfer_matrix_on_the_smoke_sweep(analysed, tmp_path):
 
 
 def test_every_analysis_is_logged_to_its_mlflow_run(analysed):
-    for name in ("similarity", "report"):
-        assert analysed[name].returncode == 0, analysed[name].stdout[-2000:]
+    assert analysed["report"].returncode == 0, analysed["report"].stdout[-2000:]
     state = load_state(analysed["storage"], "smoke")
     client = tracking._client(state.tracking_uri)
     exp = client.get_experiment_by_name(tracking.experiment_name("smoke"))
@@ -143,7 +142,9 @@ def test_winning_tickets_read_the_theta0_jobs(analysed):
     from lnsub.analysis.tickets import theta0_job
     from lnsub.trainables.store import CellStore
 
-    assert analysed["tickets"].returncode == 0, analysed["tickets"].stdout[-2000:]
+    assert analysed["theta0"][1] == {}  # no θ0 job failed
+    said = analysed["tickets"].stdout  # the command line, run again, finds every job done and tabulates them
+    assert analysed["tickets"].returncode == 0 and "36/36 θ0 jobs done" in " ".join(said.split()), said[-2000:]
     storage = analysed["storage"]
     tickets = {(r["task"], r["language"]): r for r in rows(storage / "sweeps/smoke/analysis/overlap/winning_tickets.csv")}
     for spec in load_state(storage, "smoke").specs:
