@@ -11,6 +11,7 @@ import yaml
 from transformers import MT5Config, MT5ForConditionalGeneration
 
 from lnsub.analysis import overlap
+from lnsub.orchestrator.analyses import analyze, similarity, transfer
 from lnsub.orchestrator.grid import grid_path, plan
 from lnsub.trainables import pruning
 from lnsub.trainables.tasks.xnli import exact_matches
@@ -72,20 +73,24 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_smoke_mt5_sweeps_and_every_analysis_runs(tmp_path, lnsub_cli):
-    """smoke-mt5's own settings, cut to 2 twins, 2 levels and a tiny mT5 pretrained for 100 steps (the one
-    tests/conftest.py builds beside the quick tests) to keep the suite short: sweep, then every analysis."""
+    """smoke-mt5's own settings, cut to 2 twins, 1 level and a tiny mT5 pretrained for 100 steps (the one
+    tests/conftest.py builds beside the quick tests) to keep the suite short: the sweep from the command line, then
+    every analysis as `lnsub study` runs them (in one process)."""
     grid = yaml.safe_load(grid_path("smoke-mt5").read_text())
-    grid.update(languages=["syn-en", "syn-ar"], levels=2)
+    grid.update(languages=["syn-en", "syn-ar"], levels=1)
     grid["tasks"]["xnli"].update(steps=10, train_size=640, valid_size=96, testbed_pretrain_steps=100)
     (tmp_path / "smoke-mt5.yaml").write_text(yaml.safe_dump(grid))
     sweep = lnsub_cli("sweep", "--grid", str(tmp_path / "smoke-mt5.yaml"), cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-3000:]
-    analyze = lnsub_cli("analyze", "--name", "smoke-mt5", cwd=tmp_path)
-    assert analyze.returncode == 0, analyze.stdout[-3000:]
+    storage = str(tmp_path / "lnsub-runs")
+    analyze("smoke-mt5", storage)
     rows = _rows(next(tmp_path.glob("lnsub-runs/**/overlap/overlap.csv")))
     assert {r["grouping"] for r in rows} == {"total", "layer", "component", "stack"}
     assert {r["group"] for r in rows if r["grouping"] == "stack"} == {"encoder", "decoder"}
-    similarity = lnsub_cli("similarity", "--name", "smoke-mt5", "--sentences", "40", cwd=tmp_path)
-    assert similarity.returncode == 0, similarity.stdout[-3000:]
-    transfer = lnsub_cli("transfer", "--name", "smoke-mt5", "--level", "2", cwd=tmp_path)
-    assert transfer.returncode == 0, transfer.stdout[-3000:]
+    cka = _rows(similarity("smoke-mt5", storage, sentences=40).folder / "similarity.csv")
+    assert {r["encoder"] for r in cka} >= {"dense", "random"} and all(r["cka_debiased"] for r in cka)
+    result = transfer("smoke-mt5", storage, 1)
+    assert not result.transfer.errors
+    matrix = _rows(result.folder / "transfer_matrix_level1.csv")
+    assert {(r["source"], r["target"]) for r in matrix} >= {(a, b) for a in ("syn-en", "syn-ar") for b in ("syn-en", "syn-ar")}
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in matrix for k in ("a_st", "a_tt"))  # exact-match accuracies
