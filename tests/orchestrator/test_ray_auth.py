@@ -38,7 +38,8 @@ def test_an_outsider_cannot_run_code_on_a_private_instance(tmp_path, monkeypatch
         token = os.environ["RAY_AUTH_TOKEN_PATH"]
         assert os.environ["RAY_AUTH_MODE"] == "token" and Path(token).stat().st_mode & 0o777 == 0o600
         address = f"127.0.0.1:{port}"
-        outsider = _client(address, tmp_path)
+        # refused at every try: two tries say so as well as Ray's default twenty (a second each)
+        outsider = _client(address, tmp_path, RAY_NUM_REDIS_GET_RETRIES="2")
         assert outsider.returncode != 0 and "ran 42" not in outsider.stdout
         assert "Authentication token is missing or incorrect" in outsider.stderr, outsider.stderr[-2000:]  # reached it
         insider = _client(address, tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
