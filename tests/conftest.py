@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prebuild import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -21,29 +22,11 @@ os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 os.environ.setdefault("XDG_STATE_HOME", str(ROOT / ".cache" / "state"))
 
 
-# Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5), each in a
-# process of its own with one thread, while the quick tests run: the quick tests end before the tiny BERT is
-# ready, so the mT5 takes the core the waiting tests would leave idle. Each build holds its folder's build
-# lock, so a test that needs a model meanwhile waits for it, and if a build process fails the test builds
-# the model itself.
-PREBUILD = {
-    "tinybert": """
-import torch
-torch.set_num_threads(1)
-from lnsub.trainables.testbed.tinybert import ensure_tiny_model
-ensure_tiny_model()
-""",
-    # the mT5 end-to-end test's (tests/analysis/test_mt5_analyses.py): smoke-mt5's, pretrained for 100 steps
-    "tinymt5": """
-import dataclasses
-import torch
-torch.set_num_threads(1)
-from lnsub.orchestrator.grid import plan
-from lnsub.trainables.testbed.tinymt5 import ensure_tiny_mt5
-spec = dataclasses.replace(plan("smoke-mt5").cells[0].spec, testbed_pretrain_steps=100)
-ensure_tiny_mt5(spec.testbed_mt5_config())
-""",
-}
+# Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5: tests/prebuild.py),
+# each in a process of its own with one thread, while the quick tests run: the quick tests end before the tiny BERT
+# is ready, so the mT5 takes the core the waiting tests would leave idle. Each build holds its folder's build lock,
+# so a test that needs a model meanwhile waits for it, and if a build process fails the test builds the model itself
+# (tests/test_prebuild.py keeps the builds working).
 
 
 def _needs_bert(item) -> bool:
@@ -69,10 +52,10 @@ def _prebuild(config) -> None:
     cache = Path(os.environ["LNSUB_CACHE"])
     cache.mkdir(parents=True, exist_ok=True)
     config._lnsub_prebuild = []
-    for name, code in PREBUILD.items():
+    for name in MODELS:
         with open(cache / f"prebuild-{name}.log", "a") as log:
             config._lnsub_prebuild.append(subprocess.Popen(
-                [sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, str(ROOT / "tests" / "prebuild.py"), name], stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)}))
 
 

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 import torch
-import yaml
+from prebuild import write_smoke_mt5_test_grid
 from transformers import MT5Config, MT5ForConditionalGeneration
 
 from lnsub.analysis import overlap
@@ -73,14 +73,10 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_smoke_mt5_sweeps_and_every_analysis_runs(tmp_path, lnsub_cli):
-    """smoke-mt5's own settings, cut to 2 twins, 1 level and a tiny mT5 pretrained for 100 steps (the one
-    tests/conftest.py builds beside the quick tests) to keep the suite short: the sweep from the command line, then
-    every analysis as `lnsub study` runs them (in one process)."""
-    grid = yaml.safe_load(grid_path("smoke-mt5").read_text())
-    grid.update(languages=["syn-en", "syn-ar"], levels=1)
-    grid["tasks"]["xnli"].update(steps=10, train_size=640, valid_size=96, testbed_pretrain_steps=100)
-    (tmp_path / "smoke-mt5.yaml").write_text(yaml.safe_dump(grid))
-    sweep = lnsub_cli("sweep", "--grid", str(tmp_path / "smoke-mt5.yaml"), cwd=tmp_path)
+    """smoke-mt5's own settings, cut to 2 twins, 1 level and a tiny mT5 pretrained for 100 steps (tests/prebuild.py,
+    which tests/conftest.py runs beside the quick tests) to keep the suite short: the sweep from the command line,
+    then every analysis as `lnsub study` runs them (in one process)."""
+    sweep = lnsub_cli("sweep", "--grid", str(write_smoke_mt5_test_grid(tmp_path)), cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stdout[-3000:]
     storage = str(tmp_path / "lnsub-runs")
     analyze("smoke-mt5", storage)
