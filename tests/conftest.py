@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,14 +39,21 @@ def _needs_models(item) -> bool:  # the slow tests without the tiny_model fixtur
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files that need no tiny model go first, while the models are built beside them (`_prebuild`); then the
-    slow files that do without the tiny BERT (its build, the longer, ends while they run); then the rest."""
+    """Files that need no tiny model go first, while the models are built beside them (`_prebuild`, and the smoke
+    sweep: `_start_smoke_sweep`); then the slow files that do without the tiny BERT; then the rest."""
     path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     heavy = {path(i) for i in items if _needs_models(i)}
     bert = {path(i) for i in items if _needs_bert(i)}
     items.sort(key=lambda i: (path(i) in heavy) + (path(i) in bert))  # stable: each part keeps its order
-    if heavy:
-        _prebuild(config)
+
+
+def pytest_collection_finish(session):
+    """Once the items are final (after -m and -k): build the models the selected tests need, start the smoke sweep."""
+    items = session.items
+    if any(_needs_models(i) for i in items):
+        _prebuild(session.config)
+    if any("smoke_sweep" in getattr(i, "fixturenames", ()) for i in items):
+        _start_smoke_sweep(session.config)
 
 
 def _prebuild(config) -> None:
@@ -59,11 +67,31 @@ def _prebuild(config) -> None:
                 env={**os.environ, "PYTHONPATH": str(ROOT)}))
 
 
+def _start_smoke_sweep(config) -> None:
+    """The session's smoke sweep (the `smoke_sweep` fixture) starts at once, beside the quick tests, on one core
+    (--max-concurrent 1: the quick tests keep the other): they leave a core mostly idle, and its readers come last."""
+    cwd = config._tmp_path_factory.mktemp("smoke")
+    log = open(cwd.parent / "smoke-sweep.log", "w")
+    config._lnsub_smoke = (cwd, log, subprocess.Popen(
+        [sys.executable, "-m", "lnsub.orchestrator.cli", "sweep", "--grid", "smoke", "--max-concurrent", "1"],
+        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}))
+
+
 def pytest_unconfigure(config):
     for proc in getattr(config, "_lnsub_prebuild", []):
         if proc.poll() is None:
             proc.terminate()  # a build it leaves unfinished is never trusted: DONE is written last
             proc.wait(timeout=60)
+    if getattr(config, "_lnsub_smoke", None):
+        _, log, proc = config._lnsub_smoke
+        if proc.poll() is None:  # a session that ended before its readers ran (-x, Ctrl-C): a Ctrl-C, as a user's
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
 
 
 @pytest.fixture
@@ -123,11 +151,14 @@ def lnsub(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="session")
-def smoke_sweep(tmp_path_factory, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
+def smoke_sweep(request, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
     """`lnsub sweep --grid smoke`, the sweep step of the README's first command (`lnsub study --grid smoke`), once per
-    test session."""
-    cwd = tmp_path_factory.mktemp("smoke")
-    return cwd, lnsub("sweep", "--grid", "smoke", cwd=cwd)
+    test session: started at collection (`_start_smoke_sweep`), awaited here."""
+    cwd, log, proc = request.config._lnsub_smoke
+    proc.wait(timeout=1800)
+    log.flush()
+    said = Path(log.name).read_text(encoding="utf-8")
+    return cwd, subprocess.CompletedProcess(proc.args, proc.returncode, stdout=said)
 
 
 @pytest.fixture(scope="session")
