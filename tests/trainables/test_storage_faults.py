@@ -107,8 +107,13 @@ def test_an_upload_interrupted_by_ctrl_c_leaves_no_object(s3_server, node, tmp_p
     local.write_bytes(os.urandom(20 * 1024 * 1024))  # four parts
     ctrl_c = lambda n: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT) if n == 2 else None  # noqa
     parts = _count_calls(objectstore._s3_client(), "UploadPart", ctrl_c)  # Ctrl-C after one part went up
-    with pytest.raises(KeyboardInterrupt):
-        remote.put("cells/c/level_0/checkpoint/step_00000004/state.pt", local)
+    # Python's own Ctrl-C handler, whatever this process inherited (a shell starts background jobs with SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            remote.put("cells/c/level_0/checkpoint/step_00000004/state.pt", local)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert parts[0] >= 2  # the interruption hit a multipart upload in flight
     assert s3_server.list("runs/") == []  # no partial object, nothing to trust
     pending = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket).get("Uploads", [])
