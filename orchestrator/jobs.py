@@ -159,6 +159,7 @@ def held_ray(record_path: Path):
         finally:
             _HELD.pop()
 
+
 FIX = 'start Ray from lnsub\'s environment (~/lnsub/.venv/bin/ray start ...): see README "On a cluster"'
 
 
