@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -68,59 +67,14 @@ def _prebuild(config) -> None:
                 env={**os.environ, "PYTHONPATH": str(ROOT)}))
 
 
-class Background:
-    """Commands run one after another in the background of the session, each awaited by name (`wait`); a command
-    that fails ends the chain (the ones after it are never run, and `wait` says so)."""
-
-    def __init__(self, cwd: Path, commands: dict[str, list[str]]):
-        self.cwd, self.commands = cwd, commands
-        self.results: dict[str, subprocess.CompletedProcess | None] = {}
-        self.events = {name: threading.Event() for name in commands}
-        self.proc: subprocess.Popen | None = None
-        self.stopped = False
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        for name, argv in self.commands.items():
-            if self.stopped or any(r is None or r.returncode for r in self.results.values()):
-                self.results[name] = None
-            else:
-                log = self.cwd.parent / f"{self.cwd.name}-{name}.log"
-                with open(log, "w") as out:
-                    self.proc = subprocess.Popen([sys.executable, "-m", "lnsub.orchestrator.cli", *argv],
-                                                 cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
-                                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-                    self.proc.wait()
-                self.results[name] = subprocess.CompletedProcess(self.proc.args, self.proc.returncode,
-                                                                 stdout=log.read_text(encoding="utf-8"))
-            self.events[name].set()
-
-    def wait(self, name: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        assert self.events[name].wait(timeout), f"background {name} still running after {timeout:.0f} s"
-        result = self.results[name]
-        assert result is not None, f"background {name} never ran: an earlier command failed ({self.results})"
-        return result
-
-    def stop(self) -> None:
-        """A session that ended before the readers ran (-x, Ctrl-C): a Ctrl-C, as a user's."""
-        self.stopped = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def _start_smoke_sweep(config) -> None:
-    """The session's smoke sweep (the `smoke_sweep` fixture) and then its θ0 jobs (`lnsub tickets`, which the
-    `analysed` fixture reads) start at once, beside the quick tests, on one core (--max-concurrent 1: the quick tests
-    keep the other): they leave a core mostly idle, and the readers come last."""
+    """The session's smoke sweep (the `smoke_sweep` fixture) starts at once, beside the quick tests, on one core
+    (--max-concurrent 1: the quick tests keep the other): they leave a core mostly idle, and its readers come last."""
     cwd = config._tmp_path_factory.mktemp("smoke")
-    config._lnsub_smoke = Background(cwd, {
-        "sweep": ["sweep", "--grid", "smoke", "--max-concurrent", "1"],
-        "tickets": ["tickets", "--name", "smoke", "--max-concurrent", "1"]})
+    log = open(cwd.parent / "smoke-sweep.log", "w")
+    config._lnsub_smoke = (cwd, log, subprocess.Popen(
+        [sys.executable, "-m", "lnsub.orchestrator.cli", "sweep", "--grid", "smoke", "--max-concurrent", "1"],
+        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}))
 
 
 def pytest_unconfigure(config):
@@ -129,7 +83,15 @@ def pytest_unconfigure(config):
             proc.terminate()  # a build it leaves unfinished is never trusted: DONE is written last
             proc.wait(timeout=60)
     if getattr(config, "_lnsub_smoke", None):
-        config._lnsub_smoke.stop()
+        _, log, proc = config._lnsub_smoke
+        if proc.poll() is None:  # a session that ended before its readers ran (-x, Ctrl-C): a Ctrl-C, as a user's
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
 
 
 @pytest.fixture
@@ -192,14 +154,11 @@ def lnsub(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedPr
 def smoke_sweep(request, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
     """`lnsub sweep --grid smoke`, the sweep step of the README's first command (`lnsub study --grid smoke`), once per
     test session: started at collection (`_start_smoke_sweep`), awaited here."""
-    background = request.config._lnsub_smoke
-    return background.cwd, background.wait("sweep")
-
-
-@pytest.fixture(scope="session")
-def smoke_tickets(request, smoke_sweep) -> subprocess.CompletedProcess:
-    """`lnsub tickets --name smoke` on the session's smoke sweep, run in the background after it."""
-    return request.config._lnsub_smoke.wait("tickets")
+    cwd, log, proc = request.config._lnsub_smoke
+    proc.wait(timeout=1800)
+    log.flush()
+    said = Path(log.name).read_text(encoding="utf-8")
+    return cwd, subprocess.CompletedProcess(proc.args, proc.returncode, stdout=said)
 
 
 @pytest.fixture(scope="session")

@@ -37,11 +37,11 @@ def mini_sweep(tmp_path_factory, tiny_model):
 
 
 @pytest.fixture(scope="session")
-def analysed(smoke_sweep, smoke_tickets, tmp_path_factory, lnsub_cli):
-    """Every analysis on the smoke sweep, once a session, as `lnsub study` runs them (in one process, on one private
-    Ray), after the θ0 jobs that `lnsub tickets` ran in the background (smoke_tickets); transfer (NER) with one job
-    killed mid-training once. The command line is run where it adds something: `lnsub transfer` again (all done: it
-    only reads and tabulates), and `lnsub report` (its printed path)."""
+def analysed(smoke_sweep, tmp_path_factory, lnsub_cli):
+    """Every analysis on the smoke sweep, once a session, as `lnsub study` runs them (in one process, the θ0 jobs and
+    the transfer jobs on one private Ray); transfer (NER) with one job killed mid-training once. The command line is
+    run where it adds something: `lnsub tickets` and `lnsub transfer` again (all done: they only read and tabulate),
+    and `lnsub report` (its printed path)."""
     lnsub = lnsub_cli
     cwd, sweep = smoke_sweep
     out = {"cwd": cwd, "lnsub": lnsub}
@@ -59,13 +59,13 @@ def analysed(smoke_sweep, smoke_tickets, tmp_path_factory, lnsub_cli):
         {"unit": victim.id, "step": 6, "action": "crash", "marker": str(marker)}]))
     try:
         with held_ray(session_file(storage, "study-smoke")):
-            out["theta0"] = tickets("smoke", str(storage))  # all done in the background (smoke_tickets): tabulates
+            out["theta0"] = tickets("smoke", str(storage))  # θ0 scores, which analyze's tickets read
             out["transfer"] = transfer("smoke", str(storage), SMOKE_LEVEL, tasks=["ner"], checkpoint_every=4)
     finally:
         os.environ.pop(faults.ENV)
     out["sigint"] = (sigint, signal.getsignal(signal.SIGINT))  # Ray Tune ran in this process: whose Ctrl-C now?
     out.update(jobs=jobs, victim=victim, marker=marker)
-    out["tickets"] = smoke_tickets
+    out["tickets"] = lnsub("tickets", "--name", "smoke", cwd=cwd)
     out["analyze"] = analyze("smoke", str(storage))
     out["rerun"] = lnsub("transfer", "--name", "smoke", "--level", str(SMOKE_LEVEL), "--task", "ner", cwd=cwd)
     out["similarity"] = similarity("smoke", str(storage), sentences=60)

@@ -142,9 +142,9 @@ def test_winning_tickets_read_the_theta0_jobs(analysed):
     from lnsub.analysis.tickets import theta0_job
     from lnsub.trainables.store import CellStore
 
-    said = analysed["tickets"].stdout  # the command line ran every job (in the background of the session)
+    assert analysed["theta0"][1] == {}  # no θ0 job failed
+    said = analysed["tickets"].stdout  # the command line, run again, finds every job done and tabulates them
     assert analysed["tickets"].returncode == 0 and "36/36 θ0 jobs done" in " ".join(said.split()), said[-2000:]
-    assert analysed["theta0"][1] == {}  # and the fixture's own call, in-process, found nothing failed or left
     storage = analysed["storage"]
     tickets = {(r["task"], r["language"]): r for r in rows(storage / "sweeps/smoke/analysis/overlap/winning_tickets.csv")}
     for spec in load_state(storage, "smoke").specs:
