@@ -123,13 +123,11 @@ def _sweep_steps(steps: Steps, grid: str, name: str | None, storage: str, tracki
                  address: str | None, max_concurrent: int | None, render) -> str:
     """A sweep's steps up to similarity; its name."""
     root = steps.root
-    box: dict = {}
 
     def sweep() -> None:
         result = run_sweep(None if name and exists(root, name) else grid, name=name, storage=storage,
                            tracking_uri=tracking_uri, resume=bool(name and exists(root, name)), address=address,
                            max_concurrent=max_concurrent, render=render)
-        box["name"] = result.name
         failed = {cid: err for cid, err in result.errors.items() if err}
         undone = [s.spec.id for s in result.statuses if s.state != "done"]
         if failed or undone:
