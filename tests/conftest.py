@@ -21,6 +21,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("LNSUB_CACHE", str(ROOT / ".cache" / "lnsub-test"))
 # Drivers keep private state (their local Ray's record) under XDG_STATE_HOME: the tests keep theirs here.
 os.environ.setdefault("XDG_STATE_HOME", str(ROOT / ".cache" / "state"))
+# In a pytest-xdist worker (the suite runs in two), torch runs on one thread, here and in every process started
+# from here: its default, a thread per core in each worker, spun two workers' threads against each other (the
+# quick tests took 183 s in two workers with it, 103 s without).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_threads, "1")
 
 
 # Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5: tests/prebuild.py),
@@ -38,22 +44,44 @@ def _needs_models(item) -> bool:  # the slow tests without the tiny_model fixtur
     return item.get_closest_marker("slow") is not None or _needs_bert(item)
 
 
+def _uses_smoke(item) -> bool:
+    return "smoke_sweep" in getattr(item, "fixturenames", ())
+
+
+def _in_worker(config) -> bool:
+    """Whether this process is one of pytest-xdist's workers (the suite runs in two: pyproject's addopts)."""
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the groups into node ids
 def pytest_collection_modifyitems(config, items):
-    """Files that need no tiny model go first, while the models are built beside them (`_prebuild`, and the smoke
-    sweep: `_start_smoke_sweep`); then the slow files that do without the tiny BERT; then the rest."""
+    """In one process: files that need no tiny model first, while the models are built beside them (`_prebuild`,
+    and the smoke sweep: `_start_smoke_sweep`); then the slow files that do without the tiny BERT; then the rest.
+
+    In two workers (pytest-xdist): the smoke sweep's readers first, as one unit (`xdist_group`), so one worker runs
+    the sweep and its readers while the other starts on the slow files; then the other slow files; the quick files
+    last, to even out the two workers' ends. Every other test runs in the worker of its file, so a module's
+    fixtures are built once."""
     path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     heavy = {path(i) for i in items if _needs_models(i)}
     bert = {path(i) for i in items if _needs_bert(i)}
-    items.sort(key=lambda i: (path(i) in heavy) + (path(i) in bert))  # stable: each part keeps its order
+    if _in_worker(config):
+        items.sort(key=lambda i: 0 if _uses_smoke(i) else 1 if path(i) in heavy else 2)
+    else:
+        items.sort(key=lambda i: (path(i) in heavy) + (path(i) in bert))  # stable: each part keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("smoke" if _uses_smoke(item) else path(item)))
 
 
 def pytest_collection_finish(session):
-    """Once the items are final (after -m and -k): build the models the selected tests need, start the smoke sweep."""
-    items = session.items
-    if any(_needs_models(i) for i in items):
-        _prebuild(session.config)
-    if any("smoke_sweep" in getattr(i, "fixturenames", ()) for i in items):
-        _start_smoke_sweep(session.config)
+    """Once the items are final (after -m and -k): build the models the selected tests need, start the smoke sweep
+    (in two workers the first builds the models, and the smoke sweep starts when its first reader asks for it)."""
+    items, config = session.items, session.config
+    builds = not _in_worker(config) or config.workerinput["workerid"] == "gw0"
+    if builds and any(_needs_models(i) for i in items):
+        _prebuild(config)
+    if not _in_worker(config) and any(_uses_smoke(i) for i in items):
+        _start_smoke_sweep(config, one_core=True)
 
 
 def _prebuild(config) -> None:
@@ -67,13 +95,14 @@ def _prebuild(config) -> None:
                 env={**os.environ, "PYTHONPATH": str(ROOT)}))
 
 
-def _start_smoke_sweep(config) -> None:
-    """The session's smoke sweep (the `smoke_sweep` fixture) starts at once, beside the quick tests, on one core
-    (--max-concurrent 1: the quick tests keep the other): they leave a core mostly idle, and its readers come last."""
+def _start_smoke_sweep(config, one_core: bool) -> None:
+    """The session's smoke sweep (the `smoke_sweep` fixture). In one process it starts at once, beside the quick
+    tests, on one core (--max-concurrent 1: the quick tests keep the other), and its readers come last."""
     cwd = config._tmp_path_factory.mktemp("smoke")
     log = open(cwd.parent / "smoke-sweep.log", "w")
     config._lnsub_smoke = (cwd, log, subprocess.Popen(
-        [sys.executable, "-m", "lnsub.orchestrator.cli", "sweep", "--grid", "smoke", "--max-concurrent", "1"],
+        [sys.executable, "-m", "lnsub.orchestrator.cli", "sweep", "--grid", "smoke"]
+        + (["--max-concurrent", "1"] if one_core else []),
         cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}))
 
 
@@ -153,7 +182,9 @@ def lnsub(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedPr
 @pytest.fixture(scope="session")
 def smoke_sweep(request, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
     """`lnsub sweep --grid smoke`, the sweep step of the README's first command (`lnsub study --grid smoke`), once per
-    test session: started at collection (`_start_smoke_sweep`), awaited here."""
+    test session: started at collection (`_start_smoke_sweep`), awaited here; in a worker, started here."""
+    if not hasattr(request.config, "_lnsub_smoke"):
+        _start_smoke_sweep(request.config, one_core=False)
     cwd, log, proc = request.config._lnsub_smoke
     proc.wait(timeout=1800)
     log.flush()
