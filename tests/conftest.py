@@ -27,6 +27,10 @@ os.environ.setdefault("XDG_STATE_HOME", str(ROOT / ".cache" / "state"))
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_threads, "1")
+# A private Ray prestarts a worker per CPU for its first driver, in the driver's runtime environment; a test's trials
+# carry its fault plan in theirs, so never use them: 36 idle workers, 28 CPU-seconds a suite, counted with /proc.
+for _prestart in ("RAY_enable_worker_prestart", "RAY_prestart_worker_first_driver"):
+    os.environ.setdefault(_prestart, "0")
 
 
 # Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5: tests/prebuild.py),
