@@ -34,8 +34,9 @@ for _prestart in ("RAY_enable_worker_prestart", "RAY_prestart_worker_first_drive
 
 
 # Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5: tests/prebuild.py),
-# each in a process of its own with one thread, while the quick tests run: the quick tests end before the tiny BERT
-# is ready, so the mT5 takes the core the waiting tests would leave idle. Each build holds its folder's build lock,
+# each in a process of its own with one thread, while the first tests run (in one process the quick tests, which end
+# before the tiny BERT is ready, so the mT5 takes the core the waiting tests would leave idle; in two workers, the
+# first worker starts them). Each build holds its folder's build lock,
 # so a test that needs a model meanwhile waits for it, and if a build process fails the test builds the model itself
 # (tests/test_prebuild.py keeps the builds working).
 

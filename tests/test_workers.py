@@ -16,7 +16,7 @@ def test_a_test_runs_in_the_group_of_its_file(request):
     assert request.node.nodeid.endswith("::test_a_test_runs_in_the_group_of_its_file@tests/test_workers.py")
 
 
-def test_the_smoke_sweeps_readers_share_one_group(request, pytestconfig):
+def test_the_smoke_sweeps_readers_share_one_group(request):
     if not _in_worker(request):
         pytest.skip("one process (-n 0): nothing to group")
     readers = [i for i in request.session.items if "smoke_sweep" in i.fixturenames]
