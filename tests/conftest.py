@@ -36,9 +36,8 @@ for _prestart in ("RAY_enable_worker_prestart", "RAY_prestart_worker_first_drive
 # Builds the models the slow tests need (the tiny BERT, and the mT5 end-to-end test's tiny mT5: tests/prebuild.py),
 # each in a process of its own with one thread, while the first tests run (in one process the quick tests, which end
 # before the tiny BERT is ready, so the mT5 takes the core the waiting tests would leave idle; in two workers, the
-# first worker starts them). Each build holds its folder's build lock,
-# so a test that needs a model meanwhile waits for it, and if a build process fails the test builds the model itself
-# (tests/test_prebuild.py keeps the builds working).
+# first worker starts them). Each build holds its folder's build lock, so a test that needs a model meanwhile waits
+# for it, and if a build process fails the test builds the model itself (tests/test_prebuild.py keeps them working).
 
 
 def _needs_bert(item) -> bool:
@@ -69,10 +68,10 @@ def pytest_collection_modifyitems(config, items):
     fixtures are built once."""
     path = lambda item: item.nodeid.split("::")[0]  # noqa: E731
     heavy = {path(i) for i in items if _needs_models(i)}
-    bert = {path(i) for i in items if _needs_bert(i)}
     if _in_worker(config):
         items.sort(key=lambda i: 0 if _uses_smoke(i) else 1 if path(i) in heavy else 2)
     else:
+        bert = {path(i) for i in items if _needs_bert(i)}
         items.sort(key=lambda i: (path(i) in heavy) + (path(i) in bert))  # stable: each part keeps its order
     for item in items:
         item.add_marker(pytest.mark.xdist_group("smoke" if _uses_smoke(item) else path(item)))
