@@ -44,6 +44,7 @@ class DataProvider:
     real_language: Callable[[str], str]  # the paper language a provider language stands for
     prepare: Callable[[object], None]  # spec -> build the data (driver side)
     data_root: Callable[[object], str]  # spec -> the folder (LnsubError if not prepared)
+    revision: Callable[[object], str] | None = None  # spec -> the data's generator configuration hash (data_revision)
     parallel_file: Callable[[object], Path] | None = None  # spec -> held-out parallel sentences (similarity)
     word_order: Callable[[str], str] | None = None  # language -> its basic word order, where known
     # (spec, document) -> the sequences a decoder of this provider models, where a document is several of them

@@ -28,7 +28,9 @@ from lnsub.trainables.tasks.base import PAPER_LANGUAGES
 # 5: group_by_length, lr_schedule, compile (how a round is batched, scheduled and compiled; defaults as before)
 # 6: settle_stop (stop a round once the mask pruning would take has settled; None, the default, never stops);
 #    method, sparsity_pattern, calibration_samples (one-shot discovery beside IMP; IMP cells: imp, unstructured, null)
-SCHEMA = 6
+# 7: data_revision (a provider's data names its generator's configuration hash, as model_revision names the model's:
+#    the testbed's NER data changed while its models did not)
+SCHEMA = 7
 METHODS = ("imp", "magnitude", "wanda", "sparsegpt")  # IMP with rewinding, or one-shot from a calibration set
 CALIBRATED = ("wanda", "sparsegpt")  # the one-shot methods that read a calibration set
 DEFAULT_CALIBRATION_SAMPLES = 128  # sequences per language: Wanda's and SparseGPT's papers
@@ -88,6 +90,7 @@ class CellSpec:
     sparsity_pattern: str = "unstructured"  # one-shot: or N:M such as "2:4" (then one level at sparsity 1 - N/M)
     calibration_samples: int | None = None  # wanda/sparsegpt: sequences of max_length tokens of the cell's language
     model_revision: str = ""  # resolved: a provider model's configuration hash (its revision)
+    data_revision: str = ""  # resolved: a provider's data's configuration hash ("" for the Hub's or --data-dir's)
 
     @property
     def id(self) -> str:
@@ -146,6 +149,9 @@ def make_spec(task: str, language: str, model: str = DEFAULT_MODEL, **overrides)
         if provider.tasks is not None and task not in provider.tasks:
             raise LnsubError(f"cell {task}/{language}: {model} is for {', '.join(provider.tasks)} only")
         spec = dataclasses.replace(spec, model_revision=provider.revision(spec))
+    data = data_provider(language)
+    if data is not None and data.revision is not None:
+        spec = dataclasses.replace(spec, data_revision=data.revision(spec))
     return spec
 
 
