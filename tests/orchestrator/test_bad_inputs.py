@@ -84,7 +84,7 @@ BAD_GRIDS = [
      "resources.cpus_per_worker: must be a finite number"),
     ("negative-inf-gpus", _replace("gpus_per_worker: 0", "gpus_per_worker: -.inf"),
      "resources.gpus_per_worker: must be a finite number"),
-    ("fractional-steps", _replace("steps: 20, lr: 2.0e-3, batch_size: 32, max_length: 32",
+    ("fractional-steps", _replace("steps: 60, lr: 2.0e-3, batch_size: 32, max_length: 32",
                                   "steps: 2.5, lr: 2.0e-3, batch_size: 32, max_length: 32"),
      "tasks.ner.steps: must be int"),
     ("bool-levels", _replace("levels: 3", "levels: true"), "levels: must be int, got bool True"),

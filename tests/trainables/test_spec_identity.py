@@ -13,20 +13,33 @@ from lnsub.trainables.spec import CellSpec, make_spec
 
 # Literal ids: a change of identity (a new default, a new field, another canonical form) must fail here
 # loudly and come with a SCHEMA bump in trainables/spec.py, since stored cells are found by these ids.
-# (Testbed cells also change with the tiny model: its config hash is their model_revision.)
+# (Testbed cells also change with the tiny model, whose config hash is their model_revision, and with the testbed's
+# data, whose config hash, generate.SCHEMA included, is their data_revision.)
 PINNED = [
     (("ner", "syn-en"), {"steps": 20, "lr": 1.0e-3, "batch_size": 32, "max_length": 32, "levels": 3},
-     "ner-syn-en-ae8911038f493d03"),
-    (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-2bb42265c3b6fea9"),
-    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-0645ab2a9d73cd78"),
+     "ner-syn-en-099c71e9ef9701fe"),
+    (("xnli", "fr"), {"model": "bert-base-multilingual-cased"}, "xnli-fr-4ce9cdeabf9173ab"),
+    (("mlm", "syn-ur"), {"steps": 20, "seed": 1}, "mlm-syn-ur-a4d03156c8051922"),
     (("clm", "en"), {"model": "Qwen/Qwen2.5-0.5B", "method": "wanda", "sparsity_pattern": "2:4", "levels": 1,
-                     "prune_fraction": 0.5}, "clm-en-16c8230e03329444"),
+                     "prune_fraction": 0.5}, "clm-en-017706c896890d83"),
 ]
 
 
 @pytest.mark.parametrize("cell,overrides,expected", PINNED, ids=[p[2] for p in PINNED])
 def test_pinned_ids(cell, overrides, expected):
     assert make_spec(*cell, **overrides).id == expected
+
+
+def test_a_testbed_cell_names_its_data_and_a_new_generator_gives_it_a_new_id(monkeypatch):
+    from lnsub.trainables.testbed import generate
+
+    before = make_spec("ner", "syn-en", steps=20)
+    assert before.data_revision == generate.TestbedConfig().id and before.data_revision.startswith("testbed-")
+    assert make_spec("ner", "en", steps=20).data_revision == ""  # the Hub's data: no revision of ours
+    monkeypatch.setattr(generate, "SCHEMA", generate.SCHEMA + 1)  # the generator writes other data
+    after = make_spec("ner", "syn-en", steps=20)
+    assert after.model_revision == before.model_revision  # the tiny model is the same
+    assert after.data_revision != before.data_revision and after.id != before.id
 
 
 SPELLINGS = [
