@@ -42,7 +42,7 @@ PREFIXES = ("adj:12", "adj:13")  # two of the buildings' adjectives also open a 
 NOVEL = 0.15  # share of name slots (first, last, place, org) filled from the split's pool of novel names
 NOVEL_POOL = 400  # novel names per slot and split
 HOMONYM = 0.15  # share of place slots written as a common noun (only where context marks a name)
-PLACE_PATIENT = 0.1  # share of events whose patient is a place (taken from the noun patients)
+PLACE_PATIENT = 0.1  # share of noun patients replaced by a place ("visited Paris")
 
 
 def novel_concepts(split: str) -> list[str]:
