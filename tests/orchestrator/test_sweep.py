@@ -97,7 +97,8 @@ def test_smoke_sweep_through_the_cli(smoke_sweep):
         # the validation labels are balanced over 3 classes: one constant class scores about 1/3, never above 0.5
         assert dense["xnli", lang] > 0.5, dense
         # the testbed's NER is one a model can get wrong (testbed/ner.py): neither broken nor saturated at 1.000
-        assert 0.8 < dense["ner", lang] < 0.95, dense
+        # (the smoke grid's 20 steps score 0.78-0.80; the science grid's 60, 0.84-0.90: docs/testbed.md)
+        assert 0.7 < dense["ner", lang] < 0.95, dense
     status = lnsub("status", "--name", "smoke", cwd=cwd)
     text, _ = status.communicate(timeout=120)
     assert status.returncode == 0 and "9/9 cells done" in text and "running" not in text and "interrupted" not in text
