@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lnsub.trainables.checkpointing import CheckpointWriter
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.pruning import Masks, MaskEnforcer
 from lnsub.trainables.spec import CellSpec
@@ -153,9 +154,13 @@ def _numpy_state() -> dict:
     return {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
 
 
-def save_checkpoint(checkpoints: Checkpoints, step: int, model, optimizer, scheduler, accelerator,
+def save_checkpoint(checkpoints: Checkpoints | CheckpointWriter, step: int, model, optimizer, scheduler, accelerator,
                     settling: dict | None = None) -> None:
-    """Every rank contributes its RNG state; rank 0 writes the checkpoint (with the settling curve's state)."""
+    """Every rank contributes its RNG state; rank 0 saves the checkpoint (with the settling curve's state).
+
+    Through a CheckpointWriter (what train_round passes) the write runs behind training; through Checkpoints
+    it is done when this returns.
+    """
     states = accelerator.gather(_rng_state().unsqueeze(0).to(accelerator.device)).cpu()
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else torch.empty(0, dtype=torch.uint8)
     if accelerator.is_main_process:
@@ -252,7 +257,25 @@ def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int
     run.model.train()
     report_every = max(1, run.total // 10)
     losses: deque[torch.Tensor] = deque(maxlen=report_every)  # on the device: no host sync per step
-    started, trained = time.perf_counter(), 0
+    started = time.perf_counter()
+    writer = CheckpointWriter(checkpoints)  # rank 0's writes run behind the steps that follow them
+    try:
+        _steps(run, data, spec, level, accelerator, enforce, writer, checkpoint_every, after_step, settling, losses,
+               report_every)
+    except BaseException:
+        writer.close(failing=True)
+        raise
+    writer.close()
+    trained = run.step - (run.resumed_from or 0)
+    seconds = time.perf_counter() - started
+    return run.model, RoundStats(run.total, trained, run.resumed_from, _mean(losses) if losses else None,
+                                 seconds, seconds / trained if trained else None)
+
+
+def _steps(run: _Round, data: RoundData, spec: CellSpec, level: int, accelerator, enforce: MaskEnforcer,
+           writer: CheckpointWriter, checkpoint_every: int, after_step, settling, losses: deque,
+           report_every: int) -> None:
+    """The round's optimizer steps from run.step to run.total (which settling may bring forward)."""
     while run.step < run.total:
         epoch, done_in_epoch = divmod(run.step, run.steps_per_epoch)
         loader = train_loader(data, spec, level, epoch, accelerator)
@@ -267,7 +290,6 @@ def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int
             enforce.weights()
             run.scheduler.step()
             run.step += 1
-            trained += 1
             losses.append(loss.detach())
             if run.step % report_every == 0 or run.step == run.total:
                 log.info("cell %s level %d: step %d/%d, loss %.4f", spec.id, level, run.step, run.total,
@@ -277,13 +299,10 @@ def train_round(model, masks: Masks, data: RoundData, spec: CellSpec, level: int
             if settling is not None and settling.due(run.step, run.total) and _settled(settling, run, accelerator):
                 run.total = run.step  # the mask has settled: the round ends here
             if run.step < run.total and checkpoint_every and run.step % checkpoint_every == 0:
-                save_checkpoint(checkpoints, run.step, run.model, run.optimizer, run.scheduler, accelerator,
+                save_checkpoint(writer, run.step, run.model, run.optimizer, run.scheduler, accelerator,
                                 settling.state() if settling is not None else None)
             if run.step >= run.total:
                 break
-    seconds = time.perf_counter() - started
-    return run.model, RoundStats(run.total, trained, run.resumed_from, _mean(losses) if losses else None,
-                                 seconds, seconds / trained if trained else None)
 
 
 def _settled(settling, run: _Round, accelerator) -> bool:
