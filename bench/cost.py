@@ -4,12 +4,13 @@ what each of lnsub's savings buys, one step at a time.
 The steps, each on top of the one before, all on one A100 (the authors' configuration first: fp32, every
 example padded to max_length, the MLM head on every position, no checkpoints within a round):
 bf16 autocast; per-batch padding with `full`'s length grouping; MLM's head on the masked positions; then
-lnsub's checkpoints every --checkpoint-every steps (what `lnsub sweep` does by default), and two ways past
-that which change nothing of the science (rarer checkpoints; an H100) and one that does (MLM rounds of 5k
-steps: shown as what it would buy, not proposed). The paper's check: the authors' configuration on its
+lnsub's checkpoints every --checkpoint-every steps, written behind training (what `lnsub sweep` does by
+default); beside it, checkpoints ten times as often, and as often with each write in training's way (lnsub
+before trainables/checkpointing.py), an H100, and one change that does touch the science (MLM rounds of
+5k steps: shown as what it would buy, not proposed). The paper's check: the authors' configuration on its
 Quadro RTX 8000 against the 15 / 4.5 / 45 hours per language it reports.
 
-Usage: python bench/cost.py [--checkpoint-every 100] [--count-ops]
+Usage: python bench/cost.py [--checkpoint-every 1000] [--count-ops]
 The last line: `full: <H> A100-hours predicted (paper: 1,966.5 RTX-8000 hours)`.
 """
 
@@ -21,6 +22,7 @@ import statistics
 
 from lnsub.orchestrator import cost
 from lnsub.orchestrator.grid import plan
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 
 PAPER_HOURS = {"mlm": 15.0, "ner": 4.5, "xnli": 45.0}
 
@@ -59,8 +61,11 @@ def savings(p, checkpoint_every: int) -> float:
         ("+ bf16 autocast", "a100", dataclasses.replace(cost.AUTHORS, precision="bf16"), None),
         ("+ per-batch padding, length-grouped (full's NER, XNLI)", "a100", "padding", None),
         ("+ MLM head on the masked positions only (no checkpoints)", "a100", "lnsub0", None),
-        (f"+ checkpoints every {checkpoint_every} steps: lnsub sweep as it runs", "a100", "lnsub", None),
-        ("  ... with checkpoints every 1,000 steps instead", "a100", "lnsub1000", None),
+        (f"+ checkpoints every {checkpoint_every:,} steps, written behind training: lnsub sweep as it runs", "a100",
+         "lnsub", None),
+        ("  ... every 100 steps, behind training", "a100", "lnsub100", None),
+        ("  ... every 100 steps, each write in training's way (lnsub before checkpointing.py)", "a100",
+         "lnsub100sync", None),
         ("  ... on an H100 (H100-hours)", "h100", "lnsub", None),
         ("  ... MLM rounds of 5k steps, not 10k (changes the science)", "a100", "lnsub",
          lambda s: dataclasses.replace(s, steps=5_000) if s.task == "mlm" else s),
@@ -69,7 +74,8 @@ def savings(p, checkpoint_every: int) -> float:
         "padding": lambda s: dataclasses.replace(cost.lnsub_policy(s, 0), mlm_head="full"),
         "lnsub0": lambda s: cost.lnsub_policy(s, 0),
         "lnsub": lambda s: cost.lnsub_policy(s, checkpoint_every),
-        "lnsub1000": lambda s: cost.lnsub_policy(s, 1_000),
+        "lnsub100": lambda s: cost.lnsub_policy(s, 100),
+        "lnsub100sync": lambda s: dataclasses.replace(cost.lnsub_policy(s, 100), behind=False),
     }
     print("\nwhat each saving buys (hours of the whole grid, 3 seeds):")
     lnsub = 0.0
@@ -79,8 +85,8 @@ def savings(p, checkpoint_every: int) -> float:
         print(f"  {total:8,.1f} h  {label}")
         if policy == "lnsub" and device == "a100" and respec is None:
             lnsub = total
-    for every in (0, 1_000, checkpoint_every):
-        mfu, when = needed_mfu(p, every, 100.0), f"every {every:,} steps" if every else "off training's path"
+    for every in sorted({0, 100, checkpoint_every}):
+        mfu, when = needed_mfu(p, every, 100.0), f"every {every:,} steps" if every else "off"
         print(f"  an A100 MFU of {mfu:.3f} would bring lnsub to 100 h with checkpoints {when}" if mfu < 1 else
               f"  no A100 MFU brings lnsub to 100 h with checkpoints {when}: the rest alone takes longer")
     return lnsub
@@ -142,7 +148,7 @@ def count_ops() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY)
     parser.add_argument("--count-ops", action="store_true")
     args = parser.parse_args()
     if args.count_ops:

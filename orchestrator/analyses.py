@@ -18,6 +18,7 @@ from lnsub.analysis.report import report as report_analysis
 from lnsub.analysis.representations import similarity as similarity_analysis
 from lnsub.analysis.results import AnalysisResult
 from lnsub.analysis.sweeps import FAILURES_DIR, load_state, open_storage
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.orchestrator.jobs import Batch, reusable, run_jobs
 from lnsub.orchestrator.ray_backend import JobKind
 from lnsub.orchestrator.tracking import try_log_analysis
@@ -83,7 +84,7 @@ def _run_transfer_jobs(sweep, pending: list, jobs: list, experiment, batch_name:
 
 def transfer(name: str, storage: str, level: int, tracking_uri: str | None = None, out: str | None = None,
              tasks: list[str] | None = None, cross_task: bool = False, max_concurrent: int | None = None,
-             address: str | None = None, max_failures: int = 3, checkpoint_every: int = 100,
+             address: str | None = None, max_failures: int = 3, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
              render: Callable[[int, int], None] | None = None) -> AnalysisResult:
     """Plan, run (or resume) and tabulate the transfer jobs; failed jobs' root causes in result.transfer.errors."""
     p = transfer_analysis.plan(name, storage, level, tracking_uri, out, tasks, cross_task)
@@ -96,7 +97,7 @@ def transfer(name: str, storage: str, level: int, tracking_uri: str | None = Non
 
 def tickets(name: str, storage: str, tracking_uri: str | None = None, out: str | None = None,
             max_concurrent: int | None = None, address: str | None = None, max_failures: int = 3,
-            checkpoint_every: int = 100, render: Callable[[int, int], None] | None = None
+            checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, render: Callable[[int, int], None] | None = None
             ) -> tuple[AnalysisResult, dict[str, str]]:
     """Run (or resume) every finished level's θ0 job (analysis/tickets.py) through the job runner and write
     theta0_scores.csv; the result, and failed jobs' root causes. `lnsub analyze` reads the scores."""

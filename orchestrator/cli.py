@@ -25,6 +25,7 @@ from lnsub.orchestrator.grid import SHIPPED
 from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.study import run_study
 from lnsub.orchestrator.sweep import DEFAULT_STORAGE, list_sweeps, run_sweep, sweep_status, sync_sweep
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.spec import SCHEMA
 from lnsub.trainables.tasks import TASKS
@@ -151,7 +152,7 @@ def plan(grid: str = typer.Option("smoke", "--grid", metavar="GRID", help=GRID_H
          max_concurrent: int = typer.Option(None, "--max-concurrent", help="The sweep's cap on cells at once."),
          device: DeviceName = typer.Option(None, "--device", help="Predict each cell's hours on this GPU from "
                                            "its FLOPs (orchestrator/cost.py); the makespan then uses them."),
-         checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=0,
+         checkpoint_every: int = typer.Option(DEFAULT_CHECKPOINT_EVERY, "--checkpoint-every", min=0,
                                               help="As lnsub sweep's: steps between checkpoints (for --device)."),
          data_dir: str = DataDirOpt) -> None:
     """Show the cells a grid expands to, what each asks for, and the expected cost, before anything runs."""
@@ -276,7 +277,7 @@ def sweep(grid: str = typer.Option(None, "--grid", metavar="GRID", help=GRID_HEL
           gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs per worker."),
           max_concurrent: int = typer.Option(None, "--max-concurrent", help="Cap on cells running at once."),
           resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep of this --name."),
-          checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1,
+          checkpoint_every: int = typer.Option(DEFAULT_CHECKPOINT_EVERY, "--checkpoint-every", min=1,
                                                help="Optimizer steps between a round's checkpoints."),
           address: str = AddressOpt,
           max_failures: int = typer.Option(3, "--max-failures", min=0,

@@ -15,8 +15,9 @@ inherit). Attention reads E[s^2], not E[s]^2.
 A round's time on a device: max(GPU time, host time) + evaluation + checkpoints, where GPU time is the
 FLOPs over peak x MFU plus the optimizer step's memory traffic over the memory bandwidth, and host time
 the kernels a step launches times a host cost per kernel (eager PyTorch: a small batch waits for its
-launches, not for the GPU). Every constant says where it comes from; `bench/gpu_check.sh` measures what
-a GPU does instead.
+launches, not for the GPU). A checkpoint costs training the copy of its state into host memory; the write
+runs behind the next steps (trainables.checkpointing) and costs only what it overruns them by. Every
+constant says where it comes from; `bench/gpu_check.sh` measures what a GPU does instead.
 """
 
 from __future__ import annotations
@@ -249,18 +250,21 @@ class Device:
     bf16: bool  # native bf16: without it lnsub trains a bf16 cell in fp32 (loading.resolve_precision)
     bandwidth: float  # memory, bytes/s
     mfu_family: str  # whose published measurement gives its MFU (below)
+    host_link: float  # the host link's peak, one direction, bytes/s (a checkpoint's copy into host memory)
 
 
 DEVICES = {
     # NVIDIA A100 datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf), SXM4 80GB: FP32 19.5
-    # TFLOPS, BF16/FP16 Tensor Core 312 TFLOPS dense (624 with sparsity), HBM2e 2,039 GB/s.
-    "a100": Device("A100 SXM4 80GB", 19.5e12, 312e12, True, 2.039e12, "ampere"),
+    # TFLOPS, BF16/FP16 Tensor Core 312 TFLOPS dense (624 with sparsity), HBM2e 2,039 GB/s, "PCIe Gen4:
+    # 64 GB/s" (both directions together).
+    "a100": Device("A100 SXM4 80GB", 19.5e12, 312e12, True, 2.039e12, "ampere", 32e9),
     # NVIDIA H100 datasheet, SXM5: FP32 67 TFLOPS, BF16/FP16 Tensor Core 1,979 TFLOPS "with sparsity",
-    # "specifications 1/2 lower without sparsity": 989.4 dense; HBM3 3.35 TB/s.
-    "h100": Device("H100 SXM5", 67e12, 989.4e12, True, 3.35e12, "ampere"),
+    # "specifications 1/2 lower without sparsity": 989.4 dense; HBM3 3.35 TB/s; "PCIe Gen5: 128 GB/s".
+    "h100": Device("H100 SXM5", 67e12, 989.4e12, True, 3.35e12, "ampere", 64e9),
     # NVIDIA Quadro RTX 8000 datasheet: single precision 16.3 TFLOPS, Tensor 130.5 TFLOPS ("FP16 matrix
-    # multiply with FP16 or FP32 accumulate"), GDDR6 672 GB/s; Turing has no bf16.
-    "rtx8000": Device("Quadro RTX 8000", 16.3e12, 130.5e12, False, 672e9, "volta"),
+    # multiply with FP16 or FP32 accumulate"), GDDR6 672 GB/s, PCI Express 3.0 x16 (15.75 GB/s a direction);
+    # Turing has no bf16.
+    "rtx8000": Device("Quadro RTX 8000", 16.3e12, 130.5e12, False, 672e9, "volta", 15.75e9),
 }
 
 BERT_LARGE = Shape("bert", 24, 1024, 4096, 1024, 30522)
@@ -307,9 +311,12 @@ HOST_SECONDS_PER_KERNEL = 10e-6
 # about 8 more per parameter on average: 48 bytes, at the memory's datasheet bandwidth (assumed).
 OPTIMIZER_BYTES_PER_PARAMETER = 48
 # A checkpoint (every --checkpoint-every steps) holds weights and AdamW's two moments in fp32, serialised,
-# written and hashed (SHA-256) at about 1 GB/s altogether (assumed), while training waits.
+# written and hashed (SHA-256) at about 1 GB/s altogether (assumed). Training waits for its copy into host
+# memory (pageable: half the host link's peak, assumed), not for the write, which runs behind the next
+# steps; only a write longer than those steps holds the next checkpoint (and so training) back.
 CHECKPOINT_BYTES_PER_PARAMETER = 12
 CHECKPOINT_BYTES_PER_SECOND = 1e9
+HOST_COPY_SHARE_OF_LINK = 0.5
 
 
 def precision_kind(device: Device, mixed_precision: str) -> str:
@@ -342,6 +349,7 @@ class Policy:
     mlm_head: str  # "full" (every position) or "masked" (tasks.mlm.predict_masked_only)
     precision: str | None  # None: the cell's own mixed_precision
     checkpoint_every: int  # steps between checkpoints; 0: none
+    behind: bool = True  # checkpoints written behind training (trainables.checkpointing); False: in its way
 
 
 def lnsub_policy(spec: CellSpec, checkpoint_every: int) -> Policy:
@@ -401,11 +409,24 @@ def cell_cost(spec: CellSpec, device: Device, policy: Policy) -> CellCost:
     optimizer = steps * shape.parameters * OPTIMIZER_BYTES_PER_PARAMETER / device.bandwidth
     gpu = train / achieved + optimizer
     host = steps * KERNELS_PER_STEP * HOST_SECONDS_PER_KERNEL
-    saves = (steps - 1) // policy.checkpoint_every if policy.checkpoint_every else 0
-    checkpoint = saves * shape.parameters * CHECKPOINT_BYTES_PER_PARAMETER / CHECKPOINT_BYTES_PER_SECOND
+    checkpoint = checkpoint_seconds(steps, max(gpu, host) / steps, shape, device, policy)
     hours = rounds / 3600
     return CellCost(spec, examples, steps, widths.mean, rounds * (train + valid), hours * train / achieved,
                     hours * optimizer, hours * max(0.0, host - gpu), hours * valid / achieved, hours * checkpoint)
+
+
+def checkpoint_seconds(steps: int, step_seconds: float, shape: Shape, device: Device, policy: Policy) -> float:
+    """What a round's checkpoints cost its training: each one's copy into host memory, and what its write runs
+    past the steps until the next is due (all of the write, where checkpoints are written in training's way)."""
+    if not policy.checkpoint_every:
+        return 0.0
+    saves = (steps - 1) // policy.checkpoint_every
+    size = shape.parameters * CHECKPOINT_BYTES_PER_PARAMETER
+    write = size / CHECKPOINT_BYTES_PER_SECOND
+    if not policy.behind:
+        return saves * write
+    copy = size / (device.host_link * HOST_COPY_SHARE_OF_LINK)
+    return saves * (copy + max(0.0, write - policy.checkpoint_every * step_seconds))
 
 
 def predict(plan: Plan, device: Device, policy_for) -> list[CellCost]:

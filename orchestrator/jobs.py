@@ -25,6 +25,7 @@ from lnsub.orchestrator.lease import pid_alive
 from lnsub.orchestrator.makespan import concurrency_rule
 from lnsub.orchestrator.ray_backend import JobKind, TrialConfig
 from lnsub.trainables import providers
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.storage import Storage
 from lnsub.trainables.storage.local import write_bytes
@@ -188,8 +189,8 @@ def concurrency(resources: Resources, max_concurrent: int | None) -> int:
 
 
 def run_jobs(batch: Batch, *, address: str | None = None, max_concurrent: int | None = None, max_failures: int = 3,
-             checkpoint_every: int = 100, watch: Callable[[], None] | None = None, watch_interval: float = 2.0,
-             started: Callable[[int], None] | None = None) -> dict[str, str | None]:
+             checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, watch: Callable[[], None] | None = None,
+             watch_interval: float = 2.0, started: Callable[[int], None] | None = None) -> dict[str, str | None]:
     """Run every job of the batch as a Tune trial (in the given order); job id -> error or None.
 
     `watch` is called every `watch_interval` seconds from a thread while the jobs run

@@ -34,6 +34,7 @@ import torch
 
 from lnsub.analysis.sweeps import Resources
 from lnsub.orchestrator import faults
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.trainables.storage import Storage
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.imp import CellResult, Hooks, run_cell
@@ -239,7 +240,7 @@ def train_run_name(spec: CellSpec) -> str:
 
 
 def run_cell_on_workers(spec: CellSpec, storage: Storage | str | Path, resources: Resources = Resources(),
-                        max_failures: int = 2, checkpoint_every: int = 100) -> CellResult:
+                        max_failures: int = 2, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> CellResult:
     """Run a cell on its Ray Train workers; with one worker, in this process (no Train start-up).
 
     A worker that dies makes Train restart the group (up to max_failures times);

@@ -23,6 +23,7 @@ from lnsub.orchestrator.grid import plan as make_plan
 from lnsub.orchestrator.jobs import Batch, reusable, run_jobs
 from lnsub.orchestrator.ray_backend import JobKind
 from lnsub.trainables import providers
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.trainables.storage import Storage
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.metrics import LEVEL_SECONDS
@@ -179,7 +180,7 @@ def run_sweep(grid: str | None, name: str | None = None, storage: str = DEFAULT_
               tracking_uri: str | None = None, workers_per_cell: int | None = None,
               gpus_per_worker: float | None = None, max_concurrent: int | None = None, resume: bool = False,
               address: str | None = None, max_failures: int = 3, sync_interval: float = 10.0,
-              render=None, checkpoint_every: int = 100, final_sync_wait: float = 30.0,
+              render=None, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, final_sync_wait: float = 30.0,
               data_dir: str | None = None) -> SweepResult:
     """Plan, launch (or resume) and finish a sweep; the whole call is idempotent per cell and level."""
     started = time.perf_counter()

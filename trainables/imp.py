@@ -23,6 +23,7 @@ import torch
 
 from lnsub.trainables import metrics as M
 from lnsub.trainables import memory, pruning
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.trainables.settling import Settling
 from lnsub.trainables.loading import load_task, make_accelerator
 from lnsub.trainables.masks import digest as mask_digest
@@ -96,7 +97,7 @@ class Cell:
     tied: set[str]  # head names tied to encoder tensors (they follow the encoder)
     params: list[pruning.Prunable]
     hooks: Hooks = field(default_factory=Hooks)
-    checkpoint_every: int = 100
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
 
     @property
     def main(self) -> bool:
@@ -167,8 +168,8 @@ def write_baselines(store: CellStore, spec: CellSpec, params, trained: dict, the
 
 # --- the cell: a short loop over guarded levels ------------------------------------------------
 
-def run_cell(spec: CellSpec, storage: Storage | str | Path, accelerator=None, *, checkpoint_every: int = 100,
-             hooks: Hooks | None = None) -> CellResult:
+def run_cell(spec: CellSpec, storage: Storage | str | Path, accelerator=None, *,
+             checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, hooks: Hooks | None = None) -> CellResult:
     """Run (or finish) the IMP job (or the one-shot discovery) of one cell in a storage (a Storage, a folder or a store's URI); a finished cell
     returns at once."""
     started = time.perf_counter()

@@ -20,6 +20,7 @@ import torch
 
 from lnsub.trainables import metrics as M
 from lnsub.trainables import pruning
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.trainables.errors import LnsubError
 from lnsub.trainables.ids import stable_id
 from lnsub.trainables.loading import load_task, make_accelerator
@@ -128,8 +129,8 @@ def source_masks(job: TransferJob, storage: Storage, params: list[pruning.Prunab
     return out
 
 
-def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *, checkpoint_every: int = 100,
-                     after_step=None) -> dict:
+def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *,
+                     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, after_step=None) -> dict:
     """Train the source's sub-network on the target; idempotent (a finished job returns its result)."""
     storage = Storage.open(storage)  # a folder, or this process's scratch copy of a store
     store = job_store(storage, job)

@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lnsub.orchestrator import cost, makespan
 from lnsub.orchestrator.cli import main
 from lnsub.orchestrator.grid import plan, validate_grid
+from lnsub.trainables.checkpointing import DEFAULT_CHECKPOINT_EVERY
 from lnsub.trainables.spec import make_spec
 from lnsub.trainables.tasks.mlm import predict_masked_only
 
@@ -134,6 +135,21 @@ def test_mfus_derive_from_the_published_throughputs():
     assert cost.MEASUREMENTS[("ampere", "tensor16")].mfu == pytest.approx(110.5 * per_sequence / 312e12)
 
 
+def test_a_checkpoint_costs_its_copy_and_what_its_write_overruns_by_hand():
+    """Closed forms: 2.1 GB of mBERT state, a copy over half an A100's 32 GB/s link, a write at 1 GB/s."""
+    shape, a100 = cost.model_shape("bert-base-multilingual-cased"), cost.get_device("a100")
+    size = 12 * shape.parameters
+    copy, write = size / 16e9, size / 1e9
+    behind = cost.Policy("t", "batch", "masked", None, checkpoint_every=100)
+    in_the_way = cost.Policy("t", "batch", "masked", None, checkpoint_every=100, behind=False)
+    # 1,001 steps: checkpoints at 100, 200, ..., 1,000 (none at the round's last step)
+    assert cost.checkpoint_seconds(1_001, 0.1, shape, a100, behind) == pytest.approx(10 * copy)  # 10 s > write
+    assert cost.checkpoint_seconds(1_001, 0.01, shape, a100, behind) == pytest.approx(10 * (copy + write - 1.0))
+    assert cost.checkpoint_seconds(1_001, 0.1, shape, a100, in_the_way) == pytest.approx(10 * write)
+    none = cost.Policy("t", "batch", "masked", None, checkpoint_every=0)
+    assert cost.checkpoint_seconds(1_001, 0.1, shape, a100, none) == 0.0
+
+
 @pytest.fixture(scope="module")
 def authors_on_rtx8000() -> dict[str, float]:
     """Hours per cell, mean over each task's cells, of `full` in the authors' configuration on the RTX 8000."""
@@ -183,7 +199,7 @@ def _plan_output(monkeypatch, capsys, *args: str) -> tuple[int, str]:
 def test_plan_prints_the_predicted_table_and_its_makespan(monkeypatch, capsys):
     code, out = _plan_output(monkeypatch, capsys, "--grid", "full", "--device", "a100", "--gpus", "8")
     assert code == 0, out
-    costs = cost.predict(plan("full"), cost.get_device("a100"), lambda spec: cost.lnsub_policy(spec, 100))
+    costs = cost.predict(plan("full"), cost.get_device("a100"), lambda spec: cost.lnsub_policy(spec, DEFAULT_CHECKPOINT_EVERY))
     for row in cost.task_rows(costs):
         cells = (row.task, row.cells, f"{row.examples:,.0f}", f"{row.tokens:,.1f}", f"{row.tflops:,.0f}",
                  f"{row.hours_per_cell:,.2f}", f"{row.hours:,.1f}")
