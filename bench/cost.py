@@ -115,6 +115,7 @@ def count_ops() -> None:
     from lnsub.trainables import pruning
     from lnsub.trainables.loading import make_accelerator
     from lnsub.trainables.spec import CellSpec
+    from lnsub.trainables.storage import Storage
     from lnsub.trainables.store import Checkpoints
     from lnsub.trainables.train import RoundData, train_round
 
@@ -140,7 +141,7 @@ def count_ops() -> None:
     seen = []
     with tempfile.TemporaryDirectory() as tmp, Count():
         train_round(model, masks, RoundData(data, data, collate, collate), spec, 1, make_accelerator(spec),
-                    Checkpoints(Path(tmp) / "c", Path(tmp) / "q"), checkpoint_every=0,
+                    Checkpoints(Storage.open(tmp), Path(tmp) / "c", Path(tmp) / "q"), checkpoint_every=0,
                     after_step=lambda step: seen.append((Count.ops, Count.kernels)))
     ops, kernels = seen[-1][0] - seen[-2][0], seen[-1][1] - seen[-2][1]
     print(f"lnsub's train step of a 12-layer BERT (CPU): {ops:,} aten ops, {kernels:,} of them not views")

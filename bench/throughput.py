@@ -15,7 +15,7 @@ grouping puts the epoch's longest example in it, so that memory runs out early i
 XNLI draw 200 batches of examples, so lnsub's length grouping sorts mega-batches of 50 batches, as in a real cell,
 and its timed batches are a random sample of the epoch's.
 
-Usage: python bench/throughput.py [--tasks mlm ner xnli] [--batch 32] [--steps 2] [--mlm-batch 4] [--mlm-steps 2]
+Usage: python bench/throughput.py [--tasks mlm ner xnli] [--batch 32] [--steps 6] [--mlm-batch 4] [--mlm-steps 6]
        [--language en]
 The last lines are `ratio <task> <x>`: the authors' seconds over lnsub's for the same steps (higher: lnsub faster).
 """
@@ -35,6 +35,7 @@ import torch
 from lnsub.trainables import pruning
 from lnsub.trainables.loading import make_accelerator
 from lnsub.trainables.spec import CellSpec
+from lnsub.trainables.storage import Storage
 from lnsub.trainables.store import Checkpoints
 from lnsub.trainables.tasks.mlm import mask_tokens, predict_masked_only
 from lnsub.orchestrator.rehearsal.lengths import mbert_lengths
@@ -127,7 +128,7 @@ def run_lnsub(pristine, task: str, data, batch: int, steps: int, language: str, 
     round_data = RoundData(data, data, pad_collator(None), pad_collator(None))
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoints = Checkpoints(Path(tmp) / "ckpt", Path(tmp) / "quarantine")
+        checkpoints = Checkpoints(Storage.open(tmp), Path(tmp) / "ckpt", Path(tmp) / "quarantine")
         train_round(model, masks, round_data, spec, 1, make_accelerator(spec), checkpoints, checkpoint_every=0,
                     after_step=lambda step: clock.tick())
     return clock.seconds
@@ -175,9 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["mlm", "ner", "xnli"], choices=["mlm", "ner", "xnli"])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--mlm-batch", type=int, default=4)
-    parser.add_argument("--mlm-steps", type=int, default=2)
+    parser.add_argument("--mlm-steps", type=int, default=6)
     parser.add_argument("--language", default="en")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
