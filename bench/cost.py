@@ -102,7 +102,7 @@ def needed_mfu(p, checkpoint_every: int, hours: float) -> float:
     return float("inf") if fixed >= hours else scaled * mfu / (hours - fixed)
 
 
-def count_ops() -> None:
+def count_ops() -> tuple[int, int]:
     """The aten ops (and of them, kernels) lnsub's train step dispatches for a 12-layer BERT (KERNELS_PER_STEP)."""
     import tempfile
     from pathlib import Path
@@ -143,8 +143,7 @@ def count_ops() -> None:
         train_round(model, masks, RoundData(data, data, collate, collate), spec, 1, make_accelerator(spec),
                     Checkpoints(Storage.open(tmp), Path(tmp) / "c", Path(tmp) / "q"), checkpoint_every=0,
                     after_step=lambda step: seen.append((Count.ops, Count.kernels)))
-    ops, kernels = seen[-1][0] - seen[-2][0], seen[-1][1] - seen[-2][1]
-    print(f"lnsub's train step of a 12-layer BERT (CPU): {ops:,} aten ops, {kernels:,} of them not views")
+    return seen[-1][0] - seen[-2][0], seen[-1][1] - seen[-2][1]
 
 
 def main() -> None:
@@ -153,7 +152,8 @@ def main() -> None:
     parser.add_argument("--count-ops", action="store_true")
     args = parser.parse_args()
     if args.count_ops:
-        count_ops()
+        ops, kernels = count_ops()
+        print(f"lnsub's train step of a 12-layer BERT (CPU): {ops:,} aten ops, {kernels:,} of them not views")
     p = plan("full")
     _, lnsub_costs = _total(p, "a100", lambda s: cost.lnsub_policy(s, args.checkpoint_every))
     _, authors_costs = _total(p, "a100", lambda s: cost.AUTHORS)

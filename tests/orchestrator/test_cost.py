@@ -216,13 +216,40 @@ def test_plan_refuses_an_unknown_device_in_one_line(monkeypatch, capsys):
     assert "'--device'" in out and "'a100', 'h100', 'rtx8000'" in out
 
 
-def _gpu_check():
-    """bench/gpu_check.py, the GPU check's Python side (a script, not a package)."""
-    path = ROOT / "bench" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("lnsub_gpu_check", path)
+def _bench(name: str):
+    """A bench/ script as a module (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"lnsub_bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _gpu_check():
+    """bench/gpu_check.py, the GPU check's Python side."""
+    return _bench("gpu_check")
+
+
+def test_the_kernels_a_step_launches_are_what_the_host_cost_assumes():
+    """KERNELS_PER_STEP is a count of lnsub's own train step (bench/cost.py --count-ops): it must stay one."""
+    ops, kernels = _bench("cost").count_ops()
+    assert kernels == cost.KERNELS_PER_STEP and ops > kernels
+
+
+@pytest.mark.parametrize("task", ["mlm", "xnli"])
+def test_the_throughput_comparison_runs_both_sides(task):
+    """bench/throughput.py's two sides (which bench/gpu_check.sh runs on a GPU) on a 1-layer model of mBERT's
+    vocabulary: each trains and is timed, on CPU, so that a change of lnsub's API cannot first break them there."""
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    bench = _bench("throughput")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=bench.MBERT_VOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, num_labels=3)
+    model = (BertForMaskedLM if task == "mlm" else BertForSequenceClassification)(config)
+    data = bench.build_data(task, "en", 12)
+    lnsub = bench.run_lnsub(model, task, data, 4, 2, "en")
+    authors = bench.run_trainer(model, task, data, 4, 2)
+    assert lnsub > 0 and authors > 0
 
 
 def test_gpu_checks_cell_is_one_valid_bf16_xnli_cell():
