@@ -114,14 +114,14 @@ def throughput(steps: int, mlm_steps: int, batch: int, mlm_batch: int) -> None:
         print(f"ratio {task} {authors / lnsub:.2f}  (authors' seconds over lnsub's, same examples)", flush=True)
 
 
-def cell(storage: Path, grid: Path) -> None:
+def cell(storage: Path, grid: Path, checkpoint_every: int) -> None:
     """The sweep's one cell: measured seconds per step and per level beside the model's prediction."""
     spec = plan(str(grid)).cells[0].spec
     device = this_device()
     levels = sorted((storage / "cells" / spec.id).glob("level_*/metrics.json"))
     if not levels:
         raise SystemExit(f"gpu_check: no level of cell {spec.id} finished under {storage}")
-    predicted = cost.cell_cost(spec, device, cost.lnsub_policy(spec, 100)) if device else None
+    predicted = cost.cell_cost(spec, device, cost.lnsub_policy(spec, checkpoint_every)) if device else None
     for path in levels:
         m = json.loads(path.read_text())
         step = m["seconds_per_step"]
@@ -145,6 +145,7 @@ def main() -> None:
     c = sub.add_parser("cell")
     c.add_argument("storage", type=Path)
     c.add_argument("--grid", type=Path, required=True)
+    c.add_argument("--checkpoint-every", type=int, required=True, help="the sweep's --checkpoint-every")
     args = parser.parse_args()
     if args.command == "throughput":
         throughput(args.steps, args.mlm_steps, args.batch, args.mlm_batch)
@@ -152,7 +153,7 @@ def main() -> None:
         (args.folder / "cell.yaml").write_text(CELL_GRID)
         print(args.folder / "cell.yaml")
     else:
-        cell(args.storage, args.grid)
+        cell(args.storage, args.grid, args.checkpoint_every)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 #   1. bench/throughput.py's comparison: the authors' configuration (fp32, padded, full MLM head) against
 #      lnsub's train_round in bf16, per task: examples/s, achieved TFLOP/s, MFU, and the model's prediction;
 #   2. one rehearsal cell end to end: lnsub rehearsal, then lnsub sweep of one XNLI cell (bf16, grouped
-#      batches, 2 levels of 200 steps) on the GPU, its seconds per step and per level beside the model's.
+#      batches, 2 levels of 200 steps, a checkpoint every 50) on the GPU, its seconds per step and per level
+#      beside the model's.
 # Usage: bash bench/gpu_check.sh [--dry-run]      (from a checkout whose .venv has a CUDA build of torch)
 # --dry-run runs every CPU-side piece (the grid, the model's predictions) and prints the GPU commands
 # instead of running them. Without a CUDA device it says so in one line and exits 2.
@@ -56,6 +57,10 @@ cd "$WORK"
 "$LNSUB" plan --grid full --device h100 | tail -n 12
 stage "throughput: the authors' fp32 against lnsub's bf16" 180 "$PY" "$ROOT/bench/gpu_check.py" throughput
 stage "lnsub rehearsal (build the model and the copies)" 60 "$LNSUB" rehearsal
-stage "lnsub sweep of one XNLI cell on the GPU" 150 "$LNSUB" sweep --grid "$WORK/cell.yaml" --storage "$WORK/runs"
-stage "the cell against the cost model" 20 "$PY" "$ROOT/bench/gpu_check.py" cell "$WORK/runs" --grid "$WORK/cell.yaml"
+# checkpoints every 50 of a level's 200 steps: their copies off the GPU and their writes behind training, measured
+CHECKPOINT_EVERY=50
+stage "lnsub sweep of one XNLI cell on the GPU" 150 "$LNSUB" sweep --grid "$WORK/cell.yaml" --storage "$WORK/runs" \
+  --checkpoint-every "$CHECKPOINT_EVERY"
+stage "the cell against the cost model" 20 "$PY" "$ROOT/bench/gpu_check.py" cell "$WORK/runs" --grid "$WORK/cell.yaml" \
+  --checkpoint-every "$CHECKPOINT_EVERY"
 echo "gpu_check: done in $((SECONDS - START)) s"
