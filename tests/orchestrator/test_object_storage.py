@@ -82,8 +82,18 @@ def test_sweep_on_s3_across_nodes_with_no_shared_directory_survives_a_kill_and_a
     grid = tiny_grid(tmp_path, languages=("syn-en", "syn-ar"), tasks=("ner",), steps=14)
     crashed, stalled = [c.spec for c in plan(str(grid)).cells]
     crash_marker, pause_marker = tmp_path / "crashed", tmp_path / "paused"
-    fault_plan([{"unit": crashed.id, "level": 1, "step": 7, "action": "crash", "marker": str(crash_marker)},
+    before_crash = tmp_path / "before-crash"
+    # the crash comes once the step-4 checkpoint, written behind training, is on the store (a pause first, then
+    # the crash at the same step): a crash inside a write's window would lose that checkpoint, which is right
+    # but not what this test is about
+    fault_plan([{"unit": crashed.id, "level": 1, "step": 7, "action": "pause", "marker": str(before_crash)},
+                {"unit": crashed.id, "level": 1, "step": 7, "action": "crash", "marker": str(crash_marker)},
                 {"unit": stalled.id, "level": 1, "step": 9, "action": "pause", "marker": str(pause_marker)}])
+
+    def stored(spec, step: int) -> bool:
+        return f"runs/cells/{spec.id}/level_1/checkpoint/step_{step:08d}/meta.json" in s3_server.list(
+            f"runs/cells/{spec.id}/level_1/checkpoint/")
+
     # an outage is noticed within seconds here (the defaults give a real cluster minutes)
     monkeypatch.setenv(objectstore.TIMEOUT_ENV, "2")
     monkeypatch.setenv(objectstore.RETRY_ENV, "2")
@@ -108,10 +118,15 @@ def test_sweep_on_s3_across_nodes_with_no_shared_directory_survives_a_kill_and_a
         out = []
         reader = threading.Thread(target=lambda: out.append(sweep.stdout.read()), daemon=True)
         reader.start()
+        waiter(lambda: before_crash.exists() or sweep.poll() is not None, "a cell at level 1, step 7")
+        waiter(lambda: stored(crashed, 4), "its step-4 checkpoint on the store")
+        Path(str(before_crash) + ".release").write_text("go")  # ... and now it crashes
         waiter(lambda: pause_marker.exists() or sweep.poll() is not None, "a cell paused at level 1, step 9")
+        waiter(lambda: stored(stalled, 8), "its step-8 checkpoint on the store")
         s3_server.pause()  # the store goes away while that cell is mid-round ...
         Path(str(pause_marker) + ".release").write_text("go")
-        # ... and it trains on to its next checkpoint, which it cannot write: its trial fails (noted locally)
+        # ... and it trains on to its next checkpoint, which it cannot write (the write fails behind training and
+        # fails the round at its end): its trial fails (noted locally)
         waiter(lambda: any(tmp_path.rglob(f"failures/{stalled.id}.txt")),
                "the stalled cell to fail for want of storage", timeout=120)
         s3_server.resume()

@@ -107,6 +107,11 @@ def test_smoke_sweep_through_the_cli(smoke_sweep):
     assert again.returncode == 2 and "add --resume" in text
 
 
+def _checkpointed(storage: Path, spec, step: int) -> bool:
+    """Whether level 1's checkpoint at `step` is whole on disk (its meta.json is written last)."""
+    return (CellStore(storage, spec).checkpoint_dir(1) / f"step_{step:08d}" / "meta.json").exists()
+
+
 def _stores(storage: Path, name: str) -> list[CellStore]:
     return [CellStore(storage, s) for s in load_state(storage, name).specs]
 
@@ -124,6 +129,7 @@ def test_driver_sigkill_then_resume(tmp_path, tiny_model, fault_plan, waiter):
                    "--checkpoint-every", "4", cwd=tmp_path)
     waiter(lambda: paused.exists() or driver.poll() is not None, "the victim to reach level 1, step 9")
     assert driver.poll() is None, driver.stdout.read()[-3000:]
+    waiter(lambda: _checkpointed(storage, victim, 8), "its step-8 checkpoint, written behind training, on disk")
     waiter(lambda: sum(s.finished() for s in _stores(storage, "killed")) >= 1, "another cell to finish")
     session = json.loads(session_file(storage, "sweep-killed").read_text())  # on this host, never in storage
     driver.send_signal(signal.SIGKILL)
@@ -186,6 +192,7 @@ def test_a_node_removed_mid_sweep_loses_nothing(tmp_path, tiny_model, fault_plan
     try:
         thread.start()
         waiter(lambda: paused.exists() or not thread.is_alive(), "the victim to pause at level 1, step 9")
+        waiter(lambda: _checkpointed(storage, victim, 8), "its step-8 checkpoint, written behind training, on disk")
         node = _node_of(cluster, json.loads(paused.read_text())["pid"])
         cluster.remove_node(node)  # the node that runs the paused cell: it dies mid-round
         thread.join(timeout=900)
