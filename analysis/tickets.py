@@ -5,7 +5,9 @@ trained L + 1 rounds, and the scores rise with sparsity for the head's sake, not
 defines a ticket as a mask whose sub-network, *trained from θ0*, scores within one std of the full model:
 that is exactly the transfer matrix's diagonal (trainables/transfer_job.py with the cell as its own source),
 at every level 0..L (level 0, the all-ones mask, is the full model on the same schedule). The jobs share
-their ids with the transfer matrix's diagonal, so a level that `lnsub transfer` ran is not run again.
+their ids with the transfer matrix's diagonal, so a level that `lnsub transfer` ran is not run again, and
+level 0 of a task whose sub-network training is discovery's schedule (NER, XNLI) takes the IMP round's record:
+the same training from θ0, figure for figure (trainables/transfer_job.py, repeats_imp_level_0).
 The orchestrator runs them (orchestrator/analyses.py `tickets`); this module plans them and reads their scores.
 """
 

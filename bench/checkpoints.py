@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     args = parser.parse_args()
     state, params = mbert_state()
-    print(f"mBERT: {params:,} parameters; a checkpoint holds about {params * CHECKPOINT_BYTES_PER_PARAMETER / 1e9:.2f} GB")
+    size = params * CHECKPOINT_BYTES_PER_PARAMETER / 1e9
+    print(f"mBERT: {params:,} parameters; weights and AdamW's moments are about {size:.2f} GB")
     sync, stall, behind = [], [], []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         checkpoints = Checkpoints(Storage.open(tmp), Path(tmp) / "checkpoint", Path(tmp) / "quarantine")

@@ -45,3 +45,4 @@ TASK = "task"
 TARGET = "target"
 SEED = "seed"
 MASK_SHA256 = "mask_sha256"
+SAME_AS = "same_as"  # a job that trains exactly what a cell's level did: that level (<cell id>/level_<k>), not rerun

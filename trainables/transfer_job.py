@@ -92,6 +92,25 @@ def pull_results(storage: Storage | str | Path) -> None:
     pull_transfer_results(Storage.open(storage))
 
 
+def _level_0_record(job: TransferJob, storage: Storage, store: JobStore, accelerator, started: float) -> dict:
+    """The job's result, from its cell's finished IMP level 0 (what it would have trained, figure for figure)."""
+    cell = CellStore(storage, job.target)
+    level, masks, spec = cell.metrics(0), cell.load_mask(0), job.target
+    record = {M.JOB: job.id, M.KIND: job.kind, M.SOURCE: job.source, M.TASK: spec.task,
+              M.TARGET: spec.language, M.SEED: spec.seed, M.LEVEL: job.level, M.SPARSITY: job.sparsity,
+              M.DENSITY: pruning.density(masks), M.MASK_SHA256: digest(masks),
+              M.METRIC: level[M.METRIC], M.SCORE: level[M.SCORE],
+              **{k: level[k] for k in M.TASK_METRICS if k in level},
+              M.STEPS: level[M.STEPS], M.STEPS_TRAINED: 0, M.RESUMED_FROM_STEP: None,
+              M.SECONDS: time.perf_counter() - started, M.SAME_AS: f"{spec.id}/level_0"}
+    if accelerator.is_main_process:
+        store.save_result(record)
+        log.info("transfer %s -> %s/%s: the cell's IMP level 0, not trained again: %s %.4f", job.source, spec.task,
+                 spec.language, record[M.METRIC], record[M.SCORE])
+    accelerator.wait_for_everyone()
+    return record
+
+
 def random_seed(job: TransferJob) -> int:
     """The random mask depends on the target's seed and the sparsity only: one per row and seed."""
     return hash_seed("random-mask", job.target.seed, f"{job.sparsity:.6f}") >> 24  # its first 4 of 7 bytes
@@ -129,9 +148,25 @@ def source_masks(job: TransferJob, storage: Storage, params: list[pruning.Prunab
     return out
 
 
+def repeats_imp_level_0(job: TransferJob) -> bool:
+    """Whether the job trains exactly what its cell's IMP level 0 trained, so that its score is that level's.
+
+    The diagonal ticket at level 0: the cell's all-ones mask on θ0 with a fresh head, on the cell's own schedule
+    (MLM's sub-network training is twice as long: not that), with no settling to have cut level 0 short. Both
+    train through train_round from the same spec, level and seed: the same data order, dropout and head
+    (tests/trainables/test_transfer_job.py trains both and compares every figure).
+    """
+    return (job.kind == "ticket" and job.level == 0 and job.source_cell == job.target_cell
+            and job.training_spec() == job.target and job.target.settle_stop is None)
+
+
 def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *,
                      checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, after_step=None) -> dict:
-    """Train the source's sub-network on the target; idempotent (a finished job returns its result)."""
+    """Train the source's sub-network on the target; idempotent (a finished job returns its result).
+
+    A job that repeats its cell's IMP level 0 (repeats_imp_level_0) takes that level's record instead of
+    training: the same figures, `same_as` naming the level, and no FLOP spent twice.
+    """
     storage = Storage.open(storage)  # a folder, or this process's scratch copy of a store
     store = job_store(storage, job)
     storage.fresh(store.root)
@@ -144,6 +179,8 @@ def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *,
     accelerator = make_accelerator(spec)
     if accelerator.is_main_process:
         store.write_job({"id": job.id, "job": job.to_dict()})
+    if repeats_imp_level_0(job) and CellStore(storage, job.target).level_done(0):
+        return _level_0_record(job, storage, store, accelerator, started)
     task, data, model = load_task(spec, accelerator)  # a fresh head: the target cell's own dense start
     params = pruning.prunable_parameters(model)
     masks = source_masks(job, storage, params)
