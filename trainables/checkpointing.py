@@ -7,10 +7,11 @@ thread writes that copy through `Checkpoints.save` (atomic, checksummed) while t
 
 One write at a time: a checkpoint that falls due while the one before is still being written waits for it,
 so every due checkpoint is written, in order, exactly as a synchronous save would have (what resume and the
-fault tests rely on), and at most two copies of the state are in host memory. A write that failed raises
-in the training process at the next checkpoint or at the end of the round, never silently: the trial
-fails and Ray Tune retries it, as it does for a synchronous write. A process killed mid-write leaves what
-a kill always left: no checkpoint, or a temporary file that resume never reads (`Storage.atomic_path`).
+fault tests rely on), and one copy of the state lives in host memory, reused from checkpoint to checkpoint.
+A write that failed raises in the training process at the next checkpoint or at the end of the round, never
+silently: the trial fails and Ray Tune retries it, as it does for a synchronous write. A process killed
+mid-write leaves what a kill always left: no checkpoint, or a temporary file that resume never reads
+(`Storage.atomic_path`); resume takes the checkpoint before.
 """
 
 from __future__ import annotations
@@ -31,19 +32,42 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT_EVERY = 1_000
 
 
-def host_copy(state):
+def host_copy(state, into=None):
     """A deep copy of a checkpoint's state in host memory: tensors copied (from any device), containers rebuilt.
 
     The optimizer's and the model's state_dict hold the very tensors training updates in place; the copy is
-    what the checkpoint says at this step, whatever the next steps do.
+    what the checkpoint says at this step, whatever the next steps do. A tensor that appears twice (a tied
+    weight: mBERT's MLM decoder is its word embeddings) is copied once and appears twice, so torch.save
+    still writes it once. `into`, the copy of an earlier step of the same round, lends its tensors where
+    shape and dtype match: copied into, not allocated (and, copied from a GPU, pinned), so a checkpoint
+    neither faults in fresh pages nor goes through pageable memory. Copies from a GPU are asynchronous:
+    call `synchronize` before anything reads the copy.
     """
+    return _copy(state, into, {})
+
+
+def _copy(state, into, seen: dict):
     if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
+        source = state.detach()
+        key = (source.device, source.data_ptr(), source.dtype, tuple(source.shape), source.stride())
+        if key not in seen:
+            if not (isinstance(into, torch.Tensor) and into.shape == source.shape and into.dtype == source.dtype):
+                into = torch.empty(source.shape, dtype=source.dtype, pin_memory=source.is_cuda)
+            seen[key] = into.copy_(source, non_blocking=source.is_cuda)
+        return seen[key]
     if isinstance(state, dict):
-        return type(state)((k, host_copy(v)) for k, v in state.items())  # OrderedDict stays one
+        lent = into if isinstance(into, dict) else {}
+        return type(state)((k, _copy(v, lent.get(k), seen)) for k, v in state.items())  # OrderedDict stays one
     if isinstance(state, (list, tuple)):
-        return type(state)(host_copy(v) for v in state)
+        lent = into if isinstance(into, (list, tuple)) and len(into) == len(state) else [None] * len(state)
+        return type(state)(_copy(v, w, seen) for v, w in zip(state, lent))
     return state  # ints, floats, strings, None: immutable
+
+
+def synchronize() -> None:
+    """Wait for the asynchronous copies off the GPU (none on a CPU-only machine)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class CheckpointWriter:
@@ -53,11 +77,13 @@ class CheckpointWriter:
         self.checkpoints = checkpoints
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._copy: dict | None = None  # the last checkpoint's copy: its tensors hold the next one, once written
 
     def save(self, step: int, state: dict) -> None:
-        """Copy `state` to host memory now; write it behind training (after the write before has finished)."""
-        snapshot = host_copy(state)
+        """Once the write before has finished, copy `state` into host memory; write that behind training."""
         self.wait()
+        self._copy = snapshot = host_copy(state, self._copy)
+        synchronize()
         self._thread = threading.Thread(target=self._write, args=(step, snapshot), daemon=True,
                                         name=f"checkpoint-{step}")
         self._thread.start()
@@ -80,6 +106,7 @@ class CheckpointWriter:
     def close(self, failing: bool = False) -> None:
         """The end of the round: the last write finishes. While another error unwinds, a write's error is logged
         (that error is the one the caller must see)."""
+        self._copy = None
         try:
             self.wait()
         except Exception as e:

@@ -90,6 +90,40 @@ def test_host_copy_copies_every_tensor_and_keeps_the_containers():
     assert torch.equal(copy["b"][0], state["b"][0]) and copy["b"][0].data_ptr() != state["b"][0].data_ptr()
 
 
+def test_a_tied_tensor_is_copied_once_and_saved_once(tmp_path):
+    """mBERT's MLM decoder weight is its word embeddings: one tensor, twice in the state_dict, once on disk."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(vocab_size=2000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=16))
+    state = model.state_dict()
+    tied = ("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.weight")
+    assert state[tied[0]].data_ptr() == state[tied[1]].data_ptr()
+    copy = host_copy(state)
+    assert copy[tied[0]] is copy[tied[1]] and copy[tied[0]].data_ptr() != state[tied[0]].data_ptr()
+    direct, behind = tmp_path / "direct.pt", tmp_path / "behind.pt"
+    torch.save(state, direct)
+    torch.save(copy, behind)
+    assert abs(behind.stat().st_size - direct.stat().st_size) < 4096  # not 2000 x 32 x 4 bytes more
+
+
+def test_each_checkpoint_is_copied_into_the_last_ones_memory(tmp_path):
+    written = []
+
+    class Keep:
+        def save(self, step, state):
+            written.append((step, state["w"].clone(), state["w"].data_ptr()))
+
+    weights = torch.zeros(1000)
+    writer = CheckpointWriter(Keep())
+    for step in (2, 4, 6):
+        weights.fill_(float(step))
+        writer.save(step, {"w": weights, "shape": [3]})
+    writer.close()
+    assert [(s, float(w[0])) for s, w, _ in written] == [(2, 2.0), (4, 4.0), (6, 6.0)]
+    assert len({ptr for _, _, ptr in written}) == 1 and written[0][2] != weights.data_ptr()  # one host copy
+
+
 def test_a_failed_write_fails_the_round(tmp_path, monkeypatch):
     model, masks, data, spec, checkpoints = _round(tmp_path)
     tried: list[int] = []
