@@ -312,8 +312,9 @@ HOST_SECONDS_PER_KERNEL = 10e-6
 OPTIMIZER_BYTES_PER_PARAMETER = 48
 # A checkpoint (every --checkpoint-every steps) holds weights and AdamW's two moments in fp32, serialised,
 # written and hashed (SHA-256) at about 1 GB/s altogether (assumed). Training waits for its copy into host
-# memory (pageable: half the host link's peak, assumed), not for the write, which runs behind the next
-# steps; only a write longer than those steps holds the next checkpoint (and so training) back.
+# memory (half the host link's peak, assumed: the copy goes to pinned memory, which usually reaches more;
+# bench/gpu_check.sh's cell measures it), not for the write, which runs behind the next steps; only a write
+# longer than those steps holds the next checkpoint (and so training) back.
 CHECKPOINT_BYTES_PER_PARAMETER = 12
 CHECKPOINT_BYTES_PER_SECOND = 1e9
 HOST_COPY_SHARE_OF_LINK = 0.5
