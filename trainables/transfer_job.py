@@ -92,6 +92,14 @@ def pull_results(storage: Storage | str | Path) -> None:
     pull_transfer_results(Storage.open(storage))
 
 
+def _level_0_on_one_worker(storage: Storage, job: TransferJob) -> bool:
+    """Whether the cell's level 0 is finished and trained as a transfer job trains: on one worker (on several,
+    dropout is drawn per rank: an equally good training, not the same figures, and the θ0 scores stay like for
+    like)."""
+    cell = CellStore(storage, job.target)
+    return cell.level_done(0) and cell.metrics(0).get(M.WORKERS) == 1
+
+
 def _level_0_record(job: TransferJob, storage: Storage, store: JobStore, accelerator, started: float) -> dict:
     """The job's result, from its cell's finished IMP level 0 (what it would have trained, figure for figure)."""
     cell = CellStore(storage, job.target)
@@ -164,8 +172,9 @@ def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *,
                      checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, after_step=None) -> dict:
     """Train the source's sub-network on the target; idempotent (a finished job returns its result).
 
-    A job that repeats its cell's IMP level 0 (repeats_imp_level_0) takes that level's record instead of
-    training: the same figures, `same_as` naming the level, and no FLOP spent twice.
+    A job that repeats its cell's IMP level 0 (repeats_imp_level_0), trained on one worker as the job would be,
+    takes that level's record instead of training: the same figures, `same_as` naming the level, and no FLOP
+    spent twice.
     """
     storage = Storage.open(storage)  # a folder, or this process's scratch copy of a store
     store = job_store(storage, job)
@@ -179,7 +188,7 @@ def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *,
     accelerator = make_accelerator(spec)
     if accelerator.is_main_process:
         store.write_job({"id": job.id, "job": job.to_dict()})
-    if repeats_imp_level_0(job) and CellStore(storage, job.target).level_done(0):
+    if repeats_imp_level_0(job) and _level_0_on_one_worker(storage, job):
         return _level_0_record(job, storage, store, accelerator, started)
     task, data, model = load_task(spec, accelerator)  # a fresh head: the target cell's own dense start
     params = pruning.prunable_parameters(model)

@@ -36,6 +36,13 @@ def test_the_level_0_theta0_job_is_its_cells_imp_level_0_figure_for_figure(tmp_p
     assert {k: taken.get(k) for k in figures} == {k: trained.get(k) for k in figures}
     assert taken[M.SCORE] == CellStore(tmp_path / "cell", spec).metrics(0)[M.SCORE]
     assert jobs_io.run_transfer_job(job, tmp_path / "taken") == taken  # finished: returned as it stands
+    if task == "ner":  # a level 0 trained on two workers (dropout per rank) is not this job's figures: it trains
+        shutil.copytree(tmp_path / "cell", tmp_path / "two")
+        real = CellStore.metrics
+        with monkeypatch.context() as m:
+            m.setattr(CellStore, "metrics", lambda self, k: {**real(self, k), M.WORKERS: 2})
+            two = jobs_io.run_transfer_job(job, tmp_path / "two")
+        assert two[M.STEPS_TRAINED] == spec.steps and M.SAME_AS not in two
 
 
 def test_jobs_that_do_not_repeat_level_0_are_not_taken_from_it():
