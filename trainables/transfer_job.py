@@ -92,29 +92,35 @@ def pull_results(storage: Storage | str | Path) -> None:
     pull_transfer_results(Storage.open(storage))
 
 
-def _level_0_on_one_worker(storage: Storage, job: TransferJob) -> bool:
-    """Whether the cell's level 0 is finished and trained as a transfer job trains: on one worker (on several,
-    dropout is drawn per rank: an equally good training, not the same figures, and the θ0 scores stay like for
-    like)."""
+def _imp_level_0(storage: Storage, job: TransferJob) -> dict | None:
+    """The cell's level-0 metrics, if that level is finished and trained as a transfer job trains: on one worker
+    (on several, dropout is drawn per rank: an equally good training, not the same figures, and the θ0 scores
+    stay like for like)."""
     cell = CellStore(storage, job.target)
-    return cell.level_done(0) and cell.metrics(0).get(M.WORKERS) == 1
+    if not cell.level_done(0):
+        return None
+    level = cell.metrics(0)
+    return level if level.get(M.WORKERS) == 1 else None
 
 
-def _level_0_record(job: TransferJob, storage: Storage, store: JobStore, accelerator, started: float) -> dict:
-    """The job's result, from its cell's finished IMP level 0 (what it would have trained, figure for figure)."""
-    cell = CellStore(storage, job.target)
-    level, masks, spec = cell.metrics(0), cell.load_mask(0), job.target
-    record = {M.JOB: job.id, M.KIND: job.kind, M.SOURCE: job.source, M.TASK: spec.task,
-              M.TARGET: spec.language, M.SEED: spec.seed, M.LEVEL: job.level, M.SPARSITY: job.sparsity,
-              M.DENSITY: pruning.density(masks), M.MASK_SHA256: digest(masks),
-              M.METRIC: level[M.METRIC], M.SCORE: level[M.SCORE],
-              **{k: level[k] for k in M.TASK_METRICS if k in level},
-              M.STEPS: level[M.STEPS], M.STEPS_TRAINED: 0, M.RESUMED_FROM_STEP: None,
-              M.SECONDS: time.perf_counter() - started, M.SAME_AS: f"{spec.id}/level_0"}
+def _result(job: TransferJob, masks: pruning.Masks, metric: str, metrics: dict, steps: int, steps_trained: int,
+            resumed_from: int | None, started: float, **extra) -> dict:
+    """result.json: the job, its mask, the target's validation metrics and how much training they took."""
+    spec = job.target
+    return {M.JOB: job.id, M.KIND: job.kind, M.SOURCE: job.source, M.TASK: spec.task,
+            M.TARGET: spec.language, M.SEED: spec.seed, M.LEVEL: job.level, M.SPARSITY: job.sparsity,
+            M.DENSITY: pruning.density(masks), M.MASK_SHA256: digest(masks),
+            M.METRIC: metric, M.SCORE: metrics[metric], **metrics,
+            M.STEPS: steps, M.STEPS_TRAINED: steps_trained, M.RESUMED_FROM_STEP: resumed_from,
+            M.SECONDS: time.perf_counter() - started, **extra}
+
+
+def _save(record: dict, store: JobStore, accelerator, how: str = "") -> dict:
+    """Rank 0 saves the result (then DONE); every rank returns it."""
     if accelerator.is_main_process:
         store.save_result(record)
-        log.info("transfer %s -> %s/%s: the cell's IMP level 0, not trained again: %s %.4f", job.source, spec.task,
-                 spec.language, record[M.METRIC], record[M.SCORE])
+        log.info("transfer %s -> %s/%s%s: %s %.4f", record[M.SOURCE], record[M.TASK], record[M.TARGET], how,
+                 record[M.METRIC], record[M.SCORE])
     accelerator.wait_for_everyone()
     return record
 
@@ -188,8 +194,12 @@ def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *,
     accelerator = make_accelerator(spec)
     if accelerator.is_main_process:
         store.write_job({"id": job.id, "job": job.to_dict()})
-    if repeats_imp_level_0(job) and _level_0_on_one_worker(storage, job):
-        return _level_0_record(job, storage, store, accelerator, started)
+    level = _imp_level_0(storage, job) if repeats_imp_level_0(job) else None
+    if level is not None:  # what the job would train, figure for figure: the cell's level-0 record
+        metrics = {k: level[k] for k in M.TASK_METRICS if k in level}
+        record = _result(job, CellStore(storage, job.target).load_mask(0), level[M.METRIC], metrics, level[M.STEPS],
+                         0, None, started, **{M.SAME_AS: f"{job.target.id}/level_0"})
+        return _save(record, store, accelerator, " (the cell's IMP level 0, not trained again)")
     task, data, model = load_task(spec, accelerator)  # a fresh head: the target cell's own dense start
     params = pruning.prunable_parameters(model)
     masks = source_masks(job, storage, params)
@@ -197,14 +207,5 @@ def run_transfer_job(job: TransferJob, storage: Storage | str | Path, *,
     trained, stats = train_round(model, masks, data, spec, job.level, accelerator, store.checkpoints(),
                                  checkpoint_every, after_step)
     metrics = task.evaluate(trained, eval_loader(data, spec, accelerator), accelerator)
-    record = {M.JOB: job.id, M.KIND: job.kind, M.SOURCE: job.source, M.TASK: spec.task,
-              M.TARGET: spec.language, M.SEED: spec.seed, M.LEVEL: job.level, M.SPARSITY: job.sparsity,
-              M.DENSITY: pruning.density(masks), M.MASK_SHA256: digest(masks),
-              M.METRIC: task.metric, M.SCORE: metrics[task.metric], **metrics,
-              M.STEPS: stats.steps, M.STEPS_TRAINED: stats.steps_trained,
-              M.RESUMED_FROM_STEP: stats.resumed_from, M.SECONDS: time.perf_counter() - started}
-    if accelerator.is_main_process:
-        store.save_result(record)
-        log.info("transfer %s -> %s/%s: %s %.4f", job.source, spec.task, spec.language, task.metric, record["score"])
-    accelerator.wait_for_everyone()
-    return record
+    return _save(_result(job, masks, task.metric, metrics, stats.steps, stats.steps_trained, stats.resumed_from,
+                         started), store, accelerator)
